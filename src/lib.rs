@@ -1,0 +1,7 @@
+//! Bouncer: consumes content-moderation verdicts from RabbitMQ, kicks the offending users out of
+//! ZEGO and Tencent TRTC rooms within each vendor's limits, and keeps an audit trail in
+//! PostgreSQL. `main.rs` only calls [`cli::main`]; everything else lives here.
+
+pub mod config;
+pub mod vendor;
+pub mod verdict;
