@@ -19,12 +19,7 @@ use serde::Deserialize;
 use crate::vendor::{trtc, zego};
 
 /// Environment variables with the `BOUNCER_` prefix that belong to the CLI, not the config file.
-pub const RESERVED_ENV: [&str; 4] = [
-    "BOUNCER_CONFIG",
-    "BOUNCER_LOG_FORMAT",
-    "BOUNCER_LOG",
-    "BOUNCER_ACTOR",
-];
+pub const RESERVED_ENV: [&str; 4] = ["BOUNCER_CONFIG", "BOUNCER_LOG_FORMAT", "BOUNCER_LOG", "BOUNCER_ACTOR"];
 const ENV_PREFIX: &str = "BOUNCER_";
 
 /// One thing wrong with the configuration, named by its key (`zego[1].rate_per_second`).
@@ -46,10 +41,7 @@ impl fmt::Display for Problem {
 pub struct ConfigError(pub Vec<Problem>);
 
 fn problem(key: impl Into<String>, reason: impl Into<String>) -> Problem {
-    Problem {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    Problem { key: key.into(), reason: reason.into() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -108,10 +100,7 @@ struct FilePostgres {
 
 impl Default for FilePostgres {
     fn default() -> Self {
-        FilePostgres {
-            url: "postgres://postgres@127.0.0.1:5432/bouncer".into(),
-            max_connections: 10,
-        }
+        FilePostgres { url: "postgres://postgres@127.0.0.1:5432/bouncer".into(), max_connections: 10 }
     }
 }
 
@@ -123,9 +112,7 @@ struct FileHttp {
 
 impl Default for FileHttp {
     fn default() -> Self {
-        FileHttp {
-            listen: "127.0.0.1:9187".into(),
-        }
+        FileHttp { listen: "127.0.0.1:9187".into() }
     }
 }
 
@@ -141,10 +128,7 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig {
-            linger_ms: 25,
-            max_open_batches: 10_000,
-        }
+        BatchConfig { linger_ms: 25, max_open_batches: 10_000 }
     }
 }
 
@@ -158,11 +142,7 @@ struct FileRetry {
 
 impl Default for FileRetry {
     fn default() -> Self {
-        FileRetry {
-            initial_ms: 200,
-            max_interval_ms: 10_000,
-            deadline_secs: 600,
-        }
+        FileRetry { initial_ms: 200, max_interval_ms: 10_000, deadline_secs: 600 }
     }
 }
 
@@ -332,8 +312,7 @@ pub struct TrtcApp {
 impl Default for Config {
     fn default() -> Self {
         // The defaults are valid by construction; this cannot report a problem.
-        validate(FileConfig::default(), &|_| None)
-            .unwrap_or_else(|e| panic!("defaults invalid: {e:?}"))
+        validate(FileConfig::default(), &|_| None).unwrap_or_else(|e| panic!("defaults invalid: {e:?}"))
     }
 }
 
@@ -346,33 +325,39 @@ impl Config {
     }
 
     /// [`Config::load`] with an explicit environment (tests use this to stay hermetic).
-    pub fn load_with_env(
-        path: &Path,
-        required: bool,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_with_env(path: &Path, required: bool, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
             Err(e) => {
-                return Err(ConfigError(vec![problem(
-                    "--config",
-                    format!("cannot read {}: {e}", path.display()),
-                )]));
+                return Err(ConfigError(vec![problem("--config", format!("cannot read {}: {e}", path.display()))]));
             }
         };
         Self::from_toml_with_env(&text, env)
     }
 
+    /// Like [`Config::load`] (file required) but keeps only the `[[zego]]` and `[[trtc]]`
+    /// sections: what `bouncer sim` needs, so a worker's file serves the simulator too.
+    pub fn load_vendors_only(path: &Path) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![problem("--config", format!("cannot read {}: {e}", path.display()))]))?;
+        Self::parse(&text, &env, true)
+    }
+
     /// Parses TOML text, applies overrides from `env`, and validates.
-    pub fn from_toml_with_env(
-        text: &str,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError(vec![problem("(file)", format!("not valid TOML: {e}"))])
-        })?;
+    pub fn from_toml_with_env(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Self::parse(text, env, false)
+    }
+
+    fn parse(text: &str, env: &HashMap<String, String>, vendors_only: bool) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(vec![problem("(file)", format!("not valid TOML: {e}"))]))?;
         apply_env_overrides(&mut table, env).map_err(ConfigError)?;
+        if vendors_only {
+            table.retain(|k, _| k == "zego" || k == "trtc");
+        }
         let file: FileConfig = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();
             ConfigError(vec![problem(
@@ -391,33 +376,20 @@ impl Config {
 
 /// Applies `BOUNCER_A__B__0__C=value` to `a.b[0].c`. The value takes the type of the value it
 /// replaces; a new value is a string for string-typed keys, else typed by its look.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: &HashMap<String, String>,
-) -> Result<(), Vec<Problem>> {
+fn apply_env_overrides(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(), Vec<Problem>> {
     let mut problems = Vec::new();
     // Sorted so that `..__0__..` is created before `..__1__..`.
-    let sorted: BTreeMap<_, _> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let sorted: BTreeMap<_, _> = env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     for (name, value) in sorted {
         if RESERVED_ENV.contains(&name.as_str()) {
             continue;
         }
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
         if let Err(reason) = set_path(table, &path, value) {
             problems.push(problem(name.clone(), reason));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 const STRING_KEYS: [&str; 10] = [
@@ -448,18 +420,9 @@ fn typed_like(existing: Option<&toml::Value>, key: &str, raw: &str) -> Result<to
         }
     };
     Ok(match existing {
-        Some(V::Integer(_)) => V::Integer(
-            raw.parse()
-                .map_err(|_| format!("expected an integer, got {raw:?}"))?,
-        ),
-        Some(V::Boolean(_)) => V::Boolean(
-            raw.parse()
-                .map_err(|_| format!("expected true or false, got {raw:?}"))?,
-        ),
-        Some(V::Float(_)) => V::Float(
-            raw.parse()
-                .map_err(|_| format!("expected a number, got {raw:?}"))?,
-        ),
+        Some(V::Integer(_)) => V::Integer(raw.parse().map_err(|_| format!("expected an integer, got {raw:?}"))?),
+        Some(V::Boolean(_)) => V::Boolean(raw.parse().map_err(|_| format!("expected true or false, got {raw:?}"))?),
+        Some(V::Float(_)) => V::Float(raw.parse().map_err(|_| format!("expected a number, got {raw:?}"))?),
         Some(V::String(_)) => V::String(raw.to_owned()),
         _ => infer(),
     })
@@ -489,14 +452,9 @@ fn set_in_value(slot: &mut toml::Value, rest: &[String], raw: &str) -> Result<()
     match slot {
         toml::Value::Table(t) => set_path(t, rest, raw),
         toml::Value::Array(items) => {
-            let idx: usize = rest[0]
-                .parse()
-                .map_err(|_| format!("{:?} is not an array index", rest[0]))?;
+            let idx: usize = rest[0].parse().map_err(|_| format!("{:?} is not an array index", rest[0]))?;
             if idx > items.len() {
-                return Err(format!(
-                    "array index {idx} skips entries (there are {})",
-                    items.len()
-                ));
+                return Err(format!("array index {idx} skips entries (there are {})", items.len()));
             }
             if idx == items.len() {
                 items.push(toml::Value::Table(toml::Table::new()));
@@ -524,10 +482,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let prefetch = match u16::try_from(f.amqp.prefetch) {
         Ok(n) if n > 0 => n,
         _ => {
-            p.push(problem(
-                "amqp.prefetch",
-                format!("must be in 1..=65535, got {}", f.amqp.prefetch),
-            ));
+            p.push(problem("amqp.prefetch", format!("must be in 1..=65535, got {}", f.amqp.prefetch)));
             1
         }
     };
@@ -536,26 +491,17 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     }
     let pg_url = f.postgres.url.expose_secret();
     if !(pg_url.starts_with("postgres://") || pg_url.starts_with("postgresql://")) {
-        p.push(problem(
-            "postgres.url",
-            "must start with postgres:// or postgresql://",
-        ));
+        p.push(problem("postgres.url", "must start with postgres:// or postgresql://"));
     }
     if f.postgres.max_connections == 0 {
         p.push(problem("postgres.max_connections", "must be at least 1"));
     }
     let listen = f.http.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-        p.push(problem(
-            "http.listen",
-            format!("must be an address like 127.0.0.1:9187 ({e})"),
-        ));
+        p.push(problem("http.listen", format!("must be an address like 127.0.0.1:9187 ({e})")));
         SocketAddr::from(([127, 0, 0, 1], 9187))
     });
     if f.batch.linger_ms > 60_000 {
-        p.push(problem(
-            "batch.linger_ms",
-            format!("must be at most 60000, got {}", f.batch.linger_ms),
-        ));
+        p.push(problem("batch.linger_ms", format!("must be at most 60000, got {}", f.batch.linger_ms)));
     }
     if f.batch.max_open_batches == 0 {
         p.push(problem("batch.max_open_batches", "must be at least 1"));
@@ -564,10 +510,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         p.push(problem("retry.initial_ms", "must be at least 1"));
     }
     if f.retry.max_interval_ms < f.retry.initial_ms {
-        p.push(problem(
-            "retry.max_interval_ms",
-            "must be at least retry.initial_ms",
-        ));
+        p.push(problem("retry.max_interval_ms", "must be at least retry.initial_ms"));
     }
     if f.retry.deadline_secs == 0 {
         p.push(problem("retry.deadline_secs", "must be at least 1"));
@@ -578,36 +521,19 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     for (i, z) in f.zego.into_iter().enumerate() {
         let key = |k: &str| format!("zego[{i}].{k}");
         if let Some(first) = seen.insert(z.app_id, i) {
-            p.push(problem(
-                key("app_id"),
-                format!("app {} is already configured at zego[{first}]", z.app_id),
-            ));
+            p.push(problem(key("app_id"), format!("app {} is already configured at zego[{first}]", z.app_id)));
         }
         if z.app_id == 0 {
             p.push(problem(key("app_id"), "must not be 0"));
         }
         let secret = resolve_secret(
             &key("server_secret"),
-            FileSecret {
-                value: z.server_secret,
-                env: z.server_secret_env,
-                file: z.server_secret_file,
-            },
+            FileSecret { value: z.server_secret, env: z.server_secret_env, file: z.server_secret_file },
             env,
             &mut p,
         );
-        check_rate(
-            &key("rate_per_second"),
-            z.rate_per_second,
-            zego::MAX_CALLS_PER_SECOND,
-            &mut p,
-        );
-        check_chunk(
-            &key("chunk_size"),
-            z.chunk_size,
-            zego::MAX_USERS_PER_CALL,
-            &mut p,
-        );
+        check_rate(&key("rate_per_second"), z.rate_per_second, zego::MAX_CALLS_PER_SECOND, &mut p);
+        check_chunk(&key("chunk_size"), z.chunk_size, zego::MAX_USERS_PER_CALL, &mut p);
         let endpoint = check_endpoint(&key("endpoint"), &z.endpoint, &mut p);
         let timeouts = check_timeouts(&key(""), z.connect_timeout_ms, z.timeout_ms, &mut p);
         if let (Some(server_secret), Some(endpoint)) = (secret, endpoint) {
@@ -628,13 +554,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     for (i, t) in f.trtc.into_iter().enumerate() {
         let key = |k: &str| format!("trtc[{i}].{k}");
         if let Some(first) = seen.insert(t.sdk_app_id, i) {
-            p.push(problem(
-                key("sdk_app_id"),
-                format!(
-                    "app {} is already configured at trtc[{first}]",
-                    t.sdk_app_id
-                ),
-            ));
+            p.push(problem(key("sdk_app_id"), format!("app {} is already configured at trtc[{first}]", t.sdk_app_id)));
         }
         if t.sdk_app_id == 0 {
             p.push(problem(key("sdk_app_id"), "must not be 0"));
@@ -645,39 +565,20 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         if !trtc::REGIONS.contains(&t.region.as_str()) {
             p.push(problem(
                 key("region"),
-                format!(
-                    "unknown region {:?}; RemoveUser supports {}",
-                    t.region,
-                    trtc::REGIONS.join(", ")
-                ),
+                format!("unknown region {:?}; RemoveUser supports {}", t.region, trtc::REGIONS.join(", ")),
             ));
         }
         let secret = resolve_secret(
             &key("secret_key"),
-            FileSecret {
-                value: t.secret_key,
-                env: t.secret_key_env,
-                file: t.secret_key_file,
-            },
+            FileSecret { value: t.secret_key, env: t.secret_key_env, file: t.secret_key_file },
             env,
             &mut p,
         );
-        check_rate(
-            &key("rate_per_second"),
-            t.rate_per_second,
-            trtc::MAX_CALLS_PER_SECOND,
-            &mut p,
-        );
-        check_chunk(
-            &key("chunk_size"),
-            t.chunk_size,
-            trtc::MAX_USERS_PER_CALL,
-            &mut p,
-        );
+        check_rate(&key("rate_per_second"), t.rate_per_second, trtc::MAX_CALLS_PER_SECOND, &mut p);
+        check_chunk(&key("chunk_size"), t.chunk_size, trtc::MAX_USERS_PER_CALL, &mut p);
         // Apps sharing credentials share one vendor quota (the safe reading): one rate for all.
-        if let Some(other) = trtc_apps
-            .iter()
-            .find(|o| o.secret_id == t.secret_id && o.rate_per_second != t.rate_per_second)
+        if let Some(other) =
+            trtc_apps.iter().find(|o| o.secret_id == t.secret_id && o.rate_per_second != t.rate_per_second)
         {
             p.push(problem(
                 key("rate_per_second"),
@@ -714,10 +615,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             connection_name: f.amqp.connection_name,
             delivery_limit: f.amqp.delivery_limit,
         },
-        postgres: PostgresConfig {
-            url: f.postgres.url,
-            max_connections: f.postgres.max_connections,
-        },
+        postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
         http: HttpConfig { listen },
         batch: f.batch,
         retry: RetryConfig {
@@ -725,9 +623,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             max_interval: Duration::from_millis(f.retry.max_interval_ms),
             deadline: Duration::from_secs(f.retry.deadline_secs),
         },
-        shutdown: ShutdownConfig {
-            grace: Duration::from_secs(f.shutdown.grace_secs),
-        },
+        shutdown: ShutdownConfig { grace: Duration::from_secs(f.shutdown.grace_secs) },
         zego: zego_apps,
         trtc: trtc_apps,
     })
@@ -739,10 +635,7 @@ fn resolve_secret(
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Vec<Problem>,
 ) -> Option<SecretString> {
-    let given = [s.value.is_some(), s.env.is_some(), s.file.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let given = [s.value.is_some(), s.env.is_some(), s.file.is_some()].iter().filter(|b| **b).count();
     if given != 1 {
         p.push(problem(
             key,
@@ -757,22 +650,14 @@ fn resolve_secret(
     let resolved = if let Some(v) = s.value {
         Ok(v)
     } else if let Some(name) = s.env {
-        env(&name).map(SecretString::from).ok_or_else(|| {
-            problem(
-                format!("{key}_env"),
-                format!("environment variable {name} is not set"),
-            )
-        })
+        env(&name)
+            .map(SecretString::from)
+            .ok_or_else(|| problem(format!("{key}_env"), format!("environment variable {name} is not set")))
     } else if let Some(path) = s.file {
         std::fs::read_to_string(&path)
             // Files written by editors and `echo` end in a newline that is not part of the secret.
             .map(|t| SecretString::from(t.trim_end_matches(['\n', '\r']).to_owned()))
-            .map_err(|e| {
-                problem(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })
+            .map_err(|e| problem(format!("{key}_file"), format!("cannot read {}: {e}", path.display())))
     } else {
         return None;
     };
@@ -791,32 +676,21 @@ fn resolve_secret(
 
 fn check_rate(key: &str, rate: u32, max: u32, p: &mut Vec<Problem>) {
     if rate == 0 || rate > max {
-        p.push(problem(
-            key,
-            format!("must be in 1..={max} (the vendor's documented limit), got {rate}"),
-        ));
+        p.push(problem(key, format!("must be in 1..={max} (the vendor's documented limit), got {rate}")));
     }
 }
 
 fn check_chunk(key: &str, size: usize, max: usize, p: &mut Vec<Problem>) {
     if size == 0 || size > max {
-        p.push(problem(
-            key,
-            format!("must be in 1..={max} (users per call the vendor accepts), got {size}"),
-        ));
+        p.push(problem(key, format!("must be in 1..={max} (users per call the vendor accepts), got {size}")));
     }
 }
 
 fn check_endpoint(key: &str, raw: &str, p: &mut Vec<Problem>) -> Option<url::Url> {
     match url::Url::parse(raw) {
-        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => {
-            Some(u)
-        }
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => Some(u),
         Ok(_) => {
-            p.push(problem(
-                key,
-                format!("must be an http:// or https:// URL with a host, got {raw:?}"),
-            ));
+            p.push(problem(key, format!("must be an http:// or https:// URL with a host, got {raw:?}")));
             None
         }
         Err(e) => {
@@ -829,16 +703,10 @@ fn check_endpoint(key: &str, raw: &str, p: &mut Vec<Problem>) -> Option<url::Url
 fn check_timeouts(prefix: &str, connect_ms: u64, total_ms: u64, p: &mut Vec<Problem>) -> Timeouts {
     for (k, v) in [("connect_timeout_ms", connect_ms), ("timeout_ms", total_ms)] {
         if v == 0 || v > 300_000 {
-            p.push(problem(
-                format!("{prefix}{k}"),
-                format!("must be in 1..=300000, got {v}"),
-            ));
+            p.push(problem(format!("{prefix}{k}"), format!("must be in 1..=300000, got {v}")));
         }
     }
-    Timeouts {
-        connect: Duration::from_millis(connect_ms),
-        total: Duration::from_millis(total_ms),
-    }
+    Timeouts { connect: Duration::from_millis(connect_ms), total: Duration::from_millis(total_ms) }
 }
 
 /// `scheme://user:***@host/...`: a URL fit for logs and error messages.
@@ -902,37 +770,18 @@ mod tests {
 
     #[test]
     fn rate_and_chunk_above_vendor_limits_are_refused_by_key() {
-        let text = GOOD.replace(
-            "server_secret =",
-            "rate_per_second = 51\nchunk_size = 6\nserver_secret =",
-        );
-        assert_eq!(
-            keys(&text),
-            ["zego[0].rate_per_second", "zego[0].chunk_size"]
-        );
-        let text = GOOD.replace(
-            "region =",
-            "rate_per_second = 21\nchunk_size = 11\nregion =",
-        );
-        assert_eq!(
-            keys(&text),
-            ["trtc[0].rate_per_second", "trtc[0].chunk_size"]
-        );
+        let text = GOOD.replace("server_secret =", "rate_per_second = 51\nchunk_size = 6\nserver_secret =");
+        assert_eq!(keys(&text), ["zego[0].rate_per_second", "zego[0].chunk_size"]);
+        let text = GOOD.replace("region =", "rate_per_second = 21\nchunk_size = 11\nregion =");
+        assert_eq!(keys(&text), ["trtc[0].rate_per_second", "trtc[0].chunk_size"]);
     }
 
     #[test]
     fn unknown_region_duplicate_app_and_missing_secret_are_all_reported() {
-        let text = format!(
-            "{}\n[[zego]]\napp_id = 1234567890\n",
-            GOOD.replace("ap-guangzhou", "mars-1")
-        );
+        let text = format!("{}\n[[zego]]\napp_id = 1234567890\n", GOOD.replace("ap-guangzhou", "mars-1"));
         let ps = problems(&text);
         let ks: Vec<_> = ps.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            ks,
-            ["zego[1].app_id", "zego[1].server_secret", "trtc[0].region"],
-            "{ps:?}"
-        );
+        assert_eq!(ks, ["zego[1].app_id", "zego[1].server_secret", "trtc[0].region"], "{ps:?}");
         assert!(ps[0].reason.contains("already configured at zego[0]"));
         assert!(ps[1].reason.starts_with("missing"));
         assert!(ps[2].reason.contains("ap-beijing"));
@@ -953,8 +802,7 @@ mod tests {
 
     #[test]
     fn secrets_come_inline_from_env_or_file_never_two() {
-        let env: HashMap<String, String> =
-            [("MY_SECRET".to_string(), "from-env".to_string())].into();
+        let env: HashMap<String, String> = [("MY_SECRET".to_string(), "from-env".to_string())].into();
         let text = GOOD.replace("server_secret = ", "server_secret_env = \"MY_SECRET\"\n#");
         let c = Config::from_toml_with_env(&text, &env).unwrap();
         assert_eq!(c.zego[0].server_secret.expose_secret(), "from-env");
@@ -965,19 +813,13 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("bouncer-cfg-{}", uuid::Uuid::new_v4()));
         std::fs::write(&dir, "from-file\n").unwrap();
-        let text = GOOD.replace(
-            "secret_key = \"key\"",
-            &format!("secret_key_file = {:?}", dir.display().to_string()),
-        );
+        let text = GOOD.replace("secret_key = \"key\"", &format!("secret_key_file = {:?}", dir.display().to_string()));
         let c = Config::from_toml(&text).unwrap();
         assert_eq!(c.trtc[0].secret_key.expose_secret(), "from-file");
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(keys(&text), ["trtc[0].secret_key_file"]);
 
-        let text = GOOD.replace(
-            "secret_key = \"key\"",
-            "secret_key = \"key\"\nsecret_key_env = \"X\"",
-        );
+        let text = GOOD.replace("secret_key = \"key\"", "secret_key = \"key\"\nsecret_key_env = \"X\"");
         assert_eq!(keys(&text), ["trtc[0].secret_key"]);
     }
 
@@ -1015,12 +857,10 @@ mod tests {
 
     #[test]
     fn bad_env_override_names_the_variable() {
-        let env: HashMap<String, String> =
-            [("BOUNCER_AMQP__PREFETCH".to_string(), "lots".to_string())].into();
+        let env: HashMap<String, String> = [("BOUNCER_AMQP__PREFETCH".to_string(), "lots".to_string())].into();
         let e = Config::from_toml_with_env("[amqp]\nprefetch = 5\n", &env).unwrap_err();
         assert_eq!(e.0[0].key, "BOUNCER_AMQP__PREFETCH");
-        let env: HashMap<String, String> =
-            [("BOUNCER_ZEGO__3__APP_ID".to_string(), "1".to_string())].into();
+        let env: HashMap<String, String> = [("BOUNCER_ZEGO__3__APP_ID".to_string(), "1".to_string())].into();
         let e = Config::from_toml_with_env("", &env).unwrap_err();
         assert!(e.0[0].reason.contains("skips"), "{e}");
     }
@@ -1035,13 +875,7 @@ mod tests {
 
     #[test]
     fn redact_url_hides_passwords() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@h:5672/%2f"),
-            "amqp://guest:***@h:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://postgres@h/db"),
-            "postgres://postgres@h/db"
-        );
+        assert_eq!(redact_url("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
     }
 }

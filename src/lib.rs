@@ -2,6 +2,11 @@
 //! ZEGO and Tencent TRTC rooms within each vendor's limits, and keeps an audit trail in
 //! PostgreSQL. `main.rs` only calls [`cli::main`]; everything else lives here.
 
+pub mod audit;
+pub mod cli;
 pub mod config;
+pub mod shutdown;
+pub mod sim;
+pub mod telemetry;
 pub mod vendor;
 pub mod verdict;

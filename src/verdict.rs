@@ -79,11 +79,7 @@ impl RoomId {
 
     /// Rebuilds a room from its audit form (`room_id` text plus `room_id_numeric`).
     pub fn from_parts(text: &str, numeric: bool) -> Option<RoomId> {
-        if numeric {
-            text.parse().ok().map(RoomId::Numeric)
-        } else {
-            Some(RoomId::Text(text.to_owned()))
-        }
+        if numeric { text.parse().ok().map(RoomId::Numeric) } else { Some(RoomId::Text(text.to_owned())) }
     }
 
     fn to_json(&self) -> Value {
@@ -164,19 +160,11 @@ impl Rule {
 }
 
 fn err(field: &str, rule: Rule, message: impl Into<String>) -> ContractError {
-    ContractError {
-        field: Some(field.to_owned()),
-        rule,
-        message: message.into(),
-    }
+    ContractError { field: Some(field.to_owned()), rule, message: message.into() }
 }
 
 fn body_err(rule: Rule, message: impl Into<String>) -> ContractError {
-    ContractError {
-        field: None,
-        rule,
-        message: message.into(),
-    }
+    ContractError { field: None, rule, message: message.into() }
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -192,20 +180,11 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 fn wrong_type(field: &str, expected: &str, got: &Value) -> ContractError {
-    err(
-        field,
-        Rule::WrongType,
-        format!("must be {expected}, got {}", json_type(got)),
-    )
+    err(field, Rule::WrongType, format!("must be {expected}, got {}", json_type(got)))
 }
 
 /// A string with a byte-length window; `what` names the value in messages.
-fn bounded_str(
-    field: &str,
-    v: &Value,
-    max: usize,
-    allow_empty: bool,
-) -> Result<String, ContractError> {
+fn bounded_str(field: &str, v: &Value, max: usize, allow_empty: bool) -> Result<String, ContractError> {
     let Value::String(s) = v else {
         return Err(wrong_type(field, "a string", v));
     };
@@ -213,11 +192,7 @@ fn bounded_str(
         return Err(err(field, Rule::Empty, "must not be empty"));
     }
     if s.len() > max {
-        return Err(err(
-            field,
-            Rule::TooLong,
-            format!("must be at most {max} bytes of UTF-8, got {}", s.len()),
-        ));
+        return Err(err(field, Rule::TooLong, format!("must be at most {max} bytes of UTF-8, got {}", s.len())));
     }
     Ok(s.clone())
 }
@@ -229,67 +204,36 @@ impl Verdict {
         if body.len() > MAX_BODY_BYTES {
             return Err(body_err(
                 Rule::TooLarge,
-                format!(
-                    "body is {} bytes, at most {MAX_BODY_BYTES} allowed",
-                    body.len()
-                ),
+                format!("body is {} bytes, at most {MAX_BODY_BYTES} allowed", body.len()),
             ));
         }
         let text = std::str::from_utf8(body).map_err(|e| {
-            body_err(
-                Rule::NotUtf8,
-                format!(
-                    "body is not valid UTF-8 (bad byte at offset {})",
-                    e.valid_up_to()
-                ),
-            )
+            body_err(Rule::NotUtf8, format!("body is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()))
         })?;
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| body_err(Rule::NotJson, format!("body is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| body_err(Rule::NotJson, format!("body is not valid JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
-            return Err(body_err(
-                Rule::NotObject,
-                format!("body must be a JSON object, got {}", json_type(&value)),
-            ));
+            return Err(body_err(Rule::NotObject, format!("body must be a JSON object, got {}", json_type(&value))));
         };
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(err(
-                unknown,
-                Rule::UnknownField,
-                "is not part of the verdict contract (version 1)",
-            ));
+            return Err(err(unknown, Rule::UnknownField, "is not part of the verdict contract (version 1)"));
         }
         if let Some(v) = obj.get("contract_version")
             && v.as_u64() != Some(1)
         {
-            return Err(err(
-                "contract_version",
-                Rule::BadValue,
-                "must be 1 when given",
-            ));
+            return Err(err("contract_version", Rule::BadValue, "must be 1 when given"));
         }
 
         let mut required = |field: &str| {
-            obj.remove(field)
-                .filter(|v| !v.is_null())
-                .ok_or_else(|| err(field, Rule::Missing, "is required"))
+            obj.remove(field).filter(|v| !v.is_null()).ok_or_else(|| err(field, Rule::Missing, "is required"))
         };
         let verdict_id = bounded_str("verdict_id", &required("verdict_id")?, MAX_ID_BYTES, false)?;
         let vendor_value = required("vendor")?;
         let vendor = match &vendor_value {
-            Value::String(s) => Vendor::parse(s).ok_or_else(|| {
-                err(
-                    "vendor",
-                    Rule::BadValue,
-                    format!("must be \"zego\" or \"trtc\", got {s:?}"),
-                )
-            })?,
+            Value::String(s) => Vendor::parse(s)
+                .ok_or_else(|| err("vendor", Rule::BadValue, format!("must be \"zego\" or \"trtc\", got {s:?}")))?,
             other => {
-                return Err(wrong_type(
-                    "vendor",
-                    "a string (\"zego\" or \"trtc\")",
-                    other,
-                ));
+                return Err(wrong_type("vendor", "a string (\"zego\" or \"trtc\")", other));
             }
         };
         let app_id = parse_app_id(&required("app_id")?)?;
@@ -297,32 +241,16 @@ impl Verdict {
         let user_ids = parse_user_ids(&required("user_ids")?)?;
 
         let mut optional = |field: &str| obj.remove(field).filter(|v| !v.is_null());
-        let reason = optional("reason")
-            .map(|v| bounded_str("reason", &v, MAX_REASON_BYTES, true))
-            .transpose()?;
-        let source = optional("source")
-            .map(|v| bounded_str("source", &v, MAX_BODY_BYTES, true))
-            .transpose()?;
-        let detected_at = optional("detected_at")
-            .map(|v| parse_time(&v))
-            .transpose()?;
+        let reason = optional("reason").map(|v| bounded_str("reason", &v, MAX_REASON_BYTES, true)).transpose()?;
+        let source = optional("source").map(|v| bounded_str("source", &v, MAX_BODY_BYTES, true)).transpose()?;
+        let detected_at = optional("detected_at").map(|v| parse_time(&v)).transpose()?;
         let evidence = match optional("evidence") {
             None => None,
             Some(Value::Object(m)) => Some(m),
             Some(other) => return Err(wrong_type("evidence", "a JSON object", &other)),
         };
 
-        Ok(Verdict {
-            verdict_id,
-            vendor,
-            app_id,
-            room_id,
-            user_ids,
-            reason,
-            source,
-            detected_at,
-            evidence,
-        })
+        Ok(Verdict { verdict_id, vendor, app_id, room_id, user_ids, reason, source, detected_at, evidence })
     }
 
     /// The verdict as a contract-v1 message body (used by `kick` and `replay` to publish).
@@ -359,23 +287,12 @@ fn parse_app_id(v: &Value) -> Result<u32, ContractError> {
     n.as_u64()
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            err(
-                "app_id",
-                Rule::OutOfRange,
-                format!("must be in 1..=4294967295, got {n}"),
-            )
-        })
+        .ok_or_else(|| err("app_id", Rule::OutOfRange, format!("must be in 1..=4294967295, got {n}")))
 }
 
 fn parse_room_id(vendor: Vendor, v: &Value) -> Result<RoomId, ContractError> {
     match v {
-        Value::String(_) => Ok(RoomId::Text(bounded_str(
-            "room_id",
-            v,
-            MAX_ID_BYTES,
-            false,
-        )?)),
+        Value::String(_) => Ok(RoomId::Text(bounded_str("room_id", v, MAX_ID_BYTES, false)?)),
         Value::Number(n) if n.is_u64() || n.is_i64() => match vendor {
             Vendor::Trtc => n
                 .as_u64()
@@ -386,22 +303,14 @@ fn parse_room_id(vendor: Vendor, v: &Value) -> Result<RoomId, ContractError> {
                     err(
                         "room_id",
                         Rule::OutOfRange,
-                        format!(
-                            "a TRTC numeric room must be in 1..={MAX_TRTC_NUMERIC_ROOM}, got {n}"
-                        ),
+                        format!("a TRTC numeric room must be in 1..={MAX_TRTC_NUMERIC_ROOM}, got {n}"),
                     )
                 }),
             // ZEGO rooms are strings; an integer names the room spelled with its decimal digits.
             Vendor::Zego => n
                 .as_u64()
                 .map(|n| RoomId::Text(n.to_string()))
-                .ok_or_else(|| {
-                    err(
-                        "room_id",
-                        Rule::OutOfRange,
-                        format!("must not be negative, got {n}"),
-                    )
-                }),
+                .ok_or_else(|| err("room_id", Rule::OutOfRange, format!("must not be negative, got {n}"))),
         },
         other => Err(wrong_type("room_id", "a string or an integer", other)),
     }
@@ -438,13 +347,7 @@ fn parse_time(v: &Value) -> Result<DateTime<Utc>, ContractError> {
     };
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            err(
-                "detected_at",
-                Rule::BadValue,
-                format!("must be an RFC 3339 timestamp ({e}), got {s:?}"),
-            )
-        })
+        .map_err(|e| err("detected_at", Rule::BadValue, format!("must be an RFC 3339 timestamp ({e}), got {s:?}")))
 }
 
 #[cfg(test)]
@@ -507,10 +410,7 @@ mod tests {
         assert_eq!(v.room_id, RoomId::Text("room-1".into()));
         assert_eq!(v.reason.as_deref(), Some("spam"));
         assert_eq!(v.source.as_deref(), Some("asr-model-7"));
-        assert_eq!(
-            v.detected_at.unwrap().to_rfc3339(),
-            "2026-11-21T19:00:00+00:00"
-        );
+        assert_eq!(v.detected_at.unwrap().to_rfc3339(), "2026-11-21T19:00:00+00:00");
         assert_eq!(v.evidence.unwrap()["score"], json!(0.98));
     }
 
@@ -532,43 +432,19 @@ mod tests {
     #[test]
     fn trtc_numeric_room_range_is_enforced() {
         rejects(with("room_id", json!(0)), Some("room_id"), Rule::OutOfRange);
-        rejects(
-            with("room_id", json!(4_294_967_295u64)),
-            Some("room_id"),
-            Rule::OutOfRange,
-        );
-        rejects(
-            with("room_id", json!(-5)),
-            Some("room_id"),
-            Rule::OutOfRange,
-        );
+        rejects(with("room_id", json!(4_294_967_295u64)), Some("room_id"), Rule::OutOfRange);
+        rejects(with("room_id", json!(-5)), Some("room_id"), Rule::OutOfRange);
         assert!(parse(&with("room_id", json!(4_294_967_294u64))).is_ok());
         assert!(parse(&with("room_id", json!(1))).is_ok());
     }
 
     #[test]
     fn room_id_of_wrong_type_or_empty_is_rejected() {
-        rejects(
-            with("room_id", json!(12.5)),
-            Some("room_id"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("room_id", json!(true)),
-            Some("room_id"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("room_id", json!([1])),
-            Some("room_id"),
-            Rule::WrongType,
-        );
+        rejects(with("room_id", json!(12.5)), Some("room_id"), Rule::WrongType);
+        rejects(with("room_id", json!(true)), Some("room_id"), Rule::WrongType);
+        rejects(with("room_id", json!([1])), Some("room_id"), Rule::WrongType);
         rejects(with("room_id", json!("")), Some("room_id"), Rule::Empty);
-        rejects(
-            with("room_id", json!("r".repeat(129))),
-            Some("room_id"),
-            Rule::TooLong,
-        );
+        rejects(with("room_id", json!("r".repeat(129))), Some("room_id"), Rule::TooLong);
     }
 
     #[test]
@@ -581,100 +457,42 @@ mod tests {
 
     #[test]
     fn verdict_id_is_1_to_128_bytes() {
-        rejects(
-            with("verdict_id", json!("")),
-            Some("verdict_id"),
-            Rule::Empty,
-        );
-        rejects(
-            with("verdict_id", json!("x".repeat(129))),
-            Some("verdict_id"),
-            Rule::TooLong,
-        );
+        rejects(with("verdict_id", json!("")), Some("verdict_id"), Rule::Empty);
+        rejects(with("verdict_id", json!("x".repeat(129))), Some("verdict_id"), Rule::TooLong);
         // 43 three-byte characters are 129 bytes: the limit is bytes, not characters.
-        rejects(
-            with("verdict_id", json!("违".repeat(43))),
-            Some("verdict_id"),
-            Rule::TooLong,
-        );
+        rejects(with("verdict_id", json!("违".repeat(43))), Some("verdict_id"), Rule::TooLong);
         assert!(parse(&with("verdict_id", json!("x".repeat(128)))).is_ok());
-        rejects(
-            with("verdict_id", json!(17)),
-            Some("verdict_id"),
-            Rule::WrongType,
-        );
+        rejects(with("verdict_id", json!(17)), Some("verdict_id"), Rule::WrongType);
     }
 
     #[test]
     fn vendor_must_be_zego_or_trtc() {
-        rejects(
-            with("vendor", json!("agora")),
-            Some("vendor"),
-            Rule::BadValue,
-        );
-        rejects(
-            with("vendor", json!("ZEGO")),
-            Some("vendor"),
-            Rule::BadValue,
-        );
+        rejects(with("vendor", json!("agora")), Some("vendor"), Rule::BadValue);
+        rejects(with("vendor", json!("ZEGO")), Some("vendor"), Rule::BadValue);
         rejects(with("vendor", json!(1)), Some("vendor"), Rule::WrongType);
     }
 
     #[test]
     fn app_id_is_a_positive_uint32() {
-        rejects(
-            with("app_id", json!("1400000001")),
-            Some("app_id"),
-            Rule::WrongType,
-        );
+        rejects(with("app_id", json!("1400000001")), Some("app_id"), Rule::WrongType);
         rejects(with("app_id", json!(1.5)), Some("app_id"), Rule::WrongType);
         rejects(with("app_id", json!(0)), Some("app_id"), Rule::OutOfRange);
         rejects(with("app_id", json!(-3)), Some("app_id"), Rule::OutOfRange);
-        rejects(
-            with("app_id", json!(4_294_967_296u64)),
-            Some("app_id"),
-            Rule::OutOfRange,
-        );
+        rejects(with("app_id", json!(4_294_967_296u64)), Some("app_id"), Rule::OutOfRange);
         assert!(parse(&with("app_id", json!(4_294_967_295u64))).is_ok());
     }
 
     #[test]
     fn user_ids_rules() {
         rejects(with("user_ids", json!([])), Some("user_ids"), Rule::Empty);
-        rejects(
-            with("user_ids", json!("a")),
-            Some("user_ids"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("user_ids", json!(["a", 7])),
-            Some("user_ids[1]"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("user_ids", json!(["a", ""])),
-            Some("user_ids[1]"),
-            Rule::Empty,
-        );
-        rejects(
-            with("user_ids", json!(["u".repeat(129)])),
-            Some("user_ids[0]"),
-            Rule::TooLong,
-        );
+        rejects(with("user_ids", json!("a")), Some("user_ids"), Rule::WrongType);
+        rejects(with("user_ids", json!(["a", 7])), Some("user_ids[1]"), Rule::WrongType);
+        rejects(with("user_ids", json!(["a", ""])), Some("user_ids[1]"), Rule::Empty);
+        rejects(with("user_ids", json!(["u".repeat(129)])), Some("user_ids[0]"), Rule::TooLong);
         let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
-        rejects(
-            with("user_ids", json!(many)),
-            Some("user_ids"),
-            Rule::TooLong,
-        );
+        rejects(with("user_ids", json!(many)), Some("user_ids"), Rule::TooLong);
         let hundred: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
-        assert_eq!(
-            parse(&with("user_ids", json!(hundred)))
-                .unwrap()
-                .user_ids
-                .len(),
-            100
-        );
+        assert_eq!(parse(&with("user_ids", json!(hundred))).unwrap().user_ids.len(), 100);
     }
 
     #[test]
@@ -686,71 +504,29 @@ mod tests {
     #[test]
     fn reason_is_at_most_4_kib_and_a_string() {
         assert!(parse(&with("reason", json!("r".repeat(4096)))).is_ok());
-        rejects(
-            with("reason", json!("r".repeat(4097))),
-            Some("reason"),
-            Rule::TooLong,
-        );
-        rejects(
-            with("reason", json!(["spam"])),
-            Some("reason"),
-            Rule::WrongType,
-        );
-        assert_eq!(
-            parse(&with("reason", json!(""))).unwrap().reason.as_deref(),
-            Some("")
-        );
+        rejects(with("reason", json!("r".repeat(4097))), Some("reason"), Rule::TooLong);
+        rejects(with("reason", json!(["spam"])), Some("reason"), Rule::WrongType);
+        assert_eq!(parse(&with("reason", json!(""))).unwrap().reason.as_deref(), Some(""));
     }
 
     #[test]
     fn optional_fields_have_types() {
         rejects(with("source", json!(3)), Some("source"), Rule::WrongType);
-        rejects(
-            with("detected_at", json!("yesterday")),
-            Some("detected_at"),
-            Rule::BadValue,
-        );
-        rejects(
-            with("detected_at", json!("2026-11-22 03:00:00")),
-            Some("detected_at"),
-            Rule::BadValue,
-        );
-        rejects(
-            with("detected_at", json!(1700000000)),
-            Some("detected_at"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("evidence", json!([1, 2])),
-            Some("evidence"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("evidence", json!("x")),
-            Some("evidence"),
-            Rule::WrongType,
-        );
-        rejects(
-            with("contract_version", json!(2)),
-            Some("contract_version"),
-            Rule::BadValue,
-        );
+        rejects(with("detected_at", json!("yesterday")), Some("detected_at"), Rule::BadValue);
+        rejects(with("detected_at", json!("2026-11-22 03:00:00")), Some("detected_at"), Rule::BadValue);
+        rejects(with("detected_at", json!(1700000000)), Some("detected_at"), Rule::WrongType);
+        rejects(with("evidence", json!([1, 2])), Some("evidence"), Rule::WrongType);
+        rejects(with("evidence", json!("x")), Some("evidence"), Rule::WrongType);
+        rejects(with("contract_version", json!(2)), Some("contract_version"), Rule::BadValue);
         // null means absent for optional fields
         assert_eq!(parse(&with("reason", Value::Null)).unwrap().reason, None);
     }
 
     #[test]
     fn unknown_fields_are_rejected_by_name() {
-        rejects(
-            with("user_id", json!("a")),
-            Some("user_id"),
-            Rule::UnknownField,
-        );
+        rejects(with("user_id", json!("a")), Some("user_id"), Rule::UnknownField);
         let e = parse(&with("priority", json!(1))).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "field `priority`: is not part of the verdict contract (version 1)"
-        );
+        assert_eq!(e.to_string(), "field `priority`: is not part of the verdict contract (version 1)");
     }
 
     #[test]
@@ -761,11 +537,7 @@ mod tests {
         assert_eq!((e.field.as_deref(), e.rule), (None, Rule::NotJson));
         for body in ["[1,2]", "\"v\"", "42", "null"] {
             let e = Verdict::parse(body.as_bytes()).unwrap_err();
-            assert_eq!(
-                (e.field.as_deref(), e.rule),
-                (None, Rule::NotObject),
-                "{body}"
-            );
+            assert_eq!((e.field.as_deref(), e.rule), (None, Rule::NotObject), "{body}");
         }
         let e = Verdict::parse(b"").unwrap_err();
         assert_eq!(e.rule, Rule::NotJson);

@@ -36,11 +36,18 @@ pub enum Blame {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The vendor kicked the users.
-    Done { request_id: String },
+    Done {
+        request_id: String,
+    },
     /// The room or user no longer exists: nothing left to kick, not a failure.
-    Gone { code: String },
+    Gone {
+        code: String,
+    },
     /// Worth trying again later. `slow_down` marks the vendor's rate-limit answers.
-    Retry { reason: String, slow_down: bool },
+    Retry {
+        reason: String,
+        slow_down: bool,
+    },
     /// The signature expired on the way: sign again with a fresh timestamp and nonce, once.
     Resign,
     Permanent {
@@ -78,16 +85,11 @@ impl Class {
         match self {
             Class::Done => Outcome::Done { request_id },
             Class::Gone => Outcome::Gone { code },
-            Class::Retry | Class::SlowDown => Outcome::Retry {
-                reason: format!("vendor code {code}: {message}"),
-                slow_down: self == Class::SlowDown,
-            },
+            Class::Retry | Class::SlowDown => {
+                Outcome::Retry { reason: format!("vendor code {code}: {message}"), slow_down: self == Class::SlowDown }
+            }
             Class::Resign => Outcome::Resign,
-            Class::Permanent(blame) => Outcome::Permanent {
-                code,
-                message,
-                blame,
-            },
+            Class::Permanent(blame) => Outcome::Permanent { code, message, blame },
         }
     }
 }
@@ -116,10 +118,7 @@ impl CallReport {
             format!("transport: {}", error_chain(err))
         };
         CallReport {
-            outcome: Outcome::Retry {
-                reason,
-                slow_down: false,
-            },
+            outcome: Outcome::Retry { reason, slow_down: false },
             action,
             http_status: None,
             vendor_code: None,
@@ -131,10 +130,7 @@ impl CallReport {
 
     fn http_error(action: &'static str, status: u16, latency: Duration) -> CallReport {
         CallReport {
-            outcome: Outcome::Retry {
-                reason: format!("HTTP {status}"),
-                slow_down: status == 429,
-            },
+            outcome: Outcome::Retry { reason: format!("HTTP {status}"), slow_down: status == 429 },
             action,
             http_status: Some(status),
             vendor_code: None,
@@ -160,11 +156,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("{vendor} accepts at most {max} users per call, got {got}")]
-    TooManyUsers {
-        vendor: Vendor,
-        max: usize,
-        got: usize,
-    },
+    TooManyUsers { vendor: Vendor, max: usize, got: usize },
     #[error("a call needs at least one user")]
     NoUsers,
     #[error("{vendor} app {app_id} is not configured")]
@@ -176,11 +168,7 @@ pub enum RequestError {
 fn check_users(vendor: Vendor, users: &[String], max: usize) -> Result<(), RequestError> {
     match users.len() {
         0 => Err(RequestError::NoUsers),
-        n if n > max => Err(RequestError::TooManyUsers {
-            vendor,
-            max,
-            got: n,
-        }),
+        n if n > max => Err(RequestError::TooManyUsers { vendor, max, got: n }),
         _ => Ok(()),
     }
 }

@@ -9,10 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Blame, CallReport, Class, KickRequest, RequestError, check_users, host_header, http_client,
-    unix_now,
-};
+use super::{Blame, CallReport, Class, KickRequest, RequestError, check_users, host_header, http_client, unix_now};
 use crate::config::TrtcApp;
 use crate::verdict::{RoomId, Vendor};
 
@@ -72,23 +69,14 @@ pub struct SignInput<'a> {
 
 /// The signed header list (`content-type;host`) and the canonical request.
 pub fn canonical_request(input: &SignInput<'_>) -> (String, String) {
-    let mut headers: Vec<(String, String)> = input
-        .headers
-        .iter()
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
-        .collect();
+    let mut headers: Vec<(String, String)> =
+        input.headers.iter().map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase())).collect();
     headers.sort();
     let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
     let signed: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
     let signed = signed.join(";");
-    let canonical = format!(
-        "{}\n/\n{}\n{}\n{}\n{}",
-        input.method,
-        input.query,
-        canonical_headers,
-        signed,
-        sha256_hex(input.body)
-    );
+    let canonical =
+        format!("{}\n/\n{}\n{}\n{}\n{}", input.method, input.query, canonical_headers, signed, sha256_hex(input.body));
     (signed, canonical)
 }
 
@@ -97,18 +85,11 @@ pub fn sign(secret_key: &str, input: &SignInput<'_>) -> (String, String) {
     let (signed, canonical) = canonical_request(input);
     let date = utc_date(input.timestamp);
     let scope = format!("{date}/{}/tc3_request", input.service);
-    let to_sign = format!(
-        "TC3-HMAC-SHA256\n{}\n{scope}\n{}",
-        input.timestamp,
-        sha256_hex(canonical.as_bytes())
-    );
+    let to_sign = format!("TC3-HMAC-SHA256\n{}\n{scope}\n{}", input.timestamp, sha256_hex(canonical.as_bytes()));
     let k_date = hmac_sha256(format!("TC3{secret_key}").as_bytes(), date.as_bytes());
     let k_service = hmac_sha256(&k_date, input.service.as_bytes());
     let k_signing = hmac_sha256(&k_service, b"tc3_request");
-    (
-        signed,
-        hex::encode(hmac_sha256(&k_signing, to_sign.as_bytes())),
-    )
+    (signed, hex::encode(hmac_sha256(&k_signing, to_sign.as_bytes())))
 }
 
 /// The `Authorization` header value.
@@ -131,85 +112,29 @@ pub const CODES: &[(&str, bool, Class)] = &[
     ("ServiceUnavailable", false, Class::Retry),
     ("AuthFailure.SignatureExpire", false, Class::Resign),
     ("AuthFailure", true, Class::Permanent(Blame::Configuration)),
-    (
-        "UnauthorizedOperation",
-        true,
-        Class::Permanent(Blame::Configuration),
-    ),
+    ("UnauthorizedOperation", true, Class::Permanent(Blame::Configuration)),
     // The app id is ours, not the verdict's: a configuration problem, not a per-user one.
-    (
-        "InvalidParameter.SdkAppId",
-        false,
-        Class::Permanent(Blame::Configuration),
-    ),
-    (
-        "MissingParameter.SdkAppId",
-        false,
-        Class::Permanent(Blame::Configuration),
-    ),
+    ("InvalidParameter.SdkAppId", false, Class::Permanent(Blame::Configuration)),
+    ("MissingParameter.SdkAppId", false, Class::Permanent(Blame::Configuration)),
     // A bad room fails every user in it; splitting the chunk cannot help.
-    (
-        "InvalidParameter.RoomId",
-        false,
-        Class::Permanent(Blame::Room),
-    ),
-    (
-        "InvalidParameterValue.RoomId",
-        false,
-        Class::Permanent(Blame::Room),
-    ),
-    (
-        "MissingParameter.RoomId",
-        false,
-        Class::Permanent(Blame::Room),
-    ),
-    (
-        "InvalidParameter",
-        true,
-        Class::Permanent(Blame::Parameters),
-    ),
-    (
-        "InvalidParameterValue",
-        true,
-        Class::Permanent(Blame::Parameters),
-    ),
-    (
-        "MissingParameter",
-        true,
-        Class::Permanent(Blame::Parameters),
-    ),
-    (
-        "UnknownParameter",
-        false,
-        Class::Permanent(Blame::Parameters),
-    ),
+    ("InvalidParameter.RoomId", false, Class::Permanent(Blame::Room)),
+    ("InvalidParameterValue.RoomId", false, Class::Permanent(Blame::Room)),
+    ("MissingParameter.RoomId", false, Class::Permanent(Blame::Room)),
+    ("InvalidParameter", true, Class::Permanent(Blame::Parameters)),
+    ("InvalidParameterValue", true, Class::Permanent(Blame::Parameters)),
+    ("MissingParameter", true, Class::Permanent(Blame::Parameters)),
+    ("UnknownParameter", false, Class::Permanent(Blame::Parameters)),
     ("LimitExceeded", false, Class::Permanent(Blame::Parameters)),
-    (
-        "InvalidAction",
-        false,
-        Class::Permanent(Blame::Configuration),
-    ),
-    (
-        "NoSuchVersion",
-        false,
-        Class::Permanent(Blame::Configuration),
-    ),
-    (
-        "UnsupportedRegion",
-        false,
-        Class::Permanent(Blame::Configuration),
-    ),
+    ("InvalidAction", false, Class::Permanent(Blame::Configuration)),
+    ("NoSuchVersion", false, Class::Permanent(Blame::Configuration)),
+    ("UnsupportedRegion", false, Class::Permanent(Blame::Configuration)),
 ];
 
 pub fn classify(code: &str) -> Class {
     CODES
         .iter()
         .find(|(c, family, _)| {
-            code == *c
-                || (*family
-                    && code.len() > c.len()
-                    && code.starts_with(c)
-                    && code.as_bytes()[c.len()] == b'.')
+            code == *c || (*family && code.len() > c.len() && code.starts_with(c) && code.as_bytes()[c.len()] == b'.')
         })
         .map(|(_, _, class)| *class)
         .unwrap_or(Class::Permanent(Blame::Parameters))
@@ -238,12 +163,8 @@ pub fn body(sdk_app_id: u32, room: &RoomId, users: &[String]) -> Vec<u8> {
         RoomId::Numeric(n) => RoomJson::Numeric(*n),
         RoomId::Text(s) => RoomJson::Text(s),
     };
-    serde_json::to_vec(&Body {
-        sdk_app_id,
-        room_id,
-        user_ids: users,
-    })
-    .expect("serialising strings and integers cannot fail")
+    serde_json::to_vec(&Body { sdk_app_id, room_id, user_ids: users })
+        .expect("serialising strings and integers cannot fail")
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,10 +229,7 @@ impl TrtcClient {
 
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         if req.app_id != self.sdk_app_id {
-            return Err(RequestError::UnknownApp {
-                vendor: Vendor::Trtc,
-                app_id: req.app_id,
-            });
+            return Err(RequestError::UnknownApp { vendor: Vendor::Trtc, app_id: req.app_id });
         }
         check_users(Vendor::Trtc, &req.user_ids, MAX_USERS_PER_CALL)?;
         let action = action_for(&req.room);
@@ -366,10 +284,7 @@ pub fn interpret(action: &'static str, body: &[u8], latency: std::time::Duration
         Ok(e) => e,
         Err(e) => {
             return CallReport {
-                outcome: super::Outcome::Retry {
-                    reason: format!("unreadable reply: {e}"),
-                    slow_down: false,
-                },
+                outcome: super::Outcome::Retry { reason: format!("unreadable reply: {e}"), slow_down: false },
                 action,
                 http_status: Some(200),
                 vendor_code: None,
@@ -411,10 +326,7 @@ mod tests {
     #[test]
     fn official_cvm_example() {
         let body = br#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
-        assert_eq!(
-            sha256_hex(body),
-            "35e9c5b0e3ae67532d3c9f17ead6c90222632e5b1ff7f6e89887f1398934f064"
-        );
+        assert_eq!(sha256_hex(body), "35e9c5b0e3ae67532d3c9f17ead6c90222632e5b1ff7f6e89887f1398934f064");
         let input = SignInput {
             method: "POST",
             query: "",
@@ -433,26 +345,13 @@ mod tests {
             sha256_hex(canonical.as_bytes()),
             "7019a55be8395899b900fb5564e4200d984910f34794a27cb3fb7d10ff6a1e84"
         );
-        assert_eq!(
-            sign(&"*".repeat(32), &input).1,
-            "10b1a37a7301a02ca19a647ad722d5e43b4b3cff309d421d85b46093f6ab6c4f"
-        );
+        assert_eq!(sign(&"*".repeat(32), &input).1, "10b1a37a7301a02ca19a647ad722d5e43b4b3cff309d421d85b46093f6ab6c4f");
     }
 
     /// Signs like the official SDK does for TRTC: `content-type;host`, the vectors' fixed inputs.
     fn sign_trtc(method: &str, query: &str, content_type: &str, body: &[u8]) -> String {
-        let headers = [
-            ("content-type", content_type),
-            ("host", "trtc.tencentcloudapi.com"),
-        ];
-        let input = SignInput {
-            method,
-            query,
-            headers: &headers,
-            body,
-            service: SERVICE,
-            timestamp: 1551113065,
-        };
+        let headers = [("content-type", content_type), ("host", "trtc.tencentcloudapi.com")];
+        let input = SignInput { method, query, headers: &headers, body, service: SERVICE, timestamp: 1551113065 };
         authorization(SECRET_ID, SECRET_KEY, &input)
     }
 
@@ -466,10 +365,7 @@ mod tests {
     #[test]
     fn trtc_vector_1_remove_user_post() {
         let body = br#"{"SdkAppId": 1400000001, "RoomId": 1234, "UserIds": ["test1", "test2"]}"#;
-        assert_eq!(
-            sha256_hex(body),
-            "7d92e62d28350ac68668924c7ac84c3674772d07ad79510e059ccb8788903f05"
-        );
+        assert_eq!(sha256_hex(body), "7d92e62d28350ac68668924c7ac84c3674772d07ad79510e059ccb8788903f05");
         assert_eq!(
             sign_trtc("POST", "", "application/json", body),
             expected_auth("fcbb3a848021ab9fd6ec43562b9eff6f1f70b9867a803b6aa683c8b58a2ca7cd")
@@ -488,10 +384,7 @@ mod tests {
     #[test]
     fn trtc_vector_3_remove_user_by_str_room_id() {
         let body = br#"{"SdkAppId": 1400000001, "RoomId": "abcd", "UserIds": ["test1", "test2"]}"#;
-        assert_eq!(
-            sha256_hex(body),
-            "e67a68fa26c4608168385aaa400f74fb320cbbb23403ed877bd87f46910a76fe"
-        );
+        assert_eq!(sha256_hex(body), "e67a68fa26c4608168385aaa400f74fb320cbbb23403ed877bd87f46910a76fe");
         assert_eq!(
             sign_trtc("POST", "", "application/json", body),
             expected_auth("de6185e395b3db6afb56573a8695ce5c9800031ce2d5f307d38a2f5e4fea5e90")
@@ -517,10 +410,7 @@ mod tests {
             r#"{"SdkAppId":1400000001,"RoomId":"1234","UserIds":["test1","test2"]}"#
         );
         assert_eq!(action_for(&RoomId::Numeric(1)), "RemoveUser");
-        assert_eq!(
-            action_for(&RoomId::Text("1".into())),
-            "RemoveUserByStrRoomId"
-        );
+        assert_eq!(action_for(&RoomId::Text("1".into())), "RemoveUserByStrRoomId");
     }
 
     /// The documented table, transcribed independently of `CODES`.
@@ -536,18 +426,9 @@ mod tests {
             ("InternalError.GetRoomFromCacheError", Class::Retry),
             ("ServiceUnavailable", Class::Retry),
             ("AuthFailure.SignatureExpire", Class::Resign),
-            (
-                "AuthFailure.SignatureFailure",
-                Class::Permanent(Configuration),
-            ),
-            (
-                "AuthFailure.SecretIdNotFound",
-                Class::Permanent(Configuration),
-            ),
-            (
-                "UnauthorizedOperation.SdkAppId",
-                Class::Permanent(Configuration),
-            ),
+            ("AuthFailure.SignatureFailure", Class::Permanent(Configuration)),
+            ("AuthFailure.SecretIdNotFound", Class::Permanent(Configuration)),
+            ("UnauthorizedOperation.SdkAppId", Class::Permanent(Configuration)),
             ("InvalidParameter.SdkAppId", Class::Permanent(Configuration)),
             ("MissingParameter.SdkAppId", Class::Permanent(Configuration)),
             ("InvalidParameter.RoomId", Class::Permanent(Room)),
@@ -566,11 +447,7 @@ mod tests {
             assert_eq!(classify(code), *class, "code {code}");
         }
         for (code, _, class) in CODES {
-            assert_eq!(
-                classify(code),
-                *class,
-                "row {code} is shadowed by an earlier row"
-            );
+            assert_eq!(classify(code), *class, "row {code} is shadowed by an earlier row");
         }
         // A family row does not swallow codes that merely share a prefix.
         assert_eq!(classify("InternalErrorX"), Class::Permanent(Parameters));
@@ -580,21 +457,10 @@ mod tests {
     fn replies_are_read_from_the_envelope() {
         let ok = br#"{"Response":{"RequestId":"eac6b301-a322-493a-8e36-83b295459397"}}"#;
         let r = interpret(ACTION_NUMERIC, ok, Duration::ZERO);
-        assert_eq!(
-            r.outcome,
-            Outcome::Done {
-                request_id: "eac6b301-a322-493a-8e36-83b295459397".into()
-            }
-        );
+        assert_eq!(r.outcome, Outcome::Done { request_id: "eac6b301-a322-493a-8e36-83b295459397".into() });
         let err = br#"{"Response":{"Error":{"Code":"RequestLimitExceeded","Message":"slow"},"RequestId":"r"}}"#;
         let r = interpret(ACTION_NUMERIC, err, Duration::ZERO);
-        assert!(matches!(
-            r.outcome,
-            Outcome::Retry {
-                slow_down: true,
-                ..
-            }
-        ));
+        assert!(matches!(r.outcome, Outcome::Retry { slow_down: true, .. }));
         assert_eq!(r.vendor_code.as_deref(), Some("RequestLimitExceeded"));
         assert_eq!(r.vendor_request_id.as_deref(), Some("r"));
         let r = interpret(ACTION_STRING, br#"{"nope":1}"#, Duration::ZERO);

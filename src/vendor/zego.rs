@@ -9,9 +9,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{
-    Blame, CallReport, Class, KickRequest, RequestError, check_users, http_client, unix_now,
-};
+use super::{Blame, CallReport, Class, KickRequest, RequestError, check_users, http_client, unix_now};
 use crate::config::ZegoApp;
 use crate::verdict::{RoomId, Vendor};
 
@@ -27,11 +25,7 @@ pub const MAX_REASON_BYTES: usize = 256;
 pub const MAX_SKEW_SECS: i64 = 600;
 
 /// Characters left as they are in query values: RFC 3986 unreserved.
-pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// `lowercase_hex(md5(AppId + SignatureNonce + ServerSecret + Timestamp))`, decimal numbers.
 pub fn signature(app_id: u32, nonce: &str, server_secret: &str, timestamp: i64) -> String {
@@ -94,22 +88,23 @@ pub struct Reply {
     pub request_id: Option<serde_json::Value>,
 }
 
+/// The common (signed) parameters of one call.
+pub struct Common<'a> {
+    pub app_id: u32,
+    pub nonce: &'a str,
+    pub timestamp: i64,
+    pub signature: &'a str,
+    pub is_test: Option<bool>,
+}
+
 /// Builds the full query string (after `?`) for one signed call.
-pub fn query_string(
-    app_id: u32,
-    nonce: &str,
-    timestamp: i64,
-    signature: &str,
-    is_test: Option<bool>,
-    room: &str,
-    users: &[String],
-    reason: Option<&str>,
-) -> String {
+pub fn query_string(c: &Common<'_>, room: &str, users: &[String], reason: Option<&str>) -> String {
     let enc = |v: &str| utf8_percent_encode(v, QUERY_VALUE).to_string();
     let mut q = format!(
-        "Action={ACTION}&AppId={app_id}&SignatureNonce={nonce}&Timestamp={timestamp}&SignatureVersion=2.0&Signature={signature}"
+        "Action={ACTION}&AppId={}&SignatureNonce={}&Timestamp={}&SignatureVersion=2.0&Signature={}",
+        c.app_id, c.nonce, c.timestamp, c.signature
     );
-    if let Some(t) = is_test {
+    if let Some(t) = c.is_test {
         q.push_str(if t { "&IsTest=true" } else { "&IsTest=false" });
     }
     q.push_str("&RoomId=");
@@ -155,10 +150,7 @@ impl ZegoClient {
 
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         if req.app_id != self.app_id {
-            return Err(RequestError::UnknownApp {
-                vendor: Vendor::Zego,
-                app_id: req.app_id,
-            });
+            return Err(RequestError::UnknownApp { vendor: Vendor::Zego, app_id: req.app_id });
         }
         check_users(Vendor::Zego, &req.user_ids, MAX_USERS_PER_CALL)?;
         let room = match &req.room {
@@ -169,26 +161,15 @@ impl ZegoClient {
         let ts = unix_now();
         let sig = signature(self.app_id, &nonce, self.secret.expose_secret(), ts);
         let mut url = self.endpoint.clone();
-        url.set_query(Some(&query_string(
-            self.app_id,
-            &nonce,
-            ts,
-            &sig,
-            self.is_test,
-            room,
-            &req.user_ids,
-            req.reason.as_deref(),
-        )));
+        let common =
+            Common { app_id: self.app_id, nonce: &nonce, timestamp: ts, signature: &sig, is_test: self.is_test };
+        url.set_query(Some(&query_string(&common, room, &req.user_ids, req.reason.as_deref())));
 
         let started = Instant::now();
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
-                return Ok(CallReport::transport(
-                    ACTION,
-                    &e.without_url(),
-                    started.elapsed(),
-                ));
+                return Ok(CallReport::transport(ACTION, &e.without_url(), started.elapsed()));
             }
         };
         let status = resp.status().as_u16();
@@ -212,10 +193,7 @@ pub fn interpret(body: &[u8], latency: std::time::Duration) -> CallReport {
         Ok(r) => r,
         Err(e) => {
             return CallReport {
-                outcome: super::Outcome::Retry {
-                    reason: format!("unreadable reply: {e}"),
-                    slow_down: false,
-                },
+                outcome: super::Outcome::Retry { reason: format!("unreadable reply: {e}"), slow_down: false },
                 action: ACTION,
                 http_status: Some(200),
                 vendor_code: None,
@@ -232,11 +210,7 @@ pub fn interpret(body: &[u8], latency: std::time::Duration) -> CallReport {
     };
     let code = reply.code.to_string();
     CallReport {
-        outcome: classify(reply.code).into_outcome(
-            code.clone(),
-            reply.message.clone(),
-            request_id.clone(),
-        ),
+        outcome: classify(reply.code).into_outcome(code.clone(), reply.message.clone(), request_id.clone()),
         action: ACTION,
         http_status: Some(200),
         vendor_code: Some(code),
@@ -255,12 +229,7 @@ mod tests {
     #[test]
     fn official_doc_example_signature() {
         assert_eq!(
-            signature(
-                12345,
-                "4fd24687296dd9f3",
-                "9193cc662a4c0ec135ec71fb57194b38",
-                1615186943
-            ),
+            signature(12345, "4fd24687296dd9f3", "9193cc662a4c0ec135ec71fb57194b38", 1615186943),
             "43e5cfcca828314675f91b001390566a"
         );
     }
@@ -268,12 +237,7 @@ mod tests {
     #[test]
     fn second_vector_signature() {
         assert_eq!(
-            signature(
-                1234567890,
-                "0123456789abcdef",
-                "abcdefghijklmnopqrstuvwxyz012345",
-                1700000000
-            ),
+            signature(1234567890, "0123456789abcdef", "abcdefghijklmnopqrstuvwxyz012345", 1700000000),
             "33c723c09b2efad9b5d4042afd31f118"
         );
     }
@@ -282,10 +246,7 @@ mod tests {
     fn nonce_is_16_lowercase_hex_and_fresh() {
         let a = nonce();
         assert_eq!(a.len(), 16);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, nonce());
     }
 
@@ -316,11 +277,7 @@ mod tests {
             assert_eq!(classify(*code), *class, "code {code}");
         }
         for code in (100000000..=100000017).filter(|c| ![100000004, 100000015].contains(c)) {
-            assert_eq!(
-                classify(code),
-                Class::Permanent(Blame::Configuration),
-                "code {code}"
-            );
+            assert_eq!(classify(code), Class::Permanent(Blame::Configuration), "code {code}");
         }
         // and the table holds nothing the documentation does not
         for (code, class) in CODES {
@@ -330,78 +287,47 @@ mod tests {
 
     #[test]
     fn query_string_follows_the_vendor_example() {
-        let q = query_string(
-            12345,
-            "4fd24687296dd9f3",
-            1615186943,
-            "43e5cfcca828314675f91b001390566a",
-            None,
-            "room1",
-            &["a".into(), "b".into()],
-            Some("踢出用户-原因"),
-        );
+        let common = Common {
+            app_id: 12345,
+            nonce: "4fd24687296dd9f3",
+            timestamp: 1615186943,
+            signature: "43e5cfcca828314675f91b001390566a",
+            is_test: None,
+        };
+        let q = query_string(&common, "room1", &["a".into(), "b".into()], Some("踢出用户-原因"));
         assert_eq!(
             q,
             "Action=KickoutUser&AppId=12345&SignatureNonce=4fd24687296dd9f3&Timestamp=1615186943\
              &SignatureVersion=2.0&Signature=43e5cfcca828314675f91b001390566a&RoomId=room1\
              &UserId[]=a&UserId[]=b&CustomReason=%E8%B8%A2%E5%87%BA%E7%94%A8%E6%88%B7-%E5%8E%9F%E5%9B%A0"
         );
-        let q = query_string(1, "n", 2, "s", Some(true), "a b&c", &["x=y".into()], None);
-        assert!(
-            q.contains("&IsTest=true&RoomId=a%20b%26c&UserId[]=x%3Dy"),
-            "{q}"
-        );
+        let test = Common { app_id: 1, nonce: "n", timestamp: 2, signature: "s", is_test: Some(true) };
+        let q = query_string(&test, "a b&c", &["x=y".into()], None);
+        assert!(q.contains("&IsTest=true&RoomId=a%20b%26c&UserId[]=x%3Dy"), "{q}");
     }
 
     #[test]
     fn custom_reason_is_cut_to_256_bytes_on_a_char_boundary() {
         let reason = "违".repeat(100); // 300 bytes
-        let q = query_string(1, "n", 2, "s", None, "r", &["u".into()], Some(&reason));
+        let common = Common { app_id: 1, nonce: "n", timestamp: 2, signature: "s", is_test: None };
+        let q = query_string(&common, "r", &["u".into()], Some(&reason));
         let encoded = q.split("CustomReason=").nth(1).unwrap();
-        let decoded = percent_encoding::percent_decode_str(encoded)
-            .decode_utf8()
-            .unwrap();
+        let decoded = percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap();
         assert_eq!(decoded.len(), 255);
         assert_eq!(decoded, "违".repeat(85));
     }
 
     #[test]
     fn replies_are_read_from_the_body() {
-        let r = interpret(
-            br#"{"Code":0,"Message":"success","RequestId":"343649807833778782"}"#,
-            Duration::ZERO,
-        );
-        assert_eq!(
-            r.outcome,
-            Outcome::Done {
-                request_id: "343649807833778782".into()
-            }
-        );
+        let r = interpret(br#"{"Code":0,"Message":"success","RequestId":"343649807833778782"}"#, Duration::ZERO);
+        assert_eq!(r.outcome, Outcome::Done { request_id: "343649807833778782".into() });
         assert_eq!(r.vendor_request_id.as_deref(), Some("343649807833778782"));
-        let r = interpret(
-            br#"{"Code":206,"Message":"app qps limit","RequestId":1}"#,
-            Duration::ZERO,
-        );
-        assert!(matches!(
-            r.outcome,
-            Outcome::Retry {
-                slow_down: true,
-                ..
-            }
-        ));
+        let r = interpret(br#"{"Code":206,"Message":"app qps limit","RequestId":1}"#, Duration::ZERO);
+        assert!(matches!(r.outcome, Outcome::Retry { slow_down: true, .. }));
         assert_eq!(r.vendor_code.as_deref(), Some("206"));
-        let r = interpret(
-            br#"{"Code":104,"Message":"room not exist"}"#,
-            Duration::ZERO,
-        );
+        let r = interpret(br#"{"Code":104,"Message":"room not exist"}"#, Duration::ZERO);
         assert_eq!(r.outcome, Outcome::Gone { code: "104".into() });
         let r = interpret(b"<html>", Duration::ZERO);
-        assert!(matches!(
-            r.outcome,
-            Outcome::Retry {
-                slow_down: false,
-                ..
-            }
-        ));
+        assert!(matches!(r.outcome, Outcome::Retry { slow_down: false, .. }));
     }
 }

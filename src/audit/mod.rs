@@ -1,0 +1,114 @@
+//! The audit repository: the only module that speaks SQL. Bound parameters only.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool, Postgres};
+
+use crate::config::PostgresConfig;
+
+/// The migrations in `migrations/`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Stored bodies of rejected messages are cut to this size (`payload_size` keeps the real one).
+pub const REJECTED_PAYLOAD_CAP: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("PostgreSQL migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn options(cfg: &PostgresConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    let opts: PgConnectOptions = cfg.url.expose_secret().parse()?;
+    // Statement logging would put user ids into logs at INFO; keep it for slow statements only.
+    Ok(opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+}
+
+/// A pool to the configured database. Waits at most `connect_timeout` for the first connection.
+pub async fn connect(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<PgPool, AuditError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(connect_timeout)
+        .connect_with(options(cfg)?)
+        .await?)
+}
+
+/// Creates the database if it does not exist yet, then applies pending migrations. Running it
+/// again is a no-op.
+pub async fn migrate(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<MigrateReport, AuditError> {
+    let url = cfg.url.expose_secret();
+    let created = if Postgres::database_exists(url).await? {
+        false
+    } else {
+        Postgres::create_database(url).await?;
+        true
+    };
+    let pool = connect(cfg, connect_timeout).await?;
+    let before = applied_versions(&pool).await.unwrap_or_default();
+    MIGRATOR.run(&pool).await?;
+    let after = applied_versions(&pool).await?;
+    pool.close().await;
+    Ok(MigrateReport {
+        created_database: created,
+        applied: after.len().saturating_sub(before.len()),
+        total: after.len(),
+    })
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub created_database: bool,
+    /// Migrations applied by this run.
+    pub applied: usize,
+    /// Migrations applied in all.
+    pub total: usize,
+}
+
+async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(pool).await
+}
+
+/// A malformed message, as it will be stored.
+pub struct Rejection<'a> {
+    pub reason: &'a str,
+    pub field: Option<&'a str>,
+    pub rule: &'a str,
+    pub payload: &'a [u8],
+    pub headers: serde_json::Value,
+    /// The `verdict_id` when the body was readable enough to have one.
+    pub verdict_id: Option<&'a str>,
+}
+
+/// Records a rejected message; returns its id.
+pub async fn record_rejection(pool: &PgPool, r: &Rejection<'_>) -> Result<i64, AuditError> {
+    let capped = &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_CAP)];
+    let id = sqlx::query_scalar(
+        "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers, verdict_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(r.reason)
+    .bind(r.field)
+    .bind(r.rule)
+    .bind(capped)
+    .bind(i32::try_from(r.payload.len()).unwrap_or(i32::MAX))
+    .bind(&r.headers)
+    .bind(r.verdict_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
+
+/// How many of the compiled-in migrations this database has not applied yet.
+pub async fn pending_migrations(pool: &PgPool) -> Result<usize, AuditError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let applied = if exists { applied_versions(pool).await? } else { Vec::new() };
+    Ok(MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count())
+}

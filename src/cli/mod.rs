@@ -1,0 +1,100 @@
+//! The `bouncer` command line. Each subcommand is a small module; this file only parses and
+//! dispatches. Exit codes: 0 success, 1 a run-time failure (a service unreachable, a command that
+//! did not finish), 2 bad usage or invalid configuration.
+
+mod check;
+mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "bouncer", version, about = "Enforces content-moderation verdicts in ZEGO and TRTC rooms")]
+pub struct Cli {
+    /// Configuration file. Without this flag a missing `bouncer.toml` is fine: the defaults and
+    /// `BOUNCER_*` environment variables are used.
+    #[arg(long, global = true, env = "BOUNCER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: text (default) or json.
+    #[arg(long, global = true, env = "BOUNCER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the configuration, then check that RabbitMQ and PostgreSQL answer.
+    Check(check::CheckArgs),
+    /// Create the database if needed and apply the audit schema migrations (idempotent).
+    Migrate,
+    /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
+    Sim(sim::SimArgs),
+}
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+impl Cli {
+    /// Loads the configuration the flags point at, printing every problem on failure.
+    fn load_config(&self) -> Result<Config, ExitCode> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("bouncer.toml"), false),
+        };
+        Config::load(&path, required).map_err(|e| {
+            eprintln!("{}: invalid configuration", path.display());
+            for p in &e.0 {
+                eprintln!("  error: {p}");
+            }
+            ExitCode::from(EXIT_USAGE)
+        })
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Check(args) => check::run(&cli, args).await,
+        Command::Migrate => migrate(&cli).await,
+        Command::Sim(args) => sim::run(&cli, args).await,
+    }
+}
+
+async fn migrate(cli: &Cli) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::audit::migrate(&config.postgres, std::time::Duration::from_secs(10)).await {
+        Ok(r) => {
+            if r.created_database {
+                println!("created the database");
+            }
+            println!("applied {} migration(s); {} in all; schema is up to date", r.applied, r.total);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrate failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Logging: human-readable on a terminal, JSON lines with `--log-format json` (or
+//! `BOUNCER_LOG_FORMAT=json`). Verbosity from `BOUNCER_LOG` (an `EnvFilter`), `info` by default.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber; logs go to stderr so stdout stays for command output.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("BOUNCER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests run several commands in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+}
