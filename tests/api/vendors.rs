@@ -1,0 +1,237 @@
+//! The real vendor clients against a running `bouncer sim`.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use bouncer::config::Config;
+use bouncer::vendor::trtc::TrtcClient;
+use bouncer::vendor::zego::ZegoClient;
+use bouncer::vendor::{Blame, Client, KickRequest, Outcome, RequestError};
+use bouncer::verdict::RoomId;
+use serde_json::json;
+
+use crate::helpers::{Apps, SimControl, TempFile, start_sim};
+
+fn users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user-{i}")).collect()
+}
+
+fn request(app_id: u32, room: RoomId, n: usize) -> KickRequest {
+    KickRequest { app_id, room, user_ids: users(n), reason: Some("spam".into()) }
+}
+
+fn clients(config: &Config) -> (Client, Client) {
+    (Client::Zego(ZegoClient::new(&config.zego[0])), Client::Trtc(TrtcClient::new(&config.trtc[0])))
+}
+
+#[tokio::test]
+async fn both_vendors_and_both_trtc_room_kinds_kick_successfully() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let (zego, trtc) = clients(&apps.config(&sim.endpoint()));
+
+    let r = zego.kick_once(&request(apps.zego[0].0, RoomId::Text("room-1".into()), 5)).await.unwrap();
+    assert!(matches!(&r.outcome, Outcome::Done { request_id } if !request_id.is_empty()), "{r:?}");
+    assert_eq!((r.action, r.http_status, r.vendor_code.as_deref()), ("KickoutUser", Some(200), Some("0")));
+
+    let r = trtc.kick_once(&request(apps.trtc[0].0, RoomId::Numeric(1234), 10)).await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Done { .. }), "{r:?}");
+    assert_eq!(r.action, "RemoveUser");
+
+    let r = trtc.kick_once(&request(apps.trtc[0].0, RoomId::Text("1234".into()), 3)).await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Done { .. }), "{r:?}");
+    assert_eq!(r.action, "RemoveUserByStrRoomId");
+
+    let seen = SimControl::new(&sim).requests().await;
+    let summary: Vec<_> = seen.iter().map(|r| (r.action.as_str(), r.room_id.as_str(), r.room_numeric, r.user_ids.len())).collect();
+    assert_eq!(
+        summary,
+        [("KickoutUser", "room-1", false, 5), ("RemoveUser", "1234", true, 10), ("RemoveUserByStrRoomId", "1234", false, 3)]
+    );
+    assert!(seen.iter().all(|r| r.rejection.is_none()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_by_the_sim_and_classified_as_configuration() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let mut wrong = Apps { zego: apps.zego.clone(), trtc: apps.trtc.clone() };
+    wrong.zego[0].1 = "not-the-secret".into();
+    wrong.trtc[0].2 = "not-the-key".into();
+    let (zego, trtc) = clients(&wrong.config(&sim.endpoint()));
+
+    for (client, req) in [
+        (&zego, request(apps.zego[0].0, RoomId::Text("r".into()), 1)),
+        (&trtc, request(apps.trtc[0].0, RoomId::Numeric(7), 1)),
+    ] {
+        let r = client.kick_once(&req).await.unwrap();
+        assert!(
+            matches!(&r.outcome, Outcome::Permanent { blame: Blame::Configuration, .. }),
+            "{:?} got {r:?}",
+            client.vendor()
+        );
+    }
+    let stats = SimControl::new(&sim).stats().await;
+    assert_eq!(stats["rejections"]["signature"], 2, "{stats}");
+    assert_eq!(stats["kicked_users"], 0);
+}
+
+#[tokio::test]
+async fn too_many_users_are_refused_before_anything_is_sent() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let (zego, trtc) = clients(&apps.config(&sim.endpoint()));
+
+    let e = zego.kick_once(&request(apps.zego[0].0, RoomId::Text("r".into()), 6)).await.unwrap_err();
+    assert_eq!(e, RequestError::TooManyUsers { vendor: bouncer::verdict::Vendor::Zego, max: 5, got: 6 });
+    let e = trtc.kick_once(&request(apps.trtc[0].0, RoomId::Numeric(1), 11)).await.unwrap_err();
+    assert_eq!(e, RequestError::TooManyUsers { vendor: bouncer::verdict::Vendor::Trtc, max: 10, got: 11 });
+    assert!(SimControl::new(&sim).requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_300_byte_chinese_reason_reaches_zego_cut_to_256_bytes_on_a_character() {
+    let apps = Apps::random(1, 0);
+    let sim = start_sim(&apps).await;
+    let zego = Client::Zego(ZegoClient::new(&apps.config(&sim.endpoint()).zego[0]));
+    let reason = "违规内容".repeat(25); // 100 characters, 300 bytes
+    let req = KickRequest { reason: Some(reason.clone()), ..request(apps.zego[0].0, RoomId::Text("r".into()), 1) };
+    let r = zego.kick_once(&req).await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Done { .. }), "{r:?}");
+    let seen = SimControl::new(&sim).requests().await;
+    let sent = seen[0].reason.clone().expect("CustomReason sent");
+    assert_eq!(sent.len(), 255, "85 whole characters");
+    assert!(reason.starts_with(&sent));
+}
+
+#[tokio::test]
+async fn an_expired_signature_is_signed_afresh_and_then_succeeds() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let control = SimControl::new(&sim);
+    control.set_faults(json!({"vendor": "zego", "expire_next": 1})).await;
+    control.set_faults(json!({"vendor": "trtc", "expire_next": 1})).await;
+    let (zego, trtc) = clients(&apps.config(&sim.endpoint()));
+
+    for (client, req) in [
+        (&zego, request(apps.zego[0].0, RoomId::Text("r".into()), 2)),
+        (&trtc, request(apps.trtc[0].0, RoomId::Text("s".into()), 2)),
+    ] {
+        let first = client.kick_once(&req).await.unwrap();
+        assert_eq!(first.outcome, Outcome::Resign, "{first:?}");
+        let second = client.kick_once(&req).await.unwrap();
+        assert!(matches!(second.outcome, Outcome::Done { .. }), "{second:?}");
+    }
+    let seen = control.requests().await;
+    assert_eq!(seen.len(), 4);
+    assert_ne!(seen[0].nonce, seen[1].nonce, "ZEGO re-sign uses a fresh nonce");
+    // TC3 has no nonce: a re-sign within the same second is byte-identical. What matters is that
+    // the timestamp is taken afresh at send time.
+    assert!(seen[3].timestamp >= seen[2].timestamp);
+    assert_eq!(seen[0].rejection.as_deref(), Some("expired"));
+}
+
+#[tokio::test]
+async fn a_hanging_vendor_hits_the_timeout_and_is_classified_retry() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    SimControl::new(&sim).set_faults(json!({"hang": true})).await;
+    let text = apps.toml(&sim.endpoint()).replace("timeout_ms = 2000", "timeout_ms = 300");
+    let config = Config::from_toml(&text).unwrap();
+    let (zego, trtc) = clients(&config);
+
+    for (client, req) in [
+        (&zego, request(apps.zego[0].0, RoomId::Text("r".into()), 1)),
+        (&trtc, request(apps.trtc[0].0, RoomId::Numeric(9), 1)),
+    ] {
+        let started = std::time::Instant::now();
+        let r = client.kick_once(&req).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Retry { reason: "timeout".into(), slow_down: false }, "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the timeout, not the hang, ended the call");
+    }
+}
+
+#[tokio::test]
+async fn the_sim_rate_limits_a_burst_of_60_zego_calls_to_exactly_50() {
+    let apps = Apps::random(1, 0);
+    let sim = start_sim(&apps).await;
+    let zego = Client::Zego(ZegoClient::new(&apps.config(&sim.endpoint()).zego[0]));
+    let req = request(apps.zego[0].0, RoomId::Text("r".into()), 1);
+    let calls = (0..60).map(|_| zego.kick_once(&req));
+    let results = futures_util::future::join_all(calls).await;
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, Ok(c) if c.outcome == Outcome::Retry { reason: "vendor code 206: app QPS limit exceeded".into(), slow_down: true }))
+        .count();
+    assert_eq!(limited, 10, "{results:?}");
+    let stats = SimControl::new(&sim).stats().await;
+    let quota = &stats["quotas"][format!("zego:{}", apps.zego[0].0)];
+    assert_eq!(quota["rate_limited"], 10, "{stats}");
+    assert_eq!(quota["max_admitted_in_1s"], 50, "{stats}");
+    assert_eq!(quota["max_calls_in_1s"], 60, "{stats}");
+}
+
+#[tokio::test]
+async fn injected_faults_map_to_the_documented_classes() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let control = SimControl::new(&sim);
+    let (zego, trtc) = clients(&apps.config(&sim.endpoint()));
+    let z = request(apps.zego[0].0, RoomId::Text("gone-room".into()), 2);
+    let t = request(apps.trtc[0].0, RoomId::Text("gone-room".into()), 2);
+
+    control.set_faults(json!({"gone_rooms": ["gone-room"]})).await;
+    assert_eq!(zego.kick_once(&z).await.unwrap().outcome, Outcome::Gone { code: "104".into() });
+    assert_eq!(trtc.kick_once(&t).await.unwrap().outcome, Outcome::Gone { code: "FailedOperation.RoomNotExist".into() });
+
+    control.set_faults(json!({"http_502_rate": 1.0})).await;
+    for c in [zego.kick_once(&z).await.unwrap(), trtc.kick_once(&t).await.unwrap()] {
+        assert_eq!((c.http_status, c.outcome), (Some(502), Outcome::Retry { reason: "HTTP 502".into(), slow_down: false }));
+    }
+
+    control.set_faults(json!({"internal_error_rate": 1.0})).await;
+    for c in [zego.kick_once(&z).await.unwrap(), trtc.kick_once(&t).await.unwrap()] {
+        assert!(matches!(c.outcome, Outcome::Retry { slow_down: false, .. }), "{c:?}");
+    }
+
+    control.set_faults(json!({"throttle_rate": 1.0})).await;
+    for c in [zego.kick_once(&z).await.unwrap(), trtc.kick_once(&t).await.unwrap()] {
+        assert!(matches!(c.outcome, Outcome::Retry { slow_down: true, .. }), "{c:?}");
+    }
+
+    // A scoped rule: only the TRTC app refuses user-1; ZEGO is untouched.
+    control.clear_faults().await;
+    control.set_faults(json!({"vendor": "trtc", "app_id": apps.trtc[0].0, "bad_users": ["user-1"]})).await;
+    assert!(matches!(zego.kick_once(&z).await.unwrap().outcome, Outcome::Done { .. }));
+    let c = trtc.kick_once(&t).await.unwrap();
+    assert!(matches!(&c.outcome, Outcome::Permanent { blame: Blame::Parameters, code, .. } if code == "InvalidParameter.UserIds"), "{c:?}");
+
+    let metrics = control.metrics().await;
+    assert!(metrics.contains("bouncer_sim_rejections_total{reason=\"room_gone\"} 2"), "{metrics}");
+    assert!(metrics.contains("# TYPE bouncer_sim_max_calls_in_1s gauge"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_sim_binary_serves_a_config_file_and_stops_on_sigterm() {
+    let apps = Apps::random(1, 1);
+    // A full worker config: the sim reads only the vendor sections.
+    let file = TempFile::with(&format!("[amqp]\nqueue = \"ignored\"\n[batch]\nlinger_ms = 5\n{}", apps.toml("https://example.invalid")));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bouncer"))
+        .args(["sim", "--listen", "127.0.0.1:0", "--config", file.0.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bouncer sim");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let endpoint = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{line}");
+
+    let (zego, trtc) = clients(&apps.config(&endpoint));
+    assert!(matches!(zego.kick_once(&request(apps.zego[0].0, RoomId::Text("r".into()), 1)).await.unwrap().outcome, Outcome::Done { .. }));
+    assert!(matches!(trtc.kick_once(&request(apps.trtc[0].0, RoomId::Numeric(5), 1)).await.unwrap().outcome, Outcome::Done { .. }));
+
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
