@@ -77,6 +77,8 @@ struct FileAmqp {
     prefetch: u32,
     connection_name: String,
     delivery_limit: u32,
+    defer_ms: u64,
+    max_unacked_per_app: u32,
 }
 
 impl Default for FileAmqp {
@@ -87,6 +89,8 @@ impl Default for FileAmqp {
             prefetch: 500,
             connection_name: "bouncer".into(),
             delivery_limit: 20,
+            defer_ms: 5_000,
+            max_unacked_per_app: 0,
         }
     }
 }
@@ -122,13 +126,16 @@ impl Default for FileHttp {
 pub struct BatchConfig {
     /// Flush a chunk this long after its first user entered it, full or not.
     pub linger_ms: u64,
-    /// At most this many (vendor, app, room) batches open at once; beyond it intake waits.
+    /// At most this many rooms with users waiting, per app; beyond it new verdicts are deferred.
     pub max_open_batches: usize,
+    /// An app takes new verdicts while what it holds would drain within this many seconds at
+    /// its measured speed; otherwise they are deferred (head-of-line safety).
+    pub hold_secs: u64,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { linger_ms: 25, max_open_batches: 10_000 }
+        BatchConfig { linger_ms: 25, max_open_batches: 10_000, hold_secs: 10 }
     }
 }
 
@@ -254,6 +261,10 @@ pub struct AmqpConfig {
     pub connection_name: String,
     /// `x-delivery-limit` on the quorum queue: a message redelivered this often is dead-lettered.
     pub delivery_limit: u32,
+    /// How long a deferred verdict waits in `<queue>.deferred` before it comes back.
+    pub defer: Duration,
+    /// Most unacked deliveries one app may hold (the rest of the prefetch stays for other apps).
+    pub max_unacked_per_app: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -486,6 +497,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             1
         }
     };
+    if f.amqp.defer_ms == 0 || f.amqp.defer_ms > 3_600_000 {
+        p.push(problem("amqp.defer_ms", format!("must be in 1..=3600000, got {}", f.amqp.defer_ms)));
+    }
     if f.amqp.delivery_limit == 0 {
         p.push(problem("amqp.delivery_limit", "must be at least 1"));
     }
@@ -614,6 +628,11 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             prefetch,
             connection_name: f.amqp.connection_name,
             delivery_limit: f.amqp.delivery_limit,
+            defer: Duration::from_millis(f.amqp.defer_ms),
+            max_unacked_per_app: match f.amqp.max_unacked_per_app {
+                0 => (usize::from(prefetch) / 2).max(1),
+                n => n as usize,
+            },
         },
         postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
         http: HttpConfig { listen },

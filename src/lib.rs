@@ -3,10 +3,17 @@
 //! PostgreSQL. `main.rs` only calls [`cli::main`]; everything else lives here.
 
 pub mod audit;
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod consumer;
+pub mod inflight;
+pub mod lane;
+pub mod quota;
+pub mod retry;
 pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
 pub mod vendor;
 pub mod verdict;
+pub mod worker;

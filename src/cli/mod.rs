@@ -33,6 +33,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Create the database if needed and apply the audit schema migrations (idempotent).
     Migrate,
+    /// Consume verdicts and enforce them until SIGINT/SIGTERM.
+    Run,
     /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
     Sim(sim::SimArgs),
 }
@@ -76,6 +78,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(&cli, args).await,
         Command::Migrate => migrate(&cli).await,
         Command::Sim(args) => sim::run(&cli, args).await,
+        Command::Run => run_worker(&cli).await,
     }
 }
 
@@ -97,4 +100,20 @@ async fn migrate(cli: &Cli) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+async fn run_worker(cli: &Cli) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        tracing::info!("shutdown requested");
+        signal.cancel();
+    });
+    crate::worker::run(config, shutdown, |_| {}).await;
+    ExitCode::SUCCESS
 }

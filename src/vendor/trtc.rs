@@ -223,6 +223,10 @@ impl TrtcClient {
         self.chunk_size
     }
 
+    pub fn sdk_app_id(&self) -> u32 {
+        self.sdk_app_id
+    }
+
     pub fn secret_id(&self) -> &str {
         &self.secret_id
     }

@@ -148,6 +148,10 @@ impl ZegoClient {
         self.chunk_size
     }
 
+    pub fn app_id(&self) -> u32 {
+        self.app_id
+    }
+
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         if req.app_id != self.app_id {
             return Err(RequestError::UnknownApp { vendor: Vendor::Zego, app_id: req.app_id });

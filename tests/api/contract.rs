@@ -43,8 +43,14 @@ fn table() -> Vec<(Value, bool)> {
         (with("source", json!("asr-v3")), true),
         (with("contract_version", json!(1)), true),
         (json!({"verdict_id": "z", "vendor": "zego", "app_id": 1, "room_id": 0, "user_ids": ["u"]}), true),
-        (json!({"verdict_id": "z", "vendor": "zego", "app_id": 1, "room_id": "r", "user_ids": ["u"], "reason": "违规"}), true),
-        (json!({"verdict_id": "x".repeat(128), "vendor": "zego", "app_id": 4294967295u64, "room_id": "r", "user_ids": ["u"]}), true),
+        (
+            json!({"verdict_id": "z", "vendor": "zego", "app_id": 1, "room_id": "r", "user_ids": ["u"], "reason": "违规"}),
+            true,
+        ),
+        (
+            json!({"verdict_id": "x".repeat(128), "vendor": "zego", "app_id": 4294967295u64, "room_id": "r", "user_ids": ["u"]}),
+            true,
+        ),
         // bad
         (json!([base()]), false),
         (json!("verdict"), false),

@@ -106,7 +106,9 @@ impl Apps {
     pub fn toml(&self, endpoint: &str) -> String {
         let mut s = String::new();
         for (app, secret) in &self.zego {
-            s += &format!("[[zego]]\napp_id = {app}\nserver_secret = \"{secret}\"\nendpoint = \"{endpoint}\"\ntimeout_ms = 2000\n\n");
+            s += &format!(
+                "[[zego]]\napp_id = {app}\nserver_secret = \"{secret}\"\nendpoint = \"{endpoint}\"\ntimeout_ms = 2000\n\n"
+            );
         }
         for (app, id, key) in &self.trtc {
             s += &format!(
@@ -162,7 +164,14 @@ impl SimControl {
     }
 
     pub async fn requests(&self) -> Vec<bouncer::sim::Record> {
-        self.http.get(format!("{}/_sim/requests", self.base)).send().await.expect("requests").json().await.expect("json")
+        self.http
+            .get(format!("{}/_sim/requests", self.base))
+            .send()
+            .await
+            .expect("requests")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub async fn metrics(&self) -> String {

@@ -43,10 +43,15 @@ async fn both_vendors_and_both_trtc_room_kinds_kick_successfully() {
     assert_eq!(r.action, "RemoveUserByStrRoomId");
 
     let seen = SimControl::new(&sim).requests().await;
-    let summary: Vec<_> = seen.iter().map(|r| (r.action.as_str(), r.room_id.as_str(), r.room_numeric, r.user_ids.len())).collect();
+    let summary: Vec<_> =
+        seen.iter().map(|r| (r.action.as_str(), r.room_id.as_str(), r.room_numeric, r.user_ids.len())).collect();
     assert_eq!(
         summary,
-        [("KickoutUser", "room-1", false, 5), ("RemoveUser", "1234", true, 10), ("RemoveUserByStrRoomId", "1234", false, 3)]
+        [
+            ("KickoutUser", "room-1", false, 5),
+            ("RemoveUser", "1234", true, 10),
+            ("RemoveUserByStrRoomId", "1234", false, 3)
+        ]
     );
     assert!(seen.iter().all(|r| r.rejection.is_none()), "{seen:?}");
 }
@@ -182,11 +187,17 @@ async fn injected_faults_map_to_the_documented_classes() {
 
     control.set_faults(json!({"gone_rooms": ["gone-room"]})).await;
     assert_eq!(zego.kick_once(&z).await.unwrap().outcome, Outcome::Gone { code: "104".into() });
-    assert_eq!(trtc.kick_once(&t).await.unwrap().outcome, Outcome::Gone { code: "FailedOperation.RoomNotExist".into() });
+    assert_eq!(
+        trtc.kick_once(&t).await.unwrap().outcome,
+        Outcome::Gone { code: "FailedOperation.RoomNotExist".into() }
+    );
 
     control.set_faults(json!({"http_502_rate": 1.0})).await;
     for c in [zego.kick_once(&z).await.unwrap(), trtc.kick_once(&t).await.unwrap()] {
-        assert_eq!((c.http_status, c.outcome), (Some(502), Outcome::Retry { reason: "HTTP 502".into(), slow_down: false }));
+        assert_eq!(
+            (c.http_status, c.outcome),
+            (Some(502), Outcome::Retry { reason: "HTTP 502".into(), slow_down: false })
+        );
     }
 
     control.set_faults(json!({"internal_error_rate": 1.0})).await;
@@ -204,7 +215,10 @@ async fn injected_faults_map_to_the_documented_classes() {
     control.set_faults(json!({"vendor": "trtc", "app_id": apps.trtc[0].0, "bad_users": ["user-1"]})).await;
     assert!(matches!(zego.kick_once(&z).await.unwrap().outcome, Outcome::Done { .. }));
     let c = trtc.kick_once(&t).await.unwrap();
-    assert!(matches!(&c.outcome, Outcome::Permanent { blame: Blame::Parameters, code, .. } if code == "InvalidParameter.UserIds"), "{c:?}");
+    assert!(
+        matches!(&c.outcome, Outcome::Permanent { blame: Blame::Parameters, code, .. } if code == "InvalidParameter.UserIds"),
+        "{c:?}"
+    );
 
     let metrics = control.metrics().await;
     assert!(metrics.contains("bouncer_sim_rejections_total{reason=\"room_gone\"} 2"), "{metrics}");
@@ -215,7 +229,10 @@ async fn injected_faults_map_to_the_documented_classes() {
 async fn the_sim_binary_serves_a_config_file_and_stops_on_sigterm() {
     let apps = Apps::random(1, 1);
     // A full worker config: the sim reads only the vendor sections.
-    let file = TempFile::with(&format!("[amqp]\nqueue = \"ignored\"\n[batch]\nlinger_ms = 5\n{}", apps.toml("https://example.invalid")));
+    let file = TempFile::with(&format!(
+        "[amqp]\nqueue = \"ignored\"\n[batch]\nlinger_ms = 5\n{}",
+        apps.toml("https://example.invalid")
+    ));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bouncer"))
         .args(["sim", "--listen", "127.0.0.1:0", "--config", file.0.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
@@ -227,8 +244,14 @@ async fn the_sim_binary_serves_a_config_file_and_stops_on_sigterm() {
     assert!(endpoint.starts_with("http://127.0.0.1:"), "{line}");
 
     let (zego, trtc) = clients(&apps.config(&endpoint));
-    assert!(matches!(zego.kick_once(&request(apps.zego[0].0, RoomId::Text("r".into()), 1)).await.unwrap().outcome, Outcome::Done { .. }));
-    assert!(matches!(trtc.kick_once(&request(apps.trtc[0].0, RoomId::Numeric(5), 1)).await.unwrap().outcome, Outcome::Done { .. }));
+    assert!(matches!(
+        zego.kick_once(&request(apps.zego[0].0, RoomId::Text("r".into()), 1)).await.unwrap().outcome,
+        Outcome::Done { .. }
+    ));
+    assert!(matches!(
+        trtc.kick_once(&request(apps.trtc[0].0, RoomId::Numeric(5), 1)).await.unwrap().outcome,
+        Outcome::Done { .. }
+    ));
 
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());

@@ -1,0 +1,271 @@
+//! Pending users of one app, grouped by room. A room is ready to send when it holds a full chunk,
+//! or when `linger` has passed since its oldest pending user arrived. The same user pending twice
+//! in a room is sent once, on behalf of every verdict that named them.
+//!
+//! Chunks are cut when a call can actually start (late), so users who arrive while the quota
+//! makes a call wait still ride along: chunks fill up under load.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use crate::verdict::RoomId;
+
+/// A verdict as the lanes know it: its id, shared by every user entry it produced.
+pub type VerdictRef = Arc<str>;
+
+/// One user waiting to be kicked from one room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub user_id: String,
+    /// Every verdict waiting on this kick (usually one).
+    pub verdicts: Vec<VerdictRef>,
+    /// The reason of the first verdict that named the user.
+    pub reason: Option<Arc<str>>,
+    /// When the user entered the batch (linger is counted from here).
+    pub since: Instant,
+    /// `detected_at` (or receipt) of the first verdict: verdict-to-kick latency starts here.
+    pub origin: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    order: VecDeque<String>,
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Debug)]
+pub struct RoomBatches {
+    chunk_size: usize,
+    linger: Duration,
+    rooms: HashMap<RoomId, Room>,
+    /// Rooms holding at least a full chunk, oldest first (may hold stale ids: checked on use).
+    full: VecDeque<RoomId>,
+    full_set: HashSet<RoomId>,
+    /// (deadline of the room's oldest entry, room); stale items are skipped on use.
+    deadlines: BinaryHeap<Reverse<(Instant, RoomId)>>,
+    pending: usize,
+}
+
+impl RoomBatches {
+    pub fn new(chunk_size: usize, linger: Duration) -> RoomBatches {
+        RoomBatches {
+            chunk_size: chunk_size.max(1),
+            linger,
+            rooms: HashMap::new(),
+            full: VecDeque::new(),
+            full_set: HashSet::new(),
+            deadlines: BinaryHeap::new(),
+            pending: 0,
+        }
+    }
+
+    /// Users waiting in all rooms.
+    pub fn pending_users(&self) -> usize {
+        self.pending
+    }
+
+    /// Rooms with at least one user waiting.
+    pub fn open_rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Adds a user on behalf of a verdict; returns false if the user was already waiting in this
+    /// room (the verdict then shares that kick).
+    pub fn add(
+        &mut self,
+        room: &RoomId,
+        user_id: &str,
+        verdict: &VerdictRef,
+        reason: Option<&Arc<str>>,
+        origin: DateTime<Utc>,
+        now: Instant,
+    ) -> bool {
+        let r = self.rooms.entry(room.clone()).or_default();
+        if let Some(e) = r.entries.get_mut(user_id) {
+            if !e.verdicts.contains(verdict) {
+                e.verdicts.push(verdict.clone());
+            }
+            return false;
+        }
+        if r.order.is_empty() {
+            self.deadlines.push(Reverse((now + self.linger, room.clone())));
+        }
+        r.order.push_back(user_id.to_owned());
+        r.entries.insert(
+            user_id.to_owned(),
+            Entry {
+                user_id: user_id.to_owned(),
+                verdicts: vec![verdict.clone()],
+                reason: reason.cloned(),
+                since: now,
+                origin,
+            },
+        );
+        self.pending += 1;
+        if r.order.len() >= self.chunk_size && self.full_set.insert(room.clone()) {
+            self.full.push_back(room.clone());
+        }
+        true
+    }
+
+    fn front_deadline(&self, room: &RoomId) -> Option<Instant> {
+        let r = self.rooms.get(room)?;
+        let first = r.order.front()?;
+        r.entries.get(first).map(|e| e.since + self.linger)
+    }
+
+    /// The room to serve next: one holding a full chunk (oldest first), else the room whose
+    /// linger expired longest ago. `None` if nothing is due at `now`.
+    pub fn ready(&mut self, now: Instant) -> Option<RoomId> {
+        while let Some(room) = self.full.front() {
+            if self.rooms.get(room).is_some_and(|r| r.order.len() >= self.chunk_size) {
+                return Some(room.clone());
+            }
+            let room = self.full.pop_front()?;
+            self.full_set.remove(&room);
+        }
+        self.skip_stale_deadlines();
+        match self.deadlines.peek() {
+            Some(Reverse((deadline, room))) if *deadline <= now => Some(room.clone()),
+            _ => None,
+        }
+    }
+
+    fn skip_stale_deadlines(&mut self) {
+        while let Some(Reverse((deadline, room))) = self.deadlines.peek() {
+            if self.front_deadline(room) == Some(*deadline) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
+    /// When the next room's linger expires, if any room is waiting.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.skip_stale_deadlines();
+        self.deadlines.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Cuts up to one chunk from `room`, oldest users first.
+    pub fn take(&mut self, room: &RoomId) -> Vec<Entry> {
+        let Some(r) = self.rooms.get_mut(room) else { return Vec::new() };
+        let n = r.order.len().min(self.chunk_size);
+        let chunk: Vec<Entry> = r.order.drain(..n).filter_map(|u| r.entries.remove(&u)).collect();
+        self.pending -= chunk.len();
+        let remaining_front = r.order.front().and_then(|u| r.entries.get(u)).map(|e| e.since);
+        let still_full = r.order.len() >= self.chunk_size;
+        if r.order.is_empty() {
+            self.rooms.remove(room);
+        }
+        if let Some(since) = remaining_front {
+            self.deadlines.push(Reverse((since + self.linger, room.clone())));
+        }
+        if !still_full && self.full_set.remove(room) {
+            self.full.retain(|x| x != room);
+        }
+        chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(id: &str) -> VerdictRef {
+        Arc::from(id)
+    }
+
+    fn room(s: &str) -> RoomId {
+        RoomId::Text(s.into())
+    }
+
+    fn users(chunk: &[Entry]) -> Vec<&str> {
+        chunk.iter().map(|e| e.user_id.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_chunk_is_ready_at_once_and_a_partial_one_after_linger() {
+        let mut b = RoomBatches::new(5, Duration::from_millis(25));
+        let t0 = Instant::now();
+        for u in ["a", "b", "c"] {
+            b.add(&room("r1"), u, &v("v1"), None, Utc::now(), t0);
+        }
+        assert_eq!(b.ready(t0), None);
+        assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(25)));
+        for u in ["d", "e", "f"] {
+            b.add(&room("r2"), u, &v("v2"), None, Utc::now(), t0);
+        }
+        b.add(&room("r2"), "g", &v("v3"), None, Utc::now(), t0);
+        b.add(&room("r2"), "h", &v("v3"), None, Utc::now(), t0);
+        assert_eq!(b.ready(t0), Some(room("r2")), "full chunk first");
+        assert_eq!(users(&b.take(&room("r2"))), ["d", "e", "f", "g", "h"]);
+        assert_eq!(b.ready(t0), None);
+
+        tokio::time::advance(Duration::from_millis(25)).await;
+        let now = Instant::now();
+        assert_eq!(b.ready(now), Some(room("r1")));
+        assert_eq!(users(&b.take(&room("r1"))), ["a", "b", "c"]);
+        assert_eq!(b.ready(now), None);
+        assert_eq!(b.next_deadline(), None);
+        assert_eq!((b.pending_users(), b.open_rooms()), (0, 0));
+    }
+
+    #[test]
+    fn the_same_user_pending_twice_in_a_room_is_sent_once_for_both_verdicts() {
+        let mut b = RoomBatches::new(10, Duration::ZERO);
+        let now = Instant::now();
+        assert!(b.add(&room("r"), "u", &v("v1"), None, Utc::now(), now));
+        assert!(!b.add(&room("r"), "u", &v("v2"), None, Utc::now(), now));
+        assert!(b.add(&room("other"), "u", &v("v2"), None, Utc::now(), now), "another room is another kick");
+        let chunk = b.take(&room("r"));
+        assert_eq!(chunk.len(), 1);
+        assert_eq!(chunk[0].verdicts, [v("v1"), v("v2")]);
+        assert_eq!(b.pending_users(), 1);
+    }
+
+    #[test]
+    fn numeric_and_string_rooms_with_the_same_digits_are_different_batches() {
+        let mut b = RoomBatches::new(10, Duration::ZERO);
+        let now = Instant::now();
+        b.add(&RoomId::Numeric(1234), "u", &v("v1"), None, Utc::now(), now);
+        b.add(&RoomId::Text("1234".into()), "u", &v("v2"), None, Utc::now(), now);
+        assert_eq!(b.open_rooms(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_chunk_is_cut_the_rest_keeps_its_own_arrival_time() {
+        let mut b = RoomBatches::new(2, Duration::from_millis(25));
+        let t0 = Instant::now();
+        b.add(&room("r"), "a", &v("v"), None, Utc::now(), t0);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let t1 = Instant::now();
+        b.add(&room("r"), "b", &v("v"), None, Utc::now(), t1);
+        b.add(&room("r"), "c", &v("v"), None, Utc::now(), t1);
+        assert_eq!(users(&b.take(&room("r"))), ["a", "b"]);
+        assert_eq!(b.next_deadline(), Some(t1 + Duration::from_millis(25)), "c's own deadline");
+        assert_eq!(b.ready(t1), None);
+        assert_eq!(b.ready(t1 + Duration::from_millis(25)), Some(room("r")));
+    }
+
+    #[test]
+    fn full_rooms_are_served_oldest_first() {
+        let mut b = RoomBatches::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        for r in ["x", "y"] {
+            b.add(&room(r), "1", &v("v"), None, Utc::now(), now);
+            b.add(&room(r), "2", &v("v"), None, Utc::now(), now);
+            b.add(&room(r), "3", &v("v"), None, Utc::now(), now);
+        }
+        assert_eq!(b.ready(now), Some(room("x")));
+        b.take(&room("x"));
+        assert_eq!(b.ready(now), Some(room("y")), "x has 1 left: not full, not due");
+        b.take(&room("y"));
+        assert_eq!(b.ready(now), None);
+        assert_eq!(b.pending_users(), 2);
+    }
+}

@@ -1,0 +1,78 @@
+//! The broker topology Bouncer declares (idempotently) before consuming:
+//!
+//! ```text
+//! publishers ──(default exchange)──▶ <queue>            quorum, durable, x-delivery-limit
+//!                                      │ rejected / over the delivery limit
+//!                                      ▼
+//!                                  <queue>.dlx (fanout) ──▶ <queue>.rejected   quorum, durable
+//! worker ──(deferral, confirmed)──▶ <queue>.deferred    classic, durable, x-message-ttl
+//!                                      │ expired
+//!                                      └──(default exchange, routing key <queue>)──▶ <queue>
+//! ```
+//!
+//! Declaring a queue that exists with other arguments fails (PRECONDITION_FAILED): change the
+//! arguments of an existing queue with a policy, not with the config file.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::AmqpConfig;
+
+pub fn dlx(queue: &str) -> String {
+    format!("{queue}.dlx")
+}
+pub fn rejected(queue: &str) -> String {
+    format!("{queue}.rejected")
+}
+pub fn deferred(queue: &str) -> String {
+    format!("{queue}.deferred")
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+pub async fn declare(ch: &Channel, cfg: &AmqpConfig) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let q = cfg.queue.as_str();
+    ch.exchange_declare(
+        dlx(q).into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(rejected(q).into(), durable, table(&[("x-queue-type", text("quorum"))])).await?;
+    ch.queue_bind(rejected(q).into(), dlx(q).into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    ch.queue_declare(
+        q.into(),
+        durable,
+        table(&[
+            ("x-queue-type", text("quorum")),
+            ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(cfg.delivery_limit))),
+            ("x-dead-letter-exchange", text(&dlx(q))),
+        ]),
+    )
+    .await?;
+    ch.queue_declare(
+        deferred(q).into(),
+        durable,
+        table(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(i64::try_from(cfg.defer.as_millis()).unwrap_or(i64::MAX))),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(q)),
+        ]),
+    )
+    .await?;
+    Ok(())
+}
