@@ -344,22 +344,31 @@ impl Intake {
     /// not confirm is dispatched to its lane after all.
     async fn defer(&self, arrivals: Vec<Arrival>, publish: &Channel, recorded: &HashMap<String, audit::Intake>) {
         let target = topology::deferred(&self.amqp.queue);
-        let mut confirmed = Vec::new();
-        for a in arrivals {
+        // Publish every copy first, then wait for all the confirms together.
+        let mut pending = Vec::with_capacity(arrivals.len());
+        for a in &arrivals {
             let props = with_header(&a.delivery.properties, DEFERRALS_HEADER, a.deferrals + 1).with_delivery_mode(2);
-            let sent = publish
-                .basic_publish(
-                    "".into(),
-                    target.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &a.delivery.data,
-                    props,
-                )
-                .await;
-            let ok = match sent {
+            pending.push(
+                publish
+                    .basic_publish(
+                        "".into(),
+                        target.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &a.delivery.data,
+                        props,
+                    )
+                    .await,
+            );
+        }
+        let confirms = futures_util::future::join_all(pending.into_iter().map(|sent| async move {
+            match sent {
                 Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack()),
                 Err(_) => false,
-            };
+            }
+        }))
+        .await;
+        let mut confirmed = Vec::new();
+        for (a, ok) in arrivals.into_iter().zip(confirms) {
             if ok {
                 confirmed.push(a);
             } else if let (Some(lane), Some(state)) =

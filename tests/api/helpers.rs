@@ -7,7 +7,7 @@ use std::process::Output;
 use bouncer::config::Config;
 use bouncer::sim::{self, RunningSim, SimSettings};
 use bouncer::vendor::{trtc, zego};
-use sqlx::Connection;
+use sqlx::Connection as _;
 
 /// The server the per-test databases are created on.
 pub fn pg_admin_url() -> String {
@@ -177,4 +177,258 @@ impl SimControl {
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/_sim/metrics", self.base)).send().await.expect("metrics").text().await.expect("text")
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole pipeline: its own queue names, database, simulator and a real `bouncer run` process.
+// ---------------------------------------------------------------------------------------------
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+/// Settings a test may change before the worker starts.
+pub struct EnvOptions {
+    pub linger_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub deadline_secs: u64,
+    pub prefetch: u32,
+    pub defer_ms: u64,
+    pub hold_secs: u64,
+    pub grace_secs: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            linger_ms: 25,
+            retry_initial_ms: 50,
+            retry_max_ms: 500,
+            deadline_secs: 60,
+            prefetch: 500,
+            defer_ms: 500,
+            hold_secs: 10,
+            grace_secs: 10,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub apps: Apps,
+    pub sim: RunningSim,
+    pub db: TestDb,
+    pub queue: String,
+    /// The worker's RabbitMQ connection name (fault tests close connections by it).
+    pub connection_name: String,
+    pub config: TempFile,
+    pub config_text: String,
+    publisher: Option<(Connection, lapin::Channel)>,
+}
+
+impl TestEnv {
+    pub async fn new(apps: Apps, opts: EnvOptions) -> TestEnv {
+        let sim = start_sim(&apps).await;
+        let db = TestDb::named();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let queue = format!("bouncer.test.{id}");
+        let connection_name = format!("bouncer-test-{id}");
+        let text = format!(
+            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\nprefetch = {}\nconnection_name = \"{connection_name}\"\ndefer_ms = {}\n\
+             [postgres]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [batch]\nlinger_ms = {}\nhold_secs = {}\n[retry]\ninitial_ms = {}\nmax_interval_ms = {}\ndeadline_secs = {}\n\
+             [shutdown]\ngrace_secs = {}\n\n{}",
+            amqp_url(),
+            opts.prefetch,
+            opts.defer_ms,
+            db.url,
+            opts.linger_ms,
+            opts.hold_secs,
+            opts.retry_initial_ms,
+            opts.retry_max_ms,
+            opts.deadline_secs,
+            opts.grace_secs,
+            apps.toml(&sim.endpoint()).replace("timeout_ms = 2000", &format!("timeout_ms = {}", opts.timeout_ms)),
+        );
+        let config = TempFile::with(&text);
+        let mut env = TestEnv { apps, sim, db, queue, connection_name, config, config_text: text, publisher: None };
+        env.declare().await;
+        env
+    }
+
+    pub fn parsed_config(&self) -> Config {
+        Config::from_toml(&self.config_text).expect("test config")
+    }
+
+    /// Declares the worker's topology so messages published before it starts are kept.
+    async fn declare(&mut self) {
+        let conn =
+            Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("connect to RabbitMQ");
+        let ch = conn.create_channel().await.expect("channel");
+        bouncer::consumer::topology::declare(&ch, &self.parsed_config().amqp).await.expect("declare topology");
+        ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        self.publisher = Some((conn, ch));
+    }
+
+    /// Publishes one raw body to the verdict queue and waits for the broker's confirm.
+    pub async fn publish(&self, body: &[u8]) {
+        let (_, ch) = self.publisher.as_ref().expect("publisher");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            )
+            .await
+            .expect("publish");
+        assert!(confirm.await.expect("confirm").is_ack(), "broker refused a message");
+    }
+
+    pub async fn publish_json(&self, v: &serde_json::Value) {
+        self.publish(v.to_string().as_bytes()).await;
+    }
+
+    pub fn worker(&self) -> WorkerProcess {
+        WorkerProcess::start(&self.config.0)
+    }
+
+    /// A pool to the test database, waiting (up to 30 s) for the worker to have created it.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        let started = Instant::now();
+        loop {
+            match sqlx::PgPool::connect(&self.db.url).await {
+                Ok(p) => return p,
+                Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("test database never appeared: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Messages waiting in a queue of this test (`""`, `".rejected"`, `".deferred"`).
+    pub async fn queue_depth(&self, suffix: &str) -> u32 {
+        let (_, ch) = self.publisher.as_ref().expect("publisher");
+        let q = ch
+            .queue_declare(
+                format!("{}{suffix}", self.queue).into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+
+    /// Waits until `count(sql)` returns `want`, or fails after `timeout` showing the last value.
+    pub async fn wait_for_count(&self, sql: &'static str, want: i64, timeout: Duration) {
+        let pool = self.pool().await;
+        let started = Instant::now();
+        let mut last = -1;
+        while started.elapsed() < timeout {
+            last = sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap_or(-1);
+            if last == want {
+                pool.close().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("waited {timeout:?} for `{sql}` to be {want}; last {last}");
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let queue = self.queue.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let Ok(ch) = conn.create_channel().await else { return };
+                for suffix in ["", ".rejected", ".deferred"] {
+                    let _ = ch.queue_delete(format!("{queue}{suffix}").into(), QueueDeleteOptions::default()).await;
+                }
+                let _ = ch.exchange_delete(format!("{queue}.dlx").into(), Default::default()).await;
+                let _ = conn.close(200, "test done".into()).await;
+            })
+        })
+        .join();
+    }
+}
+
+/// A `bouncer run` child process, killed on drop; its log is kept in a temp file.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &std::path::Path) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("bouncer-worker-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bouncer"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BOUNCER_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .args(["run", "--config", config.to_str().expect("utf-8 path"), "--log-format", "json"])
+            .env("BOUNCER_LOG", "info,bouncer=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn bouncer run");
+        WorkerProcess { child, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- worker log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+                    .lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A valid verdict body.
+pub fn verdict(id: &str, vendor: &str, app: u32, room: serde_json::Value, users: &[&str]) -> serde_json::Value {
+    serde_json::json!({"verdict_id": id, "vendor": vendor, "app_id": app, "room_id": room, "user_ids": users, "reason": "spam"})
 }

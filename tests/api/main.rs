@@ -4,4 +4,5 @@
 mod cli;
 mod contract;
 mod helpers;
+mod pipeline;
 mod vendors;
