@@ -391,7 +391,7 @@ impl Intake {
         for a in &confirmed {
             metrics::counter!("bouncer_verdicts_received_total", "outcome" => "deferred").increment(1);
             metrics::counter!("bouncer_deferrals_total", "vendor" => a.verdict.vendor.as_str()).increment(1);
-            tracing::info!(verdict_id = %a.verdict.verdict_id, vendor = %a.verdict.vendor, app_id = a.verdict.app_id,
+            tracing::debug!(verdict_id = %a.verdict.verdict_id, vendor = %a.verdict.vendor, app_id = a.verdict.app_id,
                 room_id = %a.verdict.room_id, deferrals = a.deferrals + 1, "app busy or failing: verdict deferred");
             ack(&a.delivery).await;
         }

@@ -1,3 +1,5 @@
+#![allow(dead_code)] // shared by the api and faults test binaries; each uses a part
+
 //! Shared test plumbing: a fresh database per test, the real binary, a simulator with random apps.
 
 use std::collections::HashMap;
@@ -36,6 +38,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs outside any async context; a small runtime of its own does the work.
         let _ = std::thread::spawn(move || {
@@ -257,6 +262,14 @@ impl TestEnv {
         let mut env = TestEnv { apps, sim, db, queue, connection_name, config, config_text: text, publisher: None };
         env.declare().await;
         env
+    }
+
+    /// Points the worker at another PostgreSQL (a private cluster in fault tests).
+    pub fn use_database(&mut self, url: &str) {
+        self.config_text = self.config_text.replace(&self.db.url, url);
+        self.config = TempFile::with(&self.config_text);
+        self.db.url = url.to_owned();
+        self.db.name = String::new();
     }
 
     pub fn parsed_config(&self) -> Config {

@@ -1,0 +1,168 @@
+//! Fault tests: the worker is killed, its broker connection is closed by force, its PostgreSQL is
+//! restarted. They run one at a time (a lock, below) and touch only their own resources: the
+//! worker's own connections (by name) and a private PostgreSQL cluster.
+
+#[path = "../api/helpers.rs"]
+mod helpers;
+mod private_pg;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
+
+/// One fault test at a time: they load the machine and restart things.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn publish_many(env: &TestEnv, n: u32) {
+    for i in 0..n {
+        let v = if i % 2 == 0 {
+            verdict(
+                &format!("c-{i}"),
+                "zego",
+                env.apps.zego[(i as usize / 2) % env.apps.zego.len()].0,
+                json!(format!("r{}", i % 9)),
+                &[&format!("u{i}"), &format!("w{}", i % 50)],
+            )
+        } else {
+            verdict(&format!("c-{i}"), "trtc", env.apps.trtc[0].0, json!(i % 9 + 1), &[&format!("u{i}")])
+        };
+        env.publish_json(&v).await;
+    }
+}
+
+async fn count(env: &TestEnv, sql: &'static str) -> i64 {
+    let pool = env.pool().await;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or(-1);
+    pool.close().await;
+    n
+}
+
+async fn wait_until_done_at_least(env: &TestEnv, n: i64) {
+    let started = std::time::Instant::now();
+    while count(env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await < n {
+        assert!(started.elapsed() < Duration::from_secs(60), "the run never got going");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every verdict terminal and every user kicked; nothing left in the queue.
+async fn assert_all_enforced(env: &TestEnv, n: i64) {
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", n, Duration::from_secs(120)).await;
+    assert_eq!(count(env, "SELECT count(*) FROM kicks WHERE status <> 'kicked'").await, 0);
+    let started = std::time::Instant::now();
+    while env.queue_depth("").await > 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.queue_depth("").await, 0, "messages left behind");
+    assert_eq!(env.queue_depth(".rejected").await, 0, "nothing valid was dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_run_loses_nothing_once_another_starts() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new(Apps::random(3, 1), EnvOptions::default()).await;
+    publish_many(&env, 2000).await;
+    let mut first = env.worker();
+    wait_until_done_at_least(&env, 300).await;
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    let done_before = count(&env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await;
+    assert!(done_before < 2000, "the kill came mid-run");
+
+    let _second = env.worker();
+    assert_all_enforced(&env, 2000).await;
+    // A user may have been kicked twice (called before the crash, recorded after it): every such
+    // double is visible in kick_attempts, never hidden.
+    let ok_calls_per_kick: i64 = count(
+        &env,
+        "SELECT count(*) FROM kicks k WHERE NOT EXISTS (SELECT 1 FROM kick_attempts a WHERE a.outcome = 'ok'
+           AND k.verdict_id = ANY(a.verdict_ids) AND k.user_id = ANY(a.user_ids))",
+    )
+    .await;
+    assert_eq!(ok_calls_per_kick, 0, "every kick has its ok call on record");
+    let stats = SimControl::new(&env.sim).stats().await;
+    for (quota, q) in stats["quotas"].as_object().unwrap() {
+        assert!(q["max_calls_in_1s"].as_u64() <= q["limit"].as_u64(), "{quota}: {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_broker_disconnect_is_survived_without_help() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new(Apps::random(2, 1), EnvOptions::default()).await;
+    publish_many(&env, 1500).await;
+    let mut worker = env.worker();
+    wait_until_done_at_least(&env, 200).await;
+    let closed = close_connections_named(&env.connection_name);
+    assert!(closed >= 1, "found the worker's connection");
+    assert_all_enforced(&env, 1500).await;
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker kept running");
+    assert!(worker.log_text().contains("CONNECTION_FORCED"), "the worker saw its connection closed");
+    assert_eq!(connections_named(&env.connection_name).len(), 1, "and is connected again under its name");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_mid_run_settles_nothing_without_its_record() {
+    let _serial = SERIAL.lock().await;
+    let pg = private_pg::PrivatePg::start();
+    let mut env = TestEnv::new(Apps::random(2, 1), EnvOptions::default()).await;
+    env.use_database(&pg.url("bouncer_faults"));
+    publish_many(&env, 1500).await;
+    let mut worker = env.worker();
+    wait_until_done_at_least(&env, 200).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While the database is away nothing may be acked: the queue keeps what is not recorded.
+    let backlog_while_down = env.queue_depth("").await;
+    pg.start_again();
+    assert_all_enforced(&env, 1500).await;
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker kept running");
+    assert!(backlog_while_down > 0, "work was still queued while the database was down");
+    assert!(worker.log_text().contains("cannot"), "the outage was logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_run_exits_cleanly_and_a_second_worker_finishes() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new(Apps::random(2, 1), EnvOptions { grace_secs: 5, ..EnvOptions::default() }).await;
+    publish_many(&env, 2000).await;
+    let mut first = env.worker();
+    wait_until_done_at_least(&env, 300).await;
+    first.signal("-TERM");
+    let status = first.wait_exit(Duration::from_secs(15)).expect("exited within the grace period");
+    assert!(status.success(), "{status:?}");
+    assert!(first.log_text().contains("stopped"), "shutdown was orderly");
+    let left = count(&env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await;
+    assert!(left < 2000, "stopped mid-run");
+    let _second = env.worker();
+    assert_all_enforced(&env, 2000).await;
+}
+
+/// The broker's ids of connections with this client-provided name.
+fn connections_named(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl (installed with rabbitmq-server) lists connections");
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split('\t').next().map(str::to_owned))
+        .collect()
+}
+
+/// Closes this test worker's broker connections (and no one else's).
+fn close_connections_named(name: &str) -> usize {
+    let pids = connections_named(name);
+    for pid in &pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "fault test: forced close"])
+            .status()
+            .expect("rabbitmqctl close_connection");
+        assert!(status.success());
+    }
+    pids.len()
+}
