@@ -27,7 +27,7 @@ fn is_root() -> bool {
 }
 
 /// Runs a server binary, as the `postgres` user when we are root (the server refuses root).
-fn run(bin: &PathBuf, tool: &str, args: &[&str]) -> bool {
+fn run(bin: &std::path::Path, tool: &str, args: &[&str]) -> bool {
     let path = bin.join(tool);
     let status = if is_root() {
         Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(&path).args(args).status()
