@@ -251,7 +251,11 @@ async fn run(ctx: Arc<LaneCtx>, mut rx: mpsc::UnboundedReceiver<LaneMsg>, linger
                 let chunk = batches.take(&room);
                 if !chunk.is_empty() {
                     ctx.stats.calling_users.fetch_add(chunk.len(), Ordering::Relaxed);
-                    tracker.spawn(crate::retry::execute(ctx.clone(), room, chunk));
+                    // Every log line about this call names its verdicts, vendor, app and room.
+                    let ids: Vec<&str> = chunk.iter().flat_map(|e| e.verdicts.iter().map(|v| &**v)).collect();
+                    let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
+                        app_id = ctx.stats.app_id, room_id = %room);
+                    tracker.spawn(tracing::Instrument::instrument(crate::retry::execute(ctx.clone(), room, chunk), span));
                 }
             },
             () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {},

@@ -130,8 +130,9 @@ pub async fn execute(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
             End::Failed { error } => ("failed", Some(error.clone()), None),
         };
         let vendor = ctx.stats.vendor.as_str();
-        metrics::counter!("bouncer_kicks_total", "vendor" => vendor, "outcome" => status)
-            .increment(part.entries.len() as u64);
+        // Counted like `kicks` rows (one per verdict and user), so the metric matches the audit.
+        let kicks: usize = part.entries.iter().map(|e| e.verdicts.len()).sum();
+        metrics::counter!("bouncer_kicks_total", "vendor" => vendor, "outcome" => status).increment(kicks as u64);
         let now = chrono::Utc::now();
         for (entry, attempts) in part.entries.iter().zip(&part.attempts) {
             if status == "kicked" {

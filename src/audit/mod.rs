@@ -1,5 +1,6 @@
 //! The audit repository: the only module that speaks SQL. Bound parameters only.
 
+pub mod query;
 pub mod writer;
 
 use std::time::Duration;

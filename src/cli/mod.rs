@@ -2,7 +2,11 @@
 //! dispatches. Exit codes: 0 success, 1 a run-time failure (a service unreachable, a command that
 //! did not finish), 2 bad usage or invalid configuration.
 
+mod audit;
 mod check;
+mod kick;
+mod output;
+mod replay;
 mod sim;
 
 use std::path::PathBuf;
@@ -35,6 +39,12 @@ enum Command {
     Migrate,
     /// Consume verdicts and enforce them until SIGINT/SIGTERM.
     Run,
+    /// Review the audit trail: rows, one verdict's story, or a summary.
+    Audit(audit::AuditArgs),
+    /// Re-enforce failed verdicts (after the cause is fixed) through the queue.
+    Replay(replay::ReplayArgs),
+    /// Publish a manual verdict through the same queue and contract.
+    Kick(kick::KickArgs),
     /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
     Sim(sim::SimArgs),
 }
@@ -79,6 +89,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&cli).await,
         Command::Sim(args) => sim::run(&cli, args).await,
         Command::Run => run_worker(&cli).await,
+        Command::Audit(args) => audit::run(&cli, args).await,
+        Command::Replay(args) => replay::run(&cli, args).await,
+        Command::Kick(args) => kick::run(&cli, args).await,
     }
 }
 
@@ -114,6 +127,19 @@ async fn run_worker(cli: &Cli) -> ExitCode {
         tracing::info!("shutdown requested");
         signal.cancel();
     });
-    crate::worker::run(config, shutdown, |_| {}).await;
+    let (health_tx, health_rx) = tokio::sync::watch::channel(None);
+    let metrics = crate::http::install_metrics();
+    match crate::http::serve(config.http.listen, metrics, health_rx).await {
+        // Tests and scripts read the bound port from this line (useful with port 0).
+        Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz and /readyz"),
+        Err(e) => {
+            eprintln!("cannot listen on http.listen = {}: {e}", config.http.listen);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    crate::worker::run(config, shutdown, move |h| {
+        let _ = health_tx.send(Some(h));
+    })
+    .await;
     ExitCode::SUCCESS
 }

@@ -445,3 +445,122 @@ impl Drop for WorkerProcess {
 pub fn verdict(id: &str, vendor: &str, app: u32, room: serde_json::Value, users: &[&str]) -> serde_json::Value {
     serde_json::json!({"verdict_id": id, "vendor": vendor, "app_id": app, "room_id": room, "user_ids": users, "reason": "spam"})
 }
+
+impl TestEnv {
+    /// Rewrites the worker's config file (before starting a worker).
+    pub fn edit_config(&mut self, f: impl FnOnce(&str) -> String) {
+        self.config_text = f(&self.config_text);
+        self.config = TempFile::with(&self.config_text);
+    }
+
+    /// Runs a `bouncer` subcommand against this environment's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.config.0.to_str().expect("utf-8 path")]);
+        bouncer(&all, &[])
+    }
+}
+
+impl WorkerProcess {
+    /// The worker's HTTP address, read from its log once it is serving.
+    pub fn http_addr(&self) -> String {
+        let started = Instant::now();
+        loop {
+            for line in self.log_text().lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                    && v["message"].as_str().is_some_and(|m| m.starts_with("serving /metrics"))
+                {
+                    return v["addr"].as_str().expect("addr field").to_owned();
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "worker never served HTTP");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A TCP proxy to RabbitMQ that a test can cut and restore, making the broker unreachable for
+/// one worker without touching anyone else's connections.
+pub struct CuttableProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+use std::sync::Arc;
+
+impl CuttableProxy {
+    pub async fn start(target: &str) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2, target) = (up.clone(), conns.clone(), target.to_owned());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        CuttableProxy { port, up, conns, accept }
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// One sample of Prometheus text: name, labels, value.
+pub type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// Parses Prometheus text exposition, failing on any line that is not a comment, blank or sample.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), Default::default()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+        };
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+        out.push((name, labels, value));
+    }
+    out
+}

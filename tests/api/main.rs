@@ -4,5 +4,6 @@
 mod cli;
 mod contract;
 mod helpers;
+mod ops;
 mod pipeline;
 mod vendors;

@@ -1,0 +1,337 @@
+//! Reading the audit trail for ops (`bouncer audit`) and selecting verdicts to replay.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+use super::AuditError;
+
+/// What ops filter by. Every field narrows the result; `None` means any.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub verdicts: Vec<String>,
+    pub room: Option<String>,
+    pub user: Option<String>,
+    pub app: Option<i64>,
+    pub vendor: Option<String>,
+    /// A verdict status (`pending`, `done`, `failed`) or a kick status (`kicked`, `gone`, ...).
+    pub status: Option<String>,
+    /// On `received_at` of the verdict.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+}
+
+/// How `status` is matched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StatusOf {
+    /// The verdict's status or the user's kick status (audit rows).
+    VerdictOrKick,
+    /// The verdict's status only (replay).
+    Verdict,
+}
+
+/// Appends ` AND ...` for each filter; the query must select from `audit_log`.
+fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, status_of: StatusOf) {
+    if !f.verdicts.is_empty() {
+        qb.push(" AND verdict_id = ANY(").push_bind(f.verdicts.clone()).push(")");
+    }
+    if let Some(room) = &f.room {
+        qb.push(" AND room_id = ").push_bind(room.clone());
+    }
+    if let Some(user) = &f.user {
+        qb.push(" AND user_id = ").push_bind(user.clone());
+    }
+    if let Some(app) = f.app {
+        qb.push(" AND app_id = ").push_bind(app);
+    }
+    if let Some(vendor) = &f.vendor {
+        qb.push(" AND vendor = ").push_bind(vendor.clone());
+    }
+    if let Some(status) = &f.status {
+        match status_of {
+            StatusOf::VerdictOrKick => {
+                qb.push(" AND (verdict_status = ").push_bind(status.clone());
+                qb.push(" OR kick_status = ").push_bind(status.clone()).push(")");
+            }
+            StatusOf::Verdict => {
+                qb.push(" AND verdict_status = ").push_bind(status.clone());
+            }
+        }
+    }
+    if let Some(since) = f.since {
+        qb.push(" AND received_at >= ").push_bind(since);
+    }
+    if let Some(until) = f.until {
+        qb.push(" AND received_at < ").push_bind(until);
+    }
+}
+
+/// One user of one verdict (a row of the `audit_log` view).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct AuditRow {
+    pub received_at: DateTime<Utc>,
+    pub verdict_id: String,
+    pub vendor: String,
+    pub app_id: i64,
+    pub room_id: String,
+    pub room_id_numeric: bool,
+    pub user_id: String,
+    pub kick_status: String,
+    pub verdict_status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub vendor_request_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub source: Option<String>,
+    pub deliveries: i32,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn rows(pool: &PgPool, f: &Filter) -> Result<Vec<AuditRow>, AuditError> {
+    let mut qb = QueryBuilder::new(
+        "SELECT received_at, verdict_id, vendor, app_id, room_id, room_id_numeric, user_id, kick_status,
+                verdict_status, attempts, last_error, vendor_request_id, updated_at, reason, source, deliveries,
+                finished_at
+         FROM audit_log WHERE true",
+    );
+    push_filters(&mut qb, f, StatusOf::VerdictOrKick);
+    qb.push(" ORDER BY received_at DESC, verdict_id, user_id");
+    if let Some(limit) = f.limit {
+        qb.push(" LIMIT ").push_bind(limit);
+    }
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// Counts per vendor and app over the filtered rows.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct SummaryRow {
+    pub vendor: String,
+    pub app_id: i64,
+    pub verdicts: i64,
+    pub verdicts_done: i64,
+    pub verdicts_failed: i64,
+    pub verdicts_pending: i64,
+    pub kicks: i64,
+    pub kicked: i64,
+    pub gone: i64,
+    pub kicks_failed: i64,
+    pub kicks_pending: i64,
+}
+
+pub async fn summary(pool: &PgPool, f: &Filter) -> Result<Vec<SummaryRow>, AuditError> {
+    let mut qb = QueryBuilder::new(
+        "SELECT vendor, app_id,
+                count(DISTINCT verdict_id) AS verdicts,
+                count(DISTINCT verdict_id) FILTER (WHERE verdict_status = 'done') AS verdicts_done,
+                count(DISTINCT verdict_id) FILTER (WHERE verdict_status = 'failed') AS verdicts_failed,
+                count(DISTINCT verdict_id) FILTER (WHERE verdict_status = 'pending') AS verdicts_pending,
+                count(*) AS kicks,
+                count(*) FILTER (WHERE kick_status = 'kicked') AS kicked,
+                count(*) FILTER (WHERE kick_status = 'gone') AS gone,
+                count(*) FILTER (WHERE kick_status = 'failed') AS kicks_failed,
+                count(*) FILTER (WHERE kick_status = 'pending') AS kicks_pending
+         FROM audit_log WHERE true",
+    );
+    push_filters(&mut qb, f, StatusOf::VerdictOrKick);
+    qb.push(" GROUP BY vendor, app_id ORDER BY vendor, app_id");
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// Rejected messages in the window (they have no vendor or app).
+pub async fn rejected_count(pool: &PgPool, f: &Filter) -> Result<i64, AuditError> {
+    let mut qb = QueryBuilder::new("SELECT count(*) FROM rejected_messages WHERE true");
+    if let Some(since) = f.since {
+        qb.push(" AND received_at >= ").push_bind(since);
+    }
+    if let Some(until) = f.until {
+        qb.push(" AND received_at < ").push_bind(until);
+    }
+    Ok(qb.build_query_scalar().fetch_one(pool).await?)
+}
+
+/// A verdict's header for its story.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct VerdictView {
+    pub verdict_id: String,
+    pub vendor: String,
+    pub app_id: i64,
+    pub room_id: String,
+    pub room_id_numeric: bool,
+    pub status: String,
+    pub reason: Option<String>,
+    pub source: Option<String>,
+    pub detected_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub deliveries: i32,
+    pub deferrals: i32,
+    pub replays: i32,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct KickView {
+    pub user_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub vendor_request_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct AttemptView {
+    pub id: i64,
+    pub started_at: DateTime<Utc>,
+    pub action: String,
+    pub attempt: i32,
+    pub user_ids: Vec<String>,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub vendor_code: Option<String>,
+    pub vendor_message: Option<String>,
+    pub vendor_request_id: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ReplayView {
+    pub requested_at: DateTime<Utc>,
+    pub actor: String,
+    pub previous_status: String,
+    pub published: bool,
+}
+
+/// Everything known about one verdict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Story {
+    pub verdict: VerdictView,
+    pub kicks: Vec<KickView>,
+    pub attempts: Vec<AttemptView>,
+    pub replays: Vec<ReplayView>,
+}
+
+pub async fn story(pool: &PgPool, verdict_id: &str) -> Result<Option<Story>, AuditError> {
+    let Some(verdict) = sqlx::query_as::<_, VerdictView>(
+        "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
+                received_at, deliveries, deferrals, replays, finished_at
+         FROM verdicts WHERE verdict_id = $1",
+    )
+    .bind(verdict_id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let kicks = sqlx::query_as(
+        "SELECT user_id, status, attempts, last_error, vendor_request_id, updated_at
+         FROM kicks WHERE verdict_id = $1 ORDER BY user_id",
+    )
+    .bind(verdict_id)
+    .fetch_all(pool)
+    .await?;
+    let attempts = sqlx::query_as(
+        "SELECT id, started_at, action, attempt, user_ids, outcome, http_status, vendor_code, vendor_message,
+                vendor_request_id, latency_ms, error
+         FROM kick_attempts WHERE verdict_ids @> ARRAY[$1]::text[] ORDER BY started_at, id",
+    )
+    .bind(verdict_id)
+    .fetch_all(pool)
+    .await?;
+    let replays = sqlx::query_as(
+        "SELECT requested_at, actor, previous_status, published FROM replays WHERE verdict_id = $1 ORDER BY id",
+    )
+    .bind(verdict_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(Story { verdict, kicks, attempts, replays }))
+}
+
+/// A verdict chosen for replay, with the message to publish again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReplayCandidate {
+    pub verdict_id: String,
+    pub status: String,
+    pub app_id: i64,
+    pub vendor: String,
+    pub payload: String,
+}
+
+/// Verdicts matching the filter (status on the verdict only; `failed` when no status is given).
+pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
+    let mut f = f.clone();
+    if f.status.is_none() && f.verdicts.is_empty() {
+        f.status = Some("failed".into());
+    }
+    let mut qb = QueryBuilder::new(
+        "SELECT v.verdict_id, v.status, v.app_id, v.vendor, v.payload::text AS payload FROM verdicts v
+         WHERE v.verdict_id IN (SELECT verdict_id FROM audit_log WHERE true",
+    );
+    push_filters(&mut qb, &f, StatusOf::Verdict);
+    qb.push(") ORDER BY v.received_at");
+    if let Some(limit) = f.limit {
+        qb.push(" LIMIT ").push_bind(limit);
+    }
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// Puts failed verdicts back to `pending` (their failed kicks too) and records who asked.
+/// Only verdicts not `done` are touched; returns the ids actually reopened.
+pub async fn reopen_for_replay(pool: &PgPool, ids: &[String], actor: &str) -> Result<Vec<String>, AuditError> {
+    let mut tx = pool.begin().await?;
+    let reopened: Vec<(String, String)> = sqlx::query_as(
+        "WITH old AS (SELECT verdict_id, status FROM verdicts WHERE verdict_id = ANY($1) AND status <> 'done' FOR UPDATE)
+         UPDATE verdicts v SET status = 'pending', finished_at = NULL, replays = v.replays + 1
+         FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<&str> = reopened.iter().map(|(id, _)| id.as_str()).collect();
+    let previous: Vec<&str> = reopened.iter().map(|(_, s)| s.as_str()).collect();
+    sqlx::query(
+        "UPDATE kicks SET status = 'pending', updated_at = now() WHERE verdict_id = ANY($1) AND status = 'failed'",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO replays (verdict_id, actor, previous_status) SELECT id, $3, prev FROM UNNEST($1::text[], $2::text[]) AS x(id, prev)",
+    )
+    .bind(&ids)
+    .bind(&previous)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(reopened.into_iter().map(|(id, _)| id).collect())
+}
+
+/// After publishing: mark replays confirmed, and restore verdicts whose message the broker did
+/// not take (so they stay visible as failed rather than pending with nothing queued).
+pub async fn settle_replays(pool: &PgPool, published: &[String], unpublished: &[String]) -> Result<(), AuditError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE replays r SET published = true WHERE r.id IN
+           (SELECT max(id) FROM replays WHERE verdict_id = ANY($1) GROUP BY verdict_id)",
+    )
+    .bind(published)
+    .execute(&mut *tx)
+    .await?;
+    if !unpublished.is_empty() {
+        sqlx::query(
+            "UPDATE kicks SET status = 'failed', last_error = 'replay not confirmed by the broker', updated_at = now()
+             WHERE verdict_id = ANY($1) AND status = 'pending'",
+        )
+        .bind(unpublished)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE verdicts SET status = 'failed', finished_at = now() WHERE verdict_id = ANY($1) AND status = 'pending'")
+            .bind(unpublished)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

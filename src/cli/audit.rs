@@ -1,0 +1,300 @@
+//! `bouncer audit`: who was kicked, when, why, by which verdict, did it work, and if not why.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+
+use super::output::{self, Format, Tabular, opt, time};
+use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use crate::audit::query::{self, AuditRow, Filter, Story, SummaryRow};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FilterArgs {
+    /// One verdict (repeat for several). With the table format and a single verdict: its story.
+    #[arg(long = "verdict", value_name = "ID")]
+    pub verdicts: Vec<String>,
+    /// Room id as text (numeric TRTC rooms by their digits).
+    #[arg(long)]
+    pub room: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub app: Option<i64>,
+    #[arg(long, value_parser = ["zego", "trtc"])]
+    pub vendor: Option<String>,
+    /// Verdict status (pending, done, failed) or kick status (pending, kicked, gone, failed).
+    #[arg(long, value_parser = ["pending", "done", "failed", "kicked", "gone"])]
+    pub status: Option<String>,
+    /// Received at or after: a duration back from now (90s, 30m, 2h, 7d) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_when)]
+    pub since: Option<DateTime<Utc>>,
+    /// Received before: same forms as --since.
+    #[arg(long, value_parser = parse_when)]
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many rows (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: i64,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            verdicts: self.verdicts.clone(),
+            room: self.room.clone(),
+            user: self.user.clone(),
+            app: self.app,
+            vendor: self.vendor.clone(),
+            status: self.status.clone(),
+            since: self.since,
+            until: self.until,
+            limit: (self.limit > 0).then_some(self.limit),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Counts by vendor and app (verdicts by status, kicks by outcome) instead of rows.
+    #[arg(long)]
+    summary: bool,
+    /// table (default on a terminal), json (one object per line) or csv (with a header).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+/// `2h`, `30m`, `90s`, `7d`, `1w` back from now, or an RFC 3339 timestamp.
+pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| format!("{s:?} is neither a duration like 2h nor an RFC 3339 time"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 604_800,
+        _ => return Err(format!("{s:?}: unit must be s, m, h, d or w")),
+    };
+    Ok(Utc::now() - chrono::Duration::seconds(secs))
+}
+
+impl Tabular for AuditRow {
+    const HEADERS: &'static [&'static str] = &[
+        "received_at",
+        "verdict_id",
+        "vendor",
+        "app_id",
+        "room_id",
+        "user_id",
+        "kick_status",
+        "verdict_status",
+        "attempts",
+        "last_error",
+        "vendor_request_id",
+        "updated_at",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            time(&self.received_at),
+            self.verdict_id.clone(),
+            self.vendor.clone(),
+            self.app_id.to_string(),
+            self.room_id.clone() + if self.room_id_numeric { " (numeric)" } else { "" },
+            self.user_id.clone(),
+            self.kick_status.clone(),
+            self.verdict_status.clone(),
+            self.attempts.to_string(),
+            opt(&self.last_error),
+            opt(&self.vendor_request_id),
+            time(&self.updated_at),
+        ]
+    }
+}
+
+impl Tabular for SummaryRow {
+    const HEADERS: &'static [&'static str] = &[
+        "vendor",
+        "app_id",
+        "verdicts",
+        "verdicts_done",
+        "verdicts_failed",
+        "verdicts_pending",
+        "kicks",
+        "kicked",
+        "gone",
+        "kicks_failed",
+        "kicks_pending",
+    ];
+    fn cells(&self) -> Vec<String> {
+        [
+            self.verdicts,
+            self.verdicts_done,
+            self.verdicts_failed,
+            self.verdicts_pending,
+            self.kicks,
+            self.kicked,
+            self.gone,
+            self.kicks_failed,
+            self.kicks_pending,
+        ]
+        .iter()
+        .fold(vec![self.vendor.clone(), self.app_id.to_string()], |mut v, n| {
+            v.push(n.to_string());
+            v
+        })
+    }
+}
+
+pub async fn run(cli: &Cli, args: &AuditArgs) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach the audit database: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let filter = args.filter.filter();
+    let format = output::resolve(args.format);
+    let result = if args.summary {
+        summary(&pool, &filter, format).await
+    } else if format == Format::Table && filter.verdicts.len() == 1 {
+        match query::story(&pool, &filter.verdicts[0]).await {
+            Ok(Some(s)) => print_story(&s).map_err(|e| e.to_string()),
+            Ok(None) => {
+                eprintln!("no verdict {:?} in the audit trail", filter.verdicts[0]);
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        match query::rows(&pool, &filter).await {
+            Ok(rows) => output::print(&rows, format).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    pool.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn summary(pool: &sqlx::PgPool, filter: &Filter, format: Format) -> Result<(), String> {
+    let rows = query::summary(pool, filter).await.map_err(|e| e.to_string())?;
+    output::print(&rows, format).map_err(|e| e.to_string())?;
+    if format == Format::Table {
+        let rejected = query::rejected_count(pool, filter).await.map_err(|e| e.to_string())?;
+        println!("\nrejected messages (malformed, dead-lettered): {rejected}");
+    }
+    Ok(())
+}
+
+/// The full story of one verdict, for a person.
+pub fn print_story(s: &Story) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let v = &s.verdict;
+    writeln!(out, "verdict {}  [{}]", v.verdict_id, v.status)?;
+    writeln!(
+        out,
+        "  {} app {}, room {}{}",
+        v.vendor,
+        v.app_id,
+        v.room_id,
+        if v.room_id_numeric { " (numeric)" } else { "" }
+    )?;
+    writeln!(out, "  reason:   {}", opt(&v.reason))?;
+    writeln!(out, "  source:   {}", opt(&v.source))?;
+    writeln!(out, "  detected: {}", v.detected_at.as_ref().map(time).unwrap_or_default())?;
+    writeln!(
+        out,
+        "  received: {} ({} deliver{}, {} deferral(s), {} replay(s))",
+        time(&v.received_at),
+        v.deliveries,
+        if v.deliveries == 1 { "y" } else { "ies" },
+        v.deferrals,
+        v.replays
+    )?;
+    writeln!(out, "  finished: {}", v.finished_at.as_ref().map(time).unwrap_or_else(|| "-".into()))?;
+    writeln!(out, "\nusers:")?;
+    output::table(
+        &mut out,
+        &["user_id", "status", "attempts", "vendor_request_id", "last_error"],
+        s.kicks
+            .iter()
+            .map(|k| {
+                vec![
+                    k.user_id.clone(),
+                    k.status.clone(),
+                    k.attempts.to_string(),
+                    opt(&k.vendor_request_id),
+                    opt(&k.last_error),
+                ]
+            })
+            .collect(),
+    )?;
+    writeln!(out, "\nvendor calls:")?;
+    output::table(
+        &mut out,
+        &["started_at", "action", "attempt", "users", "outcome", "http", "code", "message", "request_id", "latency_ms"],
+        s.attempts
+            .iter()
+            .map(|a| {
+                vec![
+                    time(&a.started_at),
+                    a.action.clone(),
+                    a.attempt.to_string(),
+                    a.user_ids.join(","),
+                    a.outcome.clone(),
+                    opt(&a.http_status),
+                    opt(&a.vendor_code),
+                    a.vendor_message.clone().or_else(|| a.error.clone()).unwrap_or_default(),
+                    opt(&a.vendor_request_id),
+                    opt(&a.latency_ms),
+                ]
+            })
+            .collect(),
+    )?;
+    if !s.replays.is_empty() {
+        writeln!(out, "\nreplays:")?;
+        output::table(
+            &mut out,
+            &["requested_at", "actor", "previous_status", "published"],
+            s.replays
+                .iter()
+                .map(|r| {
+                    vec![time(&r.requested_at), r.actor.clone(), r.previous_status.clone(), r.published.to_string()]
+                })
+                .collect(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_takes_durations_and_timestamps() {
+        let two_hours = parse_when("2h").unwrap();
+        let delta = Utc::now() - two_hours;
+        assert!((delta.num_seconds() - 7200).abs() <= 2);
+        assert_eq!(parse_when("2026-11-22T03:00:00Z").unwrap().to_rfc3339(), "2026-11-22T03:00:00+00:00");
+        assert!(parse_when("2x").is_err());
+        assert!(parse_when("yesterday").is_err());
+        assert!((Utc::now() - parse_when("7d").unwrap()).num_days() == 7);
+    }
+}

@@ -1,0 +1,110 @@
+//! `bouncer kick`: a manual verdict from the command line, published through the same queue and
+//! contract as the pipelines' verdicts, so it is enforced and audited the same way.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use crate::publisher::Publisher;
+use crate::verdict::Verdict;
+
+#[derive(clap::Args, Debug)]
+pub struct KickArgs {
+    #[arg(long, value_parser = ["zego", "trtc"])]
+    vendor: String,
+    /// ZEGO AppId or TRTC SdkAppId.
+    #[arg(long)]
+    app: u32,
+    #[arg(long)]
+    room: String,
+    /// Send the room as an integer (TRTC RemoveUser); by default it is a string room.
+    #[arg(long)]
+    numeric_room: bool,
+    /// A user to kick (repeat for several).
+    #[arg(long = "user", required = true)]
+    users: Vec<String>,
+    #[arg(long)]
+    reason: Option<String>,
+    /// The verdict id (default: manual-<uuid>). Reusing an id never kicks twice.
+    #[arg(long)]
+    verdict_id: Option<String>,
+    /// Recorded as the verdict's source, as `manual:<actor>`. Default: $BOUNCER_ACTOR or the OS user.
+    #[arg(long, env = "BOUNCER_ACTOR")]
+    actor: Option<String>,
+    /// Wait up to this many seconds for the verdict to finish and print its story.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+    wait: Option<u64>,
+}
+
+pub async fn run(cli: &Cli, args: &KickArgs) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let room = if args.numeric_room {
+        match args.room.parse::<u64>() {
+            Ok(n) => json!(n),
+            Err(_) => {
+                eprintln!("--numeric-room: {:?} is not a number", args.room);
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        json!(args.room)
+    };
+    let actor = args.actor.clone().unwrap_or_else(super::replay::os_user);
+    let verdict_id = args.verdict_id.clone().unwrap_or_else(|| format!("manual-{}", uuid::Uuid::new_v4()));
+    let mut body = json!({
+        "verdict_id": verdict_id, "vendor": args.vendor, "app_id": args.app, "room_id": room,
+        "user_ids": args.users, "source": format!("manual:{actor}"), "detected_at": chrono::Utc::now().to_rfc3339(),
+    });
+    if let Some(r) = &args.reason {
+        body["reason"] = json!(r);
+    }
+    // The same contract as every publisher: refuse here what the worker would dead-letter.
+    let bytes = body.to_string().into_bytes();
+    if let Err(e) = Verdict::parse(&bytes) {
+        eprintln!("not a valid verdict: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let publisher = match Publisher::connect(&config.amqp, "kick").await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach RabbitMQ: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let confirmed = publisher.publish_all(&[bytes], &[("x-bouncer-manual-by", actor.as_str())]).await;
+    publisher.close().await;
+    if confirmed != [true] {
+        eprintln!("the broker did not confirm the verdict; nothing was queued");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    println!("queued verdict {verdict_id}");
+    let Some(wait) = args.wait else { return ExitCode::SUCCESS };
+    let started = Instant::now();
+    // The worker may still be creating the database on a first run: keep trying within `wait`.
+    let pool = loop {
+        match crate::audit::connect(&config.postgres, Duration::from_secs(2)).await {
+            Ok(p) => break p,
+            Err(e) if started.elapsed() >= Duration::from_secs(wait) => {
+                eprintln!("cannot reach the audit database: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    while started.elapsed() < Duration::from_secs(wait) {
+        if let Ok(Some(story)) = crate::audit::query::story(&pool, &verdict_id).await
+            && story.verdict.status != "pending"
+        {
+            let _ = super::audit::print_story(&story);
+            return if story.verdict.status == "done" { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("verdict {verdict_id} not finished after {wait}s (is a worker running?)");
+    ExitCode::from(EXIT_FAILURE)
+}

@@ -1,0 +1,136 @@
+//! `bouncer replay`: enforce failed verdicts again once the cause is fixed. Each verdict is put
+//! back to `pending` (who asked is recorded in `replays`), then its original message is published
+//! to the verdict queue with a publisher confirm; a message the broker does not confirm puts the
+//! verdict back to `failed`.
+
+use std::process::ExitCode;
+
+use super::audit::FilterArgs;
+use super::output::{self, Format, Tabular};
+use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use crate::audit::query::{self, ReplayCandidate};
+use crate::publisher::Publisher;
+
+const CHUNK: usize = 500;
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// List what would be replayed, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Who is replaying (recorded). Default: $BOUNCER_ACTOR, else the OS user.
+    #[arg(long, env = "BOUNCER_ACTOR")]
+    actor: Option<String>,
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+impl Tabular for ReplayCandidate {
+    const HEADERS: &'static [&'static str] = &["verdict_id", "status", "vendor", "app_id"];
+    fn cells(&self) -> Vec<String> {
+        vec![self.verdict_id.clone(), self.status.clone(), self.vendor.clone(), self.app_id.to_string()]
+    }
+}
+
+impl serde::Serialize for ReplayCandidate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({"verdict_id": self.verdict_id, "status": self.status, "vendor": self.vendor, "app_id": self.app_id})
+            .serialize(s)
+    }
+}
+
+/// The OS user running the command.
+pub fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .or_else(|| {
+            let out = std::process::Command::new("id").arg("-un").output().ok()?;
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn run(cli: &Cli, args: &ReplayArgs) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if args.filter.status.as_deref().is_some_and(|s| s == "done" || s == "kicked" || s == "gone") {
+        eprintln!("--status must be failed or pending: done verdicts are never enforced twice");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach the audit database: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut filter = args.filter.filter();
+    if args.filter.limit == 1000 {
+        filter.limit = None; // the audit default does not cap a replay
+    }
+    let candidates = match query::replay_candidates(&pool, &filter).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot select verdicts: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if args.dry_run {
+        let _ = output::print(&candidates, output::resolve(args.format));
+        eprintln!("{} verdict(s) would be replayed (dry run: nothing changed)", candidates.len());
+        return ExitCode::SUCCESS;
+    }
+    if candidates.is_empty() {
+        eprintln!("nothing to replay");
+        return ExitCode::SUCCESS;
+    }
+    let actor = args.actor.clone().unwrap_or_else(os_user);
+    let publisher = match Publisher::connect(&config.amqp, "replay").await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach RabbitMQ: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let (mut done, mut unconfirmed) = (0usize, 0usize);
+    for chunk in candidates.chunks(CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
+        let reopened = match query::reopen_for_replay(&pool, &ids, &actor).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot reopen verdicts: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let to_send: Vec<&ReplayCandidate> = chunk.iter().filter(|c| reopened.contains(&c.verdict_id)).collect();
+        let bodies: Vec<Vec<u8>> = to_send.iter().map(|c| c.payload.clone().into_bytes()).collect();
+        let confirmed = publisher.publish_all(&bodies, &[("x-bouncer-replay-by", actor.as_str())]).await;
+        let (mut ok, mut lost) = (Vec::new(), Vec::new());
+        for (c, yes) in to_send.iter().zip(confirmed) {
+            if yes { ok.push(c.verdict_id.clone()) } else { lost.push(c.verdict_id.clone()) }
+        }
+        if let Err(e) = query::settle_replays(&pool, &ok, &lost).await {
+            eprintln!("cannot record the replay: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        done += ok.len();
+        unconfirmed += lost.len();
+        eprintln!("replayed {done}/{} verdict(s)", candidates.len());
+    }
+    publisher.close().await;
+    pool.close().await;
+    println!(
+        "replayed {done} verdict(s) as {actor}{}",
+        if unconfirmed > 0 {
+            format!("; {unconfirmed} not confirmed by the broker (left failed)")
+        } else {
+            String::new()
+        }
+    );
+    if unconfirmed > 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,102 @@
+//! The small HTTP surface on `[http].listen`: `/metrics` (Prometheus text), `/healthz` (the
+//! process is alive) and `/readyz` (connected to RabbitMQ and PostgreSQL, consumer active).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::worker::Health;
+
+/// Installs the process-wide metrics recorder. Latency metrics get histogram buckets.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let latency = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    PrometheusBuilder::new()
+        .set_buckets(&latency)
+        .ok()?
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+        .ok()
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Option<PrometheusHandle>,
+    /// Filled in once the worker is wired up; until then the process is alive but not ready.
+    health: watch::Receiver<Option<Health>>,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let Some(h) = s.health.borrow().clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": "starting"})));
+    };
+    let rabbitmq = h.broker.connected.load(Ordering::Relaxed);
+    let consuming = h.broker.consuming.load(Ordering::Relaxed);
+    let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&h.pool))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let ready = rabbitmq && consuming && postgres;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready, "rabbitmq": rabbitmq, "consumer": consuming, "postgres": postgres})))
+}
+
+async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some(h) = s.health.borrow().clone() {
+        // Gauges are read at scrape time from the live state.
+        metrics::gauge!("bouncer_inflight_verdicts").set(h.inflight.len() as f64);
+        let mut by_vendor: std::collections::BTreeMap<&'static str, (usize, usize)> = Default::default();
+        for lane in h.lanes.iter() {
+            let e = by_vendor.entry(lane.stats.vendor.as_str()).or_default();
+            e.0 += lane.stats.open_rooms.load(Ordering::Relaxed);
+            e.1 += lane.stats.pending_users();
+        }
+        for (vendor, (rooms, users)) in by_vendor {
+            metrics::gauge!("bouncer_open_batches", "vendor" => vendor).set(rooms as f64);
+            metrics::gauge!("bouncer_pending_users", "vendor" => vendor).set(users as f64);
+        }
+        metrics::gauge!("bouncer_consumer_active").set(if h.broker.consuming.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    match &s.metrics {
+        Some(m) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], m.render()),
+        None => {
+            (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], "metrics recorder unavailable\n".into())
+        }
+    }
+}
+
+/// Serves until the process exits. Returns the bound address (useful with port 0).
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Option<PrometheusHandle>,
+    health: watch::Receiver<Option<Health>>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { metrics, health });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(addr)
+}
