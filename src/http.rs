@@ -39,7 +39,8 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let Some(h) = s.health.borrow().clone() else {
+    let health = s.health.borrow().clone();
+    let Some(h) = health else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": "starting"})));
     };
     let rabbitmq = h.broker.connected.load(Ordering::Relaxed);
@@ -53,7 +54,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
-    if let Some(h) = s.health.borrow().clone() {
+    let health = s.health.borrow().clone();
+    if let Some(h) = health {
         // Gauges are read at scrape time from the live state.
         metrics::gauge!("bouncer_inflight_verdicts").set(h.inflight.len() as f64);
         let mut by_vendor: std::collections::BTreeMap<&'static str, (usize, usize)> = Default::default();
@@ -65,6 +67,17 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
         for (vendor, (rooms, users)) in by_vendor {
             metrics::gauge!("bouncer_open_batches", "vendor" => vendor).set(rooms as f64);
             metrics::gauge!("bouncer_pending_users", "vendor" => vendor).set(users as f64);
+        }
+        let oldest = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query_scalar::<_, f64>(
+                "SELECT COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8 FROM verdicts WHERE status = 'pending'",
+            )
+            .fetch_one(&h.pool),
+        )
+        .await;
+        if let Ok(Ok(secs)) = oldest {
+            metrics::gauge!("bouncer_oldest_pending_verdict_seconds").set(secs);
         }
         metrics::gauge!("bouncer_consumer_active").set(if h.broker.consuming.load(Ordering::Relaxed) {
             1.0

@@ -62,6 +62,7 @@ impl Publisher {
     }
 
     pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
 }

@@ -10,8 +10,8 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("BOUNCER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_env("BOUNCER_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests run several commands in one process) keeps the first subscriber.
     let _ = match format {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod check;
+mod demo;
 mod kick;
 mod output;
 mod replay;
@@ -45,6 +46,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Publish a manual verdict through the same queue and contract.
     Kick(kick::KickArgs),
+    /// Run the whole system on this machine for under a minute and show what happened.
+    Demo(demo::DemoArgs),
     /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
     Sim(sim::SimArgs),
 }
@@ -72,7 +75,9 @@ impl Cli {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The demo prints its own story; its worker only speaks up about problems.
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    telemetry::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -92,6 +97,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

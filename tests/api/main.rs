@@ -3,6 +3,7 @@
 
 mod cli;
 mod contract;
+mod deploy;
 mod helpers;
 mod ops;
 mod pipeline;

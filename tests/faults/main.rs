@@ -166,3 +166,27 @@ fn close_connections_named(name: &str) -> usize {
     }
     pids.len()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_green_in_under_a_minute() {
+    let _serial = SERIAL.lock().await;
+    let name = format!("demo_test_{}", uuid::Uuid::new_v4().simple());
+    let started = std::time::Instant::now();
+    let out = helpers::bouncer(&["demo", "--name", &name], &[]);
+    let took = started.elapsed();
+    let text = helpers::stdout(&out);
+    // The demo keeps its database for exploring; the test drops it.
+    let mut db = helpers::TestDb::named();
+    db.name = format!("bouncer_{name}");
+    drop(db);
+    assert!(out.status.success(), "{text}\n{}", helpers::stderr(&out));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    for needle in [
+        "400/400 verdicts finished",
+        "audit summary",
+        "malformed messages recorded and dead-lettered: 8",
+        "demo finished",
+    ] {
+        assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
+    }
+}

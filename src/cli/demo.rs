@@ -1,0 +1,364 @@
+//! `bouncer demo`: the whole system in under a minute on this machine. It reuses (or brings up,
+//! through `deploy/services.sh`) RabbitMQ and PostgreSQL, runs a simulator for three apps (one of
+//! them flaky) and a worker in this process, publishes a realistic stream of verdicts (duplicates
+//! and malformed messages included), then shows what happened from the audit trail.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{EXIT_FAILURE, output};
+use crate::audit::query::{self, Filter};
+use crate::config::Config;
+use crate::publisher::Publisher;
+use crate::sim::{self, SimSettings, faults::Faults};
+
+const ZEGO_OK: u32 = 1_000_001;
+const ZEGO_FLAKY: u32 = 1_000_002;
+const TRTC: u32 = 1_400_000_001;
+const VERDICTS: usize = 400;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// PostgreSQL server for the demo database `bouncer_demo` (recreated each run).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Names the demo's database (`bouncer_<name>`) and queue (`bouncer.<name>`).
+    #[arg(long, default_value = "demo")]
+    name: String,
+}
+
+fn demo_config(args: &DemoArgs, endpoint: &str) -> Result<Config, String> {
+    let secret = |n: u32| format!("demo-secret-{n}-{}", uuid::Uuid::new_v4().simple());
+    let text = format!(
+        r#"
+        [amqp]
+        url = "{amqp}"
+        queue = "bouncer.{name}"
+        connection_name = "bouncer-{name}"
+        defer_ms = 1000
+        [postgres]
+        url = "{pg}/bouncer_{name}"
+        [batch]
+        linger_ms = 25
+        [retry]
+        initial_ms = 100
+        max_interval_ms = 1000
+        deadline_secs = 20
+        [shutdown]
+        grace_secs = 3
+        [[zego]]
+        app_id = {ZEGO_OK}
+        server_secret = "{s1}"
+        endpoint = "{endpoint}"
+        [[zego]]
+        app_id = {ZEGO_FLAKY}
+        server_secret = "{s2}"
+        endpoint = "{endpoint}"
+        [[trtc]]
+        sdk_app_id = {TRTC}
+        secret_id = "AKIDdemo"
+        secret_key = "{s3}"
+        region = "ap-singapore"
+        endpoint = "{endpoint}"
+        "#,
+        amqp = args.amqp,
+        name = args.name,
+        pg = args.postgres.trim_end_matches('/'),
+        s1 = secret(1),
+        s2 = secret(2),
+        s3 = secret(3),
+    );
+    Config::from_toml(&text).map_err(|e| e.to_string())
+}
+
+async fn reachable(url: &str, default_port: u16) -> bool {
+    let Ok(u) = url::Url::parse(url) else { return false };
+    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(default_port));
+    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.is_ok_and(|r| r.is_ok())
+}
+
+/// Uses running services; otherwise runs `deploy/services.sh` when it is at hand.
+async fn ensure_services(args: &DemoArgs) -> Result<(), String> {
+    if reachable(&args.amqp, 5672).await && reachable(&args.postgres, 5432).await {
+        return Ok(());
+    }
+    let script = std::path::Path::new("deploy/services.sh");
+    if !script.exists() {
+        return Err("RabbitMQ or PostgreSQL is not reachable; run deploy/services.sh from the source tree".into());
+    }
+    println!("starting local services (deploy/services.sh)…");
+    let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
+    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
+}
+
+/// A realistic stream: busy rooms, users in several verdicts, republished duplicates, malformed
+/// messages, a room that no longer exists and a user id TRTC refuses.
+fn stream() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let now = chrono::Utc::now();
+    for i in 0..VERDICTS {
+        let (vendor, app, room) = match i % 5 {
+            0 | 1 => ("zego", ZEGO_OK, json!(format!("live-{}", i % 7))),
+            2 | 3 => ("zego", ZEGO_FLAKY, json!(format!("party-{}", i % 4))),
+            _ => ("trtc", TRTC, if i % 2 == 0 { json!(8800 + (i % 3) as u64) } else { json!("karaoke") }),
+        };
+        let mut users: Vec<String> = (0..(1 + i % 4)).map(|k| format!("user-{}", (i * 31 + k * 7) % 250)).collect();
+        let room = if i == 42 { json!("closed-room") } else { room };
+        if i == 44 {
+            users.push("bad id!".into());
+        }
+        let reason = ["spam", "harassment", "违规内容", "nudity"][i % 4];
+        let source = ["asr-v3", "vision-v7", "text-filter"][i % 3];
+        let v = json!({
+            "verdict_id": format!("demo-{i:04}"), "vendor": vendor, "app_id": app, "room_id": room,
+            "user_ids": users, "reason": reason, "source": source,
+            "detected_at": (now - chrono::Duration::milliseconds(300)).to_rfc3339(),
+            "evidence": {"score": 0.9 + (i % 10) as f64 / 100.0},
+        });
+        out.push(v.to_string().into_bytes());
+        if i % 20 == 7 {
+            out.push(v.to_string().into_bytes()); // a pipeline retried its publish
+        }
+        if i % 50 == 13 {
+            out.push(match i % 3 {
+                0 => b"{not json".to_vec(),
+                1 => json!({"verdict_id": "x", "vendor": "agora", "app_id": 1, "room_id": "r", "user_ids": ["u"]})
+                    .to_string()
+                    .into_bytes(),
+                _ => json!({"verdict_id": "y", "vendor": "zego", "app_id": ZEGO_OK, "room_id": "r", "user_ids": []})
+                    .to_string()
+                    .into_bytes(),
+            });
+        }
+    }
+    out
+}
+
+pub async fn run(args: &DemoArgs) -> ExitCode {
+    match demo(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn demo(args: &DemoArgs) -> Result<(), String> {
+    let started = Instant::now();
+    if args.name.is_empty() || !args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(format!("--name must be lowercase letters, digits and _, got {:?}", args.name));
+    }
+    ensure_services(args).await?;
+    // The simulator first: the worker's config points at its port.
+    let placeholder = demo_config(args, "http://127.0.0.1:1")?;
+    let running = sim::start(
+        SimSettings { zego: placeholder.zego.clone(), trtc: placeholder.trtc.clone(), zego_rate: 50, trtc_rate: 20 },
+        "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+    )
+    .await
+    .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    let mut config = placeholder;
+    let endpoint = url::Url::parse(&running.endpoint()).map_err(|e| e.to_string())?;
+    config.zego.iter_mut().for_each(|z| z.endpoint = endpoint.clone());
+    config.trtc.iter_mut().for_each(|t| t.endpoint = endpoint.clone());
+    running.sim.set_faults(Faults {
+        vendor: Some("zego".into()),
+        app_id: Some(ZEGO_FLAKY),
+        http_502_rate: 0.2,
+        throttle_rate: 0.05,
+        latency_ms: 20,
+        gone_rooms: vec!["closed-room".into()],
+        ..Faults::default()
+    });
+    running.sim.set_faults(Faults {
+        vendor: Some("trtc".into()),
+        bad_users: vec!["bad id!".into()],
+        ..Faults::default()
+    });
+    running.sim.set_faults(Faults {
+        vendor: Some("zego".into()),
+        app_id: Some(ZEGO_OK),
+        gone_rooms: vec!["closed-room".into()],
+        ..Faults::default()
+    });
+
+    // A clean demo database every run.
+    let admin = format!("{}/postgres", args.postgres.trim_end_matches('/'));
+    if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+        let name = &args.name;
+        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            let sql = format!("DROP DATABASE IF EXISTS bouncer_{name} WITH (FORCE)");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        }
+        pool.close().await;
+    }
+    println!(
+        "▶ simulator for ZEGO apps {ZEGO_OK} (healthy) and {ZEGO_FLAKY} (20% HTTP 502, 5% throttled), TRTC {TRTC}"
+    );
+    println!(
+        "▶ worker consuming queue {:?}, auditing to {}",
+        config.amqp.queue,
+        crate::config::redact_url(config.postgres.url.expose_secret())
+    );
+
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(crate::worker::run(config.clone(), shutdown.clone(), |_| {}));
+    let publisher = Publisher::connect(&config.amqp, "demo-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
+    let bodies = stream();
+    let valid = VERDICTS;
+    println!(
+        "▶ publishing {} messages ({valid} verdicts, republished duplicates, malformed ones) over ~6 s",
+        bodies.len()
+    );
+    for chunk in bodies.chunks(bodies.len() / 12 + 1) {
+        let confirmed = publisher.publish_all(chunk, &[]).await;
+        if confirmed.iter().any(|c| !c) {
+            return Err("the broker did not confirm a message".into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    publisher.close().await;
+
+    let pool = loop {
+        match crate::audit::connect(&config.postgres, Duration::from_secs(2)).await {
+            Ok(p) => break p,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(format!("audit database: {e}")),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (finished, total): (i64, i64) =
+            sqlx::query_as("SELECT count(*) FILTER (WHERE status <> 'pending'), count(*) FROM verdicts")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        println!("  {finished}/{valid} verdicts finished");
+        if finished as usize >= valid && total as usize >= valid {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {finished} of {valid} verdicts finished in time"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    shutdown.cancel();
+    let _ = worker.await;
+
+    println!("\n■ audit summary (bouncer audit --summary)");
+    let summary = query::summary(&pool, &Filter::default()).await.map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout();
+    let rows = summary
+        .iter()
+        .map(|r| {
+            vec![
+                r.vendor.clone(),
+                r.app_id.to_string(),
+                r.verdicts.to_string(),
+                r.verdicts_done.to_string(),
+                r.verdicts_failed.to_string(),
+                r.kicked.to_string(),
+                r.gone.to_string(),
+                r.kicks_failed.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&mut out, &["vendor", "app_id", "verdicts", "done", "failed", "kicked", "gone", "kick_failed"], rows)
+        .map_err(|e| e.to_string())?;
+    let rejected = query::rejected_count(&pool, &Filter::default()).await.map_err(|e| e.to_string())?;
+    let dup: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE deliveries > 1")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "malformed messages recorded and dead-lettered: {rejected}; verdicts delivered more than once (enforced once): {dup}"
+    );
+
+    println!("\n■ vendor side (simulator): calls per quota vs the documented limit");
+    let stats = running.sim.stats();
+    let mut rows = Vec::new();
+    if let Some(quotas) = stats["quotas"].as_object() {
+        for (k, q) in quotas {
+            rows.push(vec![
+                k.clone(),
+                q["calls"].to_string(),
+                q["max_calls_in_1s"].to_string(),
+                q["limit"].to_string(),
+                q["rate_limited"].to_string(),
+            ]);
+        }
+    }
+    output::table(&mut out, &["quota", "calls", "max calls in any 1 s", "limit", "rate-limited"], rows)
+        .map_err(|e| e.to_string())?;
+    let per_call: HashMap<String, u64> = stats["users_per_call"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let mut sizes: Vec<_> = per_call.into_iter().collect();
+    sizes.sort_by_key(|(k, _)| k.parse::<u32>().unwrap_or(0));
+    println!(
+        "successful calls by users per call: {}",
+        sizes.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join("  ")
+    );
+
+    let pick = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, String>(sql).fetch_optional(&pool).await.ok().flatten() }
+    };
+    let stories = [
+        ("a verdict enforced at once", pick("SELECT verdict_id FROM verdicts WHERE app_id = 1000001 AND status = 'done' ORDER BY verdict_id LIMIT 1").await),
+        ("a verdict the flaky app needed retries for", pick(
+            "SELECT v.verdict_id FROM verdicts v WHERE v.status = 'done' AND EXISTS (SELECT 1 FROM kick_attempts a
+               WHERE a.outcome = 'retry' AND v.verdict_id = ANY(a.verdict_ids)) ORDER BY 1 LIMIT 1").await),
+        ("a room that no longer exists", pick("SELECT verdict_id FROM kicks WHERE status = 'gone' LIMIT 1").await),
+        ("a user id the vendor refused (only that user failed)", pick("SELECT verdict_id FROM verdicts WHERE status = 'failed' LIMIT 1").await),
+    ];
+    for (title, id) in stories {
+        let Some(id) = id else { continue };
+        println!("\n■ {title} (bouncer audit --verdict {id})");
+        if let Ok(Some(s)) = query::story(&pool, &id).await {
+            super::audit::print_story(&s).map_err(|e| e.to_string())?;
+        }
+    }
+    pool.close().await;
+    drop(running);
+    delete_demo_queues(&config).await;
+    println!(
+        "\n✔ demo finished in {:.1} s. The audit trail stays in database bouncer_{name}; explore it with\n  \
+         BOUNCER_POSTGRES__URL={}/bouncer_{name} bouncer audit --summary",
+        started.elapsed().as_secs_f64(),
+        args.postgres.trim_end_matches('/'),
+        name = args.name
+    );
+    Ok(())
+}
+
+async fn delete_demo_queues(config: &Config) {
+    use crate::consumer::topology;
+    let Ok(conn) =
+        lapin::Connection::connect(config.amqp.url.expose_secret(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let q = &config.amqp.queue;
+        for name in [q.clone(), topology::rejected(q), topology::deferred(q)] {
+            let _ = ch.queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
+        }
+        let _ = ch
+            .exchange_delete(topology::dlx(q).as_str().into(), lapin::options::ExchangeDeleteOptions::default())
+            .await;
+        let _ = ch.close(200, "demo done".into()).await;
+    }
+    let _ = conn.close(200, "demo done".into()).await;
+}
