@@ -15,6 +15,9 @@ use tokio::time::Instant;
 
 use crate::verdict::RoomId;
 
+/// A room past its linger for this long is served before fuller ones.
+pub const STARVED: Duration = Duration::from_secs(1);
+
 /// A verdict as the lanes know it: its id, shared by every user entry it produced.
 pub type VerdictRef = Arc<str>;
 
@@ -119,8 +122,13 @@ impl RoomBatches {
         r.entries.get(first).map(|e| e.since + self.linger)
     }
 
-    /// The room to serve next: one holding a full chunk (oldest first), else the room whose
-    /// linger expired longest ago. `None` if nothing is due at `now`.
+    /// The room to serve next, or `None` if nothing is due at `now`:
+    /// 1. a room holding a full chunk (oldest first);
+    /// 2. a room whose linger expired more than [`STARVED`] ago (oldest first), so no room waits
+    ///    without bound;
+    /// 3. among rooms whose linger expired, the one with the most users. When the quota is the
+    ///    bottleneck every room is past its linger; serving the oldest would send a stream of
+    ///    near-empty calls and waste the quota, serving the fullest keeps calls full.
     pub fn ready(&mut self, now: Instant) -> Option<RoomId> {
         while let Some(room) = self.full.front() {
             if self.rooms.get(room).is_some_and(|r| r.order.len() >= self.chunk_size) {
@@ -130,10 +138,18 @@ impl RoomBatches {
             self.full_set.remove(&room);
         }
         self.skip_stale_deadlines();
-        match self.deadlines.peek() {
-            Some(Reverse((deadline, room))) if *deadline <= now => Some(room.clone()),
-            _ => None,
+        let (oldest_deadline, oldest) = match self.deadlines.peek() {
+            Some(Reverse((deadline, room))) if *deadline <= now => (*deadline, room.clone()),
+            _ => return None,
+        };
+        if now.duration_since(oldest_deadline) >= STARVED {
+            return Some(oldest);
         }
+        self.rooms
+            .iter()
+            .filter(|(room, _)| self.front_deadline(room).is_some_and(|d| d <= now))
+            .max_by_key(|(_, r)| r.order.len())
+            .map(|(room, _)| room.clone())
     }
 
     fn skip_stale_deadlines(&mut self) {
@@ -250,6 +266,24 @@ mod tests {
         assert_eq!(b.next_deadline(), Some(t1 + Duration::from_millis(25)), "c's own deadline");
         assert_eq!(b.ready(t1), None);
         assert_eq!(b.ready(t1 + Duration::from_millis(25)), Some(room("r")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn among_expired_rooms_the_fullest_goes_first_until_one_starves() {
+        let mut b = RoomBatches::new(5, Duration::from_millis(25));
+        let t0 = Instant::now();
+        b.add(&room("small"), "1", &v("v"), None, Utc::now(), t0);
+        for u in ["1", "2", "3"] {
+            b.add(&room("big"), u, &v("v"), None, Utc::now(), t0 + Duration::from_millis(5));
+        }
+        let t1 = t0 + Duration::from_millis(40);
+        assert_eq!(b.ready(t1), Some(room("big")), "3 users beat 1 when both are due");
+        b.take(&room("big"));
+        for u in ["4", "5", "6"] {
+            b.add(&room("big2"), u, &v("v"), None, Utc::now(), t1);
+        }
+        let late = t0 + Duration::from_millis(25) + STARVED;
+        assert_eq!(b.ready(late), Some(room("small")), "a starved room goes first");
     }
 
     #[test]

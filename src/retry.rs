@@ -119,7 +119,7 @@ pub async fn execute(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
             Err(Abandoned) => {
                 ctx.stats.calling_users.fetch_sub(n - outcomes.len(), Ordering::Relaxed);
                 if !outcomes.is_empty() {
-                    ctx.audit.send(AuditMsg::Outcomes(outcomes)).await;
+                    ctx.audit.send(AuditMsg::Outcomes { app_id: ctx.stats.app_id, outcomes }).await;
                 }
                 return;
             }
@@ -154,7 +154,7 @@ pub async fn execute(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
         ctx.stats.finished_users.fetch_add(part.entries.len() as u64, Ordering::Relaxed);
     }
     ctx.stats.calling_users.fetch_sub(n, Ordering::Relaxed);
-    ctx.audit.send(AuditMsg::Outcomes(outcomes)).await;
+    ctx.audit.send(AuditMsg::Outcomes { app_id: ctx.stats.app_id, outcomes }).await;
 }
 
 /// Attempts one part until it ends (`Some`), must be split (`None`), or the worker stops.

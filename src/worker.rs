@@ -67,7 +67,7 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Opti
 pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) {
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
     let inflight = Arc::new(Inflight::default());
-    let (audit, writer_task) = writer::spawn(pool.clone(), inflight.clone());
+    let (audit, writer_tasks) = writer::spawn(pool.clone(), inflight.clone());
     let quotas = Quotas::default();
     let tracker = TaskTracker::new();
     let retry = RetrySchedule::from(&config.retry);
@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         // Whatever is still unacked goes back to the queue for another worker.
         let _ = conn.close(200, "bouncer shutting down".into()).await;
     }
-    writer_task.abort();
+    writer_tasks.iter().for_each(|t| t.abort());
     pool.close().await;
     tracing::info!(left_unacked = inflight.len(), "stopped");
 }

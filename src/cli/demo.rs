@@ -78,26 +78,6 @@ fn demo_config(args: &DemoArgs, endpoint: &str) -> Result<Config, String> {
     Config::from_toml(&text).map_err(|e| e.to_string())
 }
 
-async fn reachable(url: &str, default_port: u16) -> bool {
-    let Ok(u) = url::Url::parse(url) else { return false };
-    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(default_port));
-    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.is_ok_and(|r| r.is_ok())
-}
-
-/// Uses running services; otherwise runs `deploy/services.sh` when it is at hand.
-async fn ensure_services(args: &DemoArgs) -> Result<(), String> {
-    if reachable(&args.amqp, 5672).await && reachable(&args.postgres, 5432).await {
-        return Ok(());
-    }
-    let script = std::path::Path::new("deploy/services.sh");
-    if !script.exists() {
-        return Err("RabbitMQ or PostgreSQL is not reachable; run deploy/services.sh from the source tree".into());
-    }
-    println!("starting local services (deploy/services.sh)…");
-    let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
-    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
-}
-
 /// A realistic stream: busy rooms, users in several verdicts, republished duplicates, malformed
 /// messages, a room that no longer exists and a user id TRTC refuses.
 fn stream() -> Vec<Vec<u8>> {
@@ -156,7 +136,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     if args.name.is_empty() || !args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(format!("--name must be lowercase letters, digits and _, got {:?}", args.name));
     }
-    ensure_services(args).await?;
+    super::ensure_services(&args.amqp, &args.postgres).await?;
     // The simulator first: the worker's config points at its port.
     let placeholder = demo_config(args, "http://127.0.0.1:1")?;
     let running = sim::start(

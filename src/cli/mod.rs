@@ -3,6 +3,7 @@
 //! did not finish), 2 bad usage or invalid configuration.
 
 mod audit;
+mod bench;
 mod check;
 mod demo;
 mod kick;
@@ -48,6 +49,8 @@ enum Command {
     Kick(kick::KickArgs),
     /// Run the whole system on this machine for under a minute and show what happened.
     Demo(demo::DemoArgs),
+    /// Load-test a worker against the simulator and report utilisation, fill and latency.
+    Bench(bench::BenchArgs),
     /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
     Sim(sim::SimArgs),
 }
@@ -76,7 +79,7 @@ impl Cli {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its worker only speaks up about problems.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let default_level = if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) { "warn" } else { "info" };
     telemetry::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -98,6 +101,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
@@ -148,4 +152,26 @@ async fn run_worker(cli: &Cli) -> ExitCode {
     })
     .await;
     ExitCode::SUCCESS
+}
+
+async fn reachable(url: &str, default_port: u16) -> bool {
+    let Ok(u) = url::Url::parse(url) else { return false };
+    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(default_port));
+    tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Uses running RabbitMQ and PostgreSQL; otherwise runs `deploy/services.sh` when at hand.
+pub(crate) async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), String> {
+    if reachable(amqp, 5672).await && reachable(postgres, 5432).await {
+        return Ok(());
+    }
+    let script = std::path::Path::new("deploy/services.sh");
+    if !script.exists() {
+        return Err("RabbitMQ or PostgreSQL is not reachable; run deploy/services.sh from the source tree".into());
+    }
+    println!("starting local services (deploy/services.sh)…");
+    let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
+    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
 }

@@ -185,6 +185,7 @@ impl Intake {
         // Record first. If PostgreSQL is away, keep trying: nothing is settled without it, and
         // while we wait no new deliveries are taken.
         let mut wait = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         let recorded = loop {
             match self.record(&arrivals, &rejected).await {
                 Ok(r) => break r,
@@ -201,6 +202,11 @@ impl Intake {
             }
         };
 
+        tracing::debug!(
+            deliveries = arrivals.len() + rejected.len(),
+            record_ms = started.elapsed().as_millis() as u64,
+            "intake batch recorded"
+        );
         for (d, e) in rejected {
             metrics::counter!("bouncer_rejected_messages_total", "rule" => e.rule.as_str()).increment(1);
             metrics::counter!("bouncer_verdicts_received_total", "outcome" => "rejected").increment(1);
@@ -243,7 +249,7 @@ impl Intake {
             if state.pending_users.is_empty() {
                 // Resumed after a crash with every user already settled: just close it.
                 self.inflight.hold(&id, a.delivery.acker.clone(), lane.stats.clone());
-                self.audit.send(AuditMsg::Check(id)).await;
+                self.audit.send(AuditMsg::Check { app_id: a.verdict.app_id, verdict_id: id }).await;
                 continue;
             }
             let max_held = self.amqp.max_unacked_per_app;

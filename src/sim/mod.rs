@@ -54,6 +54,8 @@ pub struct Record {
     pub seq: u64,
     /// Milliseconds since the simulator started.
     pub at_ms: u64,
+    /// Wall-clock arrival, milliseconds since the UNIX epoch (for latency across processes).
+    pub at_unix_ms: u64,
     pub vendor: String,
     pub app_id: u32,
     pub action: String,
@@ -249,6 +251,7 @@ impl Sim {
         records.push(Record {
             seq,
             at_ms: self.started.elapsed().as_millis() as u64,
+            at_unix_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
             vendor: call.vendor.to_owned(),
             app_id: call.app_id,
             action: call.action,

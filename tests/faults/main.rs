@@ -190,3 +190,29 @@ async fn the_demo_runs_green_in_under_a_minute() {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tiny_bench_runs_and_reports_stable_json() {
+    let _serial = SERIAL.lock().await;
+    let out = helpers::bouncer(&["bench", "--preset", "backlog", "--verdicts", "60", "--apps", "2", "--json"], &[]);
+    assert!(out.status.success(), "{}", helpers::stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(helpers::stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(report["preset"], "backlog");
+    assert_eq!(report["verdicts"], 60);
+    assert_eq!(report["failed_verdicts"], 0);
+    for key in ["wall_seconds", "verdicts_per_second", "kicks_per_second", "worker_cpu_seconds", "worker_peak_rss_mib"]
+    {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
+    assert_eq!(report["publish_to_vendor_call"]["count"], 60);
+    let quotas = report["quotas"].as_array().expect("quotas");
+    assert_eq!(quotas.len(), 2, "one ZEGO and one TRTC quota: {report}");
+    for q in quotas {
+        assert!(q["max_calls_in_any_1s"].as_u64() <= q["limit_per_second"].as_u64(), "{q}");
+        assert!(q["calls"].as_u64().is_some_and(|c| c > 0));
+    }
+    let baseline = helpers::bouncer(&["bench", "--baseline", "--verdicts", "200", "--json"], &[]);
+    assert!(baseline.status.success(), "{}", helpers::stderr(&baseline));
+    let b: serde_json::Value = serde_json::from_str(helpers::stdout(&baseline).trim()).expect("JSON");
+    assert!(b["msgs_per_second"].as_f64().is_some_and(|r| r > 0.0), "{b}");
+}
