@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -453,19 +453,13 @@ struct Cleanup {
 
 impl Cleanup {
     async fn run(self) {
-        use crate::consumer::topology;
         let _ = std::fs::remove_file(&self.path);
         if let Ok(conn) =
             lapin::Connection::connect(self.config.amqp.url.expose_secret(), lapin::ConnectionProperties::default())
                 .await
         {
             if let Ok(ch) = conn.create_channel().await {
-                let q = &self.config.amqp.queue;
-                for name in [q.clone(), topology::rejected(q), topology::deferred(q)] {
-                    let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
-                }
-                let _ = ch.exchange_delete(topology::dlx(q).as_str().into(), Default::default()).await;
-                let _ = ch.close(200, "bench done".into()).await;
+                crate::consumer::topology::delete(&ch, &self.config.amqp.queue).await;
             }
             let _ = conn.close(200, "bench done".into()).await;
         }
@@ -521,12 +515,7 @@ async fn baseline(amqp: &str, n: usize) -> Result<f64, String> {
         }
     }
     let rate = n as f64 / started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(1.0).max(1e-6);
-    let q = &config.amqp.queue;
-    for name in [q.clone(), crate::consumer::topology::rejected(q), crate::consumer::topology::deferred(q)] {
-        let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    let _ = ch.exchange_delete(crate::consumer::topology::dlx(q).as_str().into(), Default::default()).await;
-    let _ = ch.close(200, "baseline done".into()).await;
+    crate::consumer::topology::delete(&ch, &config.amqp.queue).await;
     let _ = conn.close(200, "baseline done".into()).await;
     Ok(rate)
 }

@@ -324,21 +324,13 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
 }
 
 async fn delete_demo_queues(config: &Config) {
-    use crate::consumer::topology;
     let Ok(conn) =
         lapin::Connection::connect(config.amqp.url.expose_secret(), lapin::ConnectionProperties::default()).await
     else {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        let q = &config.amqp.queue;
-        for name in [q.clone(), topology::rejected(q), topology::deferred(q)] {
-            let _ = ch.queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
-        }
-        let _ = ch
-            .exchange_delete(topology::dlx(q).as_str().into(), lapin::options::ExchangeDeleteOptions::default())
-            .await;
-        let _ = ch.close(200, "demo done".into()).await;
+        crate::consumer::topology::delete(&ch, &config.amqp.queue).await;
     }
     let _ = conn.close(200, "demo done".into()).await;
 }

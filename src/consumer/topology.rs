@@ -76,3 +76,14 @@ pub async fn declare(ch: &Channel, cfg: &AmqpConfig) -> lapin::Result<()> {
     .await?;
     Ok(())
 }
+
+/// Deletes everything [`declare`] creates for `queue` (tests, the demo and the benchmark clean up
+/// with it), then closes the channel. Errors are ignored: what is already gone is fine.
+pub async fn delete(ch: &Channel, queue: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    for name in [queue.to_owned(), rejected(queue), deferred(queue)] {
+        let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = ch.exchange_delete(dlx(queue).as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = ch.close(200, "cleaned up".into()).await;
+}

@@ -190,7 +190,7 @@ impl SimControl {
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 /// Settings a test may change before the worker starts.
@@ -360,11 +360,9 @@ impl Drop for TestEnv {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
-                let Ok(ch) = conn.create_channel().await else { return };
-                for suffix in ["", ".rejected", ".deferred"] {
-                    let _ = ch.queue_delete(format!("{queue}{suffix}").into(), QueueDeleteOptions::default()).await;
+                if let Ok(ch) = conn.create_channel().await {
+                    bouncer::consumer::topology::delete(&ch, &queue).await;
                 }
-                let _ = ch.exchange_delete(format!("{queue}.dlx").into(), Default::default()).await;
                 let _ = conn.close(200, "test done".into()).await;
             })
         })
