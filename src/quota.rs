@@ -92,7 +92,7 @@ mod tests {
         // 10 intervals of 10.1 ms: never faster than the limit, never far slower.
         let span = times[10] - times[0];
         assert!(span >= Duration::from_millis(100), "{span:?}");
-        assert!(span < Duration::from_millis(200), "{span:?}");
+        assert!(span < Duration::from_secs(2), "{span:?}"); // generous: a loaded host is slow, never fast
         for w in times.windows(2) {
             assert!(w[1] - w[0] >= Duration::from_millis(9), "{times:?}");
         }

@@ -210,20 +210,25 @@ async fn a_hanging_app_fails_at_the_deadline_while_another_app_keeps_normal_late
     }
     env.wait_for_count("SELECT count(*) FROM verdicts WHERE status <> 'pending'", 40, Duration::from_secs(60)).await;
     let pool = env.pool().await;
-    let rows: Vec<(i64, String, f64)> = sqlx::query_as(
-        "SELECT app_id, status, extract(epoch FROM finished_at - received_at)::float8 FROM verdicts ORDER BY verdict_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    for (app, status, secs) in rows {
+    let rows: Vec<(i64, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT app_id, status, finished_at FROM verdicts ORDER BY verdict_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut healthy_last = None;
+    let mut stuck_first = None;
+    for (app, status, finished) in rows {
         if app == i64::from(stuck) {
             assert_eq!(status, "failed");
+            stuck_first = Some(stuck_first.map_or(finished, |t: chrono::DateTime<chrono::Utc>| t.min(finished)));
         } else {
             assert_eq!(status, "done");
-            assert!(secs < 2.0, "healthy app delayed {secs:.2}s by the stuck one");
+            healthy_last = Some(healthy_last.map_or(finished, |t: chrono::DateTime<chrono::Utc>| t.max(finished)));
         }
     }
+    // Relative, not a stopwatch: every healthy verdict was done before the stuck app's first
+    // verdict even reached its deadline, so the stuck app held nothing up.
+    assert!(healthy_last < stuck_first, "healthy finished {healthy_last:?}, stuck first gave up {stuck_first:?}");
     let errors: Vec<String> = sqlx::query_scalar("SELECT DISTINCT last_error FROM kicks WHERE status = 'failed'")
         .fetch_all(&pool)
         .await
@@ -285,16 +290,15 @@ async fn a_stuck_apps_backlog_larger_than_the_prefetch_does_not_hold_up_another_
     for i in 0..20u32 {
         env.publish_json(&verdict(&format!("ok-{i}"), "trtc", healthy, json!(7), &[&format!("u{i}")])).await;
     }
-    let started = std::time::Instant::now();
     let _worker = env.worker();
+    // The stuck app's calls only end at its 120 s deadline: the healthy app finishing within 30 s
+    // proves it was not queued behind them.
     env.wait_for_count(
         "SELECT count(*) FROM verdicts WHERE status = 'done' AND vendor = 'trtc'",
         20,
         Duration::from_secs(30),
     )
     .await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(15), "healthy app waited {took:?} behind the stuck one");
     let pool = env.pool().await;
     let deferred: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE app_id = $1 AND deferrals > 0")
         .bind(i64::from(stuck))
