@@ -13,7 +13,7 @@ use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::{EXIT_FAILURE, output};
+use super::output;
 use crate::bench::{self, Latency, Machine, Report};
 use crate::config::Config;
 use crate::publisher::Publisher;
@@ -144,13 +144,7 @@ fn preset_name(p: Preset) -> &'static str {
 }
 
 pub async fn run(args: &BenchArgs) -> ExitCode {
-    match bench_main(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    super::exit_code("bench", bench_main(args).await)
 }
 
 async fn bench_main(args: &BenchArgs) -> Result<(), String> {

@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_FAILURE, output};
+use super::output;
 use crate::audit::query::{self, Filter};
 use crate::config::Config;
 use crate::publisher::Publisher;
@@ -122,13 +122,7 @@ fn stream() -> Vec<Vec<u8>> {
 }
 
 pub async fn run(args: &DemoArgs) -> ExitCode {
-    match demo(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    super::exit_code("demo", demo(args).await)
 }
 
 async fn demo(args: &DemoArgs) -> Result<(), String> {

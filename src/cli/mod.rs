@@ -175,3 +175,14 @@ pub(crate) async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), St
     let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
     if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
 }
+
+/// Prints a command's error, if any, and turns the result into the process exit code.
+pub(crate) fn exit_code(command: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{command} failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
