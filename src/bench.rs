@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::sim::Record;
+use crate::vendor::{trtc, zego};
 
 /// p50/p95/p99/max of a sample, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -71,7 +72,7 @@ pub fn quota_reports(records: &[Record], max_in_1s: &HashMap<String, (u64, u32)>
         .into_iter()
         .map(|(quota, mut calls)| {
             calls.sort_by_key(|r| (r.at_unix_ms, r.seq));
-            let max_users = if quota.starts_with("zego") { 5 } else { 10 };
+            let max_users = if quota.starts_with("zego") { zego::MAX_USERS_PER_CALL } else { trtc::MAX_USERS_PER_CALL };
             let (max_window, limit) = max_in_1s.get(quota).copied().unwrap_or((0, 0));
             let span = match (calls.first(), calls.last()) {
                 (Some(a), Some(b)) => (b.at_unix_ms.saturating_sub(a.at_unix_ms)) as f64 / 1000.0,

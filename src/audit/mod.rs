@@ -43,6 +43,18 @@ pub async fn connect(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<
         .await?)
 }
 
+/// Like [`connect`], but keeps trying for up to `within`: a worker starting alongside may still be
+/// creating the database (the demo, the benchmark, `kick --wait`).
+pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<PgPool, AuditError> {
+    let started = std::time::Instant::now();
+    loop {
+        match connect(cfg, Duration::from_secs(2)).await {
+            Err(_) if started.elapsed() < within => tokio::time::sleep(Duration::from_millis(200)).await,
+            result => return result,
+        }
+    }
+}
+
 /// Creates the database if it does not exist yet, then applies pending migrations. Running it
 /// again is a no-op.
 pub async fn migrate(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<MigrateReport, AuditError> {

@@ -18,6 +18,7 @@ use crate::bench::{self, Latency, Machine, Report};
 use crate::config::Config;
 use crate::publisher::Publisher;
 use crate::sim::{self, SimSettings, faults::Faults};
+use crate::vendor::{trtc, zego};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -291,15 +292,9 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
     }
     publisher.close().await;
 
-    let pool = loop {
-        match crate::audit::connect(&config.postgres, Duration::from_secs(2)).await {
-            Ok(p) => break p,
-            Err(_) if started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => return Err(format!("audit database: {e}")),
-        }
-    };
+    let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("audit database: {e}"))?;
     let mut usage = (0.0, 0.0);
     let mut progress = Instant::now();
     loop {
@@ -340,24 +335,19 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
 
     let records = running.sim.records(0);
     let stats = running.sim.stats();
+    // Utilisation is measured against the documented limit, not the simulator's (maybe raised) one.
     let windows: HashMap<String, (u64, u32)> = stats["quotas"]
         .as_object()
         .map(|m| {
             m.iter()
                 .map(|(k, q)| {
-                    (k.clone(), (q["max_calls_in_1s"].as_u64().unwrap_or(0), q["limit"].as_u64().unwrap_or(0) as u32))
+                    let limit =
+                        if k.starts_with("zego") { zego::MAX_CALLS_PER_SECOND } else { trtc::MAX_CALLS_PER_SECOND };
+                    (k.clone(), (q["max_calls_in_1s"].as_u64().unwrap_or(0), limit))
                 })
                 .collect()
         })
         .unwrap_or_default();
-    // The documented limit, not the raised simulator limit, is what utilisation is measured against.
-    let windows: HashMap<String, (u64, u32)> = windows
-        .into_iter()
-        .map(|(k, (m, _))| {
-            let limit = if k.starts_with("zego") { 50 } else { 20 };
-            (k, (m, limit))
-        })
-        .collect();
     let sent = bench::sent_at_by_verdict(&records);
     let to_call: Vec<f64> =
         sent.iter().filter_map(|(v, t)| published_at.get(*v).map(|p| t.saturating_sub(*p) as f64)).collect();

@@ -201,15 +201,9 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     }
     publisher.close().await;
 
-    let pool = loop {
-        match crate::audit::connect(&config.postgres, Duration::from_secs(2)).await {
-            Ok(p) => break p,
-            Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => return Err(format!("audit database: {e}")),
-        }
-    };
+    let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(20))
+        .await
+        .map_err(|e| format!("audit database: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let (finished, total): (i64, i64) =

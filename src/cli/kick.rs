@@ -86,14 +86,11 @@ pub async fn run(cli: &Cli, args: &KickArgs) -> ExitCode {
     let Some(wait) = args.wait else { return ExitCode::SUCCESS };
     let started = Instant::now();
     // The worker may still be creating the database on a first run: keep trying within `wait`.
-    let pool = loop {
-        match crate::audit::connect(&config.postgres, Duration::from_secs(2)).await {
-            Ok(p) => break p,
-            Err(e) if started.elapsed() >= Duration::from_secs(wait) => {
-                eprintln!("cannot reach the audit database: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+    let pool = match crate::audit::connect_within(&config.postgres, Duration::from_secs(wait)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach the audit database: {e}");
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     while started.elapsed() < Duration::from_secs(wait) {

@@ -215,10 +215,10 @@ impl Intake {
         }
 
         let mut to_defer: Vec<Arrival> = Vec::new();
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         for a in arrivals {
             let id = a.verdict.verdict_id.clone();
-            let first_in_batch = seen.insert(id.clone(), ()).is_none();
+            let first_in_batch = seen.insert(id.clone());
             let Some(state) = recorded.get(&id) else { continue };
             let span = tracing::info_span!("verdict", verdict_id = %id, vendor = %a.verdict.vendor, app_id = a.verdict.app_id, room_id = %a.verdict.room_id);
             let _enter = span.enter();
