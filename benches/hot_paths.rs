@@ -2,10 +2,9 @@
 //! chunking, outcome classification. `cargo bench` runs them.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bouncer::batch::RoomBatches;
+use bouncer::batch::{Claim, RoomBatches};
 use bouncer::vendor::{trtc, zego};
 use bouncer::verdict::{RoomId, Verdict};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -64,7 +63,7 @@ fn parsing(c: &mut Criterion) {
 }
 
 fn batching(c: &mut Criterion) {
-    let verdicts: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("v{i}"))).collect();
+    let verdicts: Vec<Claim> = (0..1000).map(|i| Claim::new(&format!("v{i}"))).collect();
     let rooms: Vec<RoomId> = (0..50).map(|i| RoomId::Text(format!("room-{i}"))).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     c.bench_function("batch 5000 users into 50 rooms and cut every chunk", |b| {
@@ -73,7 +72,14 @@ fn batching(c: &mut Criterion) {
             let mut batches = RoomBatches::new(5, Duration::from_millis(25));
             let now = tokio::time::Instant::now();
             for i in 0..5000 {
-                batches.add(&rooms[i % 50], &format!("u{i}"), &verdicts[i % 1000], None, chrono::Utc::now(), now);
+                batches.add(
+                    &rooms[i % 50],
+                    &format!("u{i}"),
+                    verdicts[i % 1000].clone(),
+                    None,
+                    chrono::Utc::now(),
+                    now,
+                );
             }
             let later = now + Duration::from_millis(30);
             let mut chunks = 0;

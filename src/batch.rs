@@ -21,12 +21,29 @@ pub const STARVED: Duration = Duration::from_secs(1);
 /// A verdict as the lanes know it: its id, shared by every user entry it produced.
 pub type VerdictRef = Arc<str>;
 
+/// One verdict's claim on a user's kick, with that kick's retry state from its row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    pub verdict: VerdictRef,
+    /// When the first call carrying this kick started (the deadline counts from here).
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// Retries scheduled so far (the backoff exponent).
+    pub scheduled_retries: i32,
+    pub last_error: Option<String>,
+}
+
+impl Claim {
+    pub fn new(verdict: &str) -> Claim {
+        Claim { verdict: Arc::from(verdict), first_attempt_at: None, scheduled_retries: 0, last_error: None }
+    }
+}
+
 /// One user waiting to be kicked from one room.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub user_id: String,
     /// Every verdict waiting on this kick (usually one).
-    pub verdicts: Vec<VerdictRef>,
+    pub claims: Vec<Claim>,
     /// The reason of the first verdict that named the user.
     pub reason: Option<Arc<str>>,
     /// When the user entered the batch (linger is counted from here).
@@ -78,36 +95,32 @@ impl RoomBatches {
     }
 
     /// Adds a user on behalf of a verdict; returns false if the user was already waiting in this
-    /// room (the verdict then shares that kick).
+    /// room (the verdict then shares that kick). `since` is when the user became due: linger
+    /// counts from it.
     pub fn add(
         &mut self,
         room: &RoomId,
         user_id: &str,
-        verdict: &VerdictRef,
+        claim: Claim,
         reason: Option<&Arc<str>>,
         origin: DateTime<Utc>,
-        now: Instant,
+        since: Instant,
     ) -> bool {
         let r = self.rooms.entry(room.clone()).or_default();
         if let Some(e) = r.entries.get_mut(user_id) {
-            if !e.verdicts.contains(verdict) {
-                e.verdicts.push(verdict.clone());
+            if !e.claims.iter().any(|c| c.verdict == claim.verdict) {
+                e.claims.push(claim);
             }
             return false;
         }
+        let now = since;
         if r.order.is_empty() {
             self.deadlines.push(Reverse((now + self.linger, room.clone())));
         }
         r.order.push_back(user_id.to_owned());
         r.entries.insert(
             user_id.to_owned(),
-            Entry {
-                user_id: user_id.to_owned(),
-                verdicts: vec![verdict.clone()],
-                reason: reason.cloned(),
-                since: now,
-                origin,
-            },
+            Entry { user_id: user_id.to_owned(), claims: vec![claim], reason: reason.cloned(), since: now, origin },
         );
         self.pending += 1;
         if r.order.len() >= self.chunk_size && self.full_set.insert(room.clone()) {
@@ -192,8 +205,8 @@ impl RoomBatches {
 mod tests {
     use super::*;
 
-    fn v(id: &str) -> VerdictRef {
-        Arc::from(id)
+    fn v(id: &str) -> Claim {
+        Claim::new(id)
     }
 
     fn room(s: &str) -> RoomId {
@@ -209,15 +222,15 @@ mod tests {
         let mut b = RoomBatches::new(5, Duration::from_millis(25));
         let t0 = Instant::now();
         for u in ["a", "b", "c"] {
-            b.add(&room("r1"), u, &v("v1"), None, Utc::now(), t0);
+            b.add(&room("r1"), u, v("v1"), None, Utc::now(), t0);
         }
         assert_eq!(b.ready(t0), None);
         assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(25)));
         for u in ["d", "e", "f"] {
-            b.add(&room("r2"), u, &v("v2"), None, Utc::now(), t0);
+            b.add(&room("r2"), u, v("v2"), None, Utc::now(), t0);
         }
-        b.add(&room("r2"), "g", &v("v3"), None, Utc::now(), t0);
-        b.add(&room("r2"), "h", &v("v3"), None, Utc::now(), t0);
+        b.add(&room("r2"), "g", v("v3"), None, Utc::now(), t0);
+        b.add(&room("r2"), "h", v("v3"), None, Utc::now(), t0);
         assert_eq!(b.ready(t0), Some(room("r2")), "full chunk first");
         assert_eq!(users(&b.take(&room("r2"))), ["d", "e", "f", "g", "h"]);
         assert_eq!(b.ready(t0), None);
@@ -235,12 +248,12 @@ mod tests {
     fn the_same_user_pending_twice_in_a_room_is_sent_once_for_both_verdicts() {
         let mut b = RoomBatches::new(10, Duration::ZERO);
         let now = Instant::now();
-        assert!(b.add(&room("r"), "u", &v("v1"), None, Utc::now(), now));
-        assert!(!b.add(&room("r"), "u", &v("v2"), None, Utc::now(), now));
-        assert!(b.add(&room("other"), "u", &v("v2"), None, Utc::now(), now), "another room is another kick");
+        assert!(b.add(&room("r"), "u", v("v1"), None, Utc::now(), now));
+        assert!(!b.add(&room("r"), "u", v("v2"), None, Utc::now(), now));
+        assert!(b.add(&room("other"), "u", v("v2"), None, Utc::now(), now), "another room is another kick");
         let chunk = b.take(&room("r"));
         assert_eq!(chunk.len(), 1);
-        assert_eq!(chunk[0].verdicts, [v("v1"), v("v2")]);
+        assert_eq!(chunk[0].claims, [v("v1"), v("v2")]);
         assert_eq!(b.pending_users(), 1);
     }
 
@@ -248,8 +261,8 @@ mod tests {
     fn numeric_and_string_rooms_with_the_same_digits_are_different_batches() {
         let mut b = RoomBatches::new(10, Duration::ZERO);
         let now = Instant::now();
-        b.add(&RoomId::Numeric(1234), "u", &v("v1"), None, Utc::now(), now);
-        b.add(&RoomId::Text("1234".into()), "u", &v("v2"), None, Utc::now(), now);
+        b.add(&RoomId::Numeric(1234), "u", v("v1"), None, Utc::now(), now);
+        b.add(&RoomId::Text("1234".into()), "u", v("v2"), None, Utc::now(), now);
         assert_eq!(b.open_rooms(), 2);
     }
 
@@ -257,11 +270,11 @@ mod tests {
     async fn after_a_chunk_is_cut_the_rest_keeps_its_own_arrival_time() {
         let mut b = RoomBatches::new(2, Duration::from_millis(25));
         let t0 = Instant::now();
-        b.add(&room("r"), "a", &v("v"), None, Utc::now(), t0);
+        b.add(&room("r"), "a", v("v"), None, Utc::now(), t0);
         tokio::time::advance(Duration::from_millis(10)).await;
         let t1 = Instant::now();
-        b.add(&room("r"), "b", &v("v"), None, Utc::now(), t1);
-        b.add(&room("r"), "c", &v("v"), None, Utc::now(), t1);
+        b.add(&room("r"), "b", v("v"), None, Utc::now(), t1);
+        b.add(&room("r"), "c", v("v"), None, Utc::now(), t1);
         assert_eq!(users(&b.take(&room("r"))), ["a", "b"]);
         assert_eq!(b.next_deadline(), Some(t1 + Duration::from_millis(25)), "c's own deadline");
         assert_eq!(b.ready(t1), None);
@@ -272,15 +285,15 @@ mod tests {
     async fn among_expired_rooms_the_fullest_goes_first_until_one_starves() {
         let mut b = RoomBatches::new(5, Duration::from_millis(25));
         let t0 = Instant::now();
-        b.add(&room("small"), "1", &v("v"), None, Utc::now(), t0);
+        b.add(&room("small"), "1", v("v"), None, Utc::now(), t0);
         for u in ["1", "2", "3"] {
-            b.add(&room("big"), u, &v("v"), None, Utc::now(), t0 + Duration::from_millis(5));
+            b.add(&room("big"), u, v("v"), None, Utc::now(), t0 + Duration::from_millis(5));
         }
         let t1 = t0 + Duration::from_millis(40);
         assert_eq!(b.ready(t1), Some(room("big")), "3 users beat 1 when both are due");
         b.take(&room("big"));
         for u in ["4", "5", "6"] {
-            b.add(&room("big2"), u, &v("v"), None, Utc::now(), t1);
+            b.add(&room("big2"), u, v("v"), None, Utc::now(), t1);
         }
         let late = t0 + Duration::from_millis(25) + STARVED;
         assert_eq!(b.ready(late), Some(room("small")), "a starved room goes first");
@@ -291,9 +304,9 @@ mod tests {
         let mut b = RoomBatches::new(2, Duration::from_secs(60));
         let now = Instant::now();
         for r in ["x", "y"] {
-            b.add(&room(r), "1", &v("v"), None, Utc::now(), now);
-            b.add(&room(r), "2", &v("v"), None, Utc::now(), now);
-            b.add(&room(r), "3", &v("v"), None, Utc::now(), now);
+            b.add(&room(r), "1", v("v"), None, Utc::now(), now);
+            b.add(&room(r), "2", v("v"), None, Utc::now(), now);
+            b.add(&room(r), "3", v("v"), None, Utc::now(), now);
         }
         assert_eq!(b.ready(now), Some(room("x")));
         b.take(&room("x"));

@@ -58,9 +58,13 @@ struct FileConfig {
     #[serde(default)]
     http: FileHttp,
     #[serde(default)]
-    batch: BatchConfig,
+    batch: FileBatch,
     #[serde(default)]
     retry: FileRetry,
+    #[serde(default)]
+    ownership: FileOwnership,
+    #[serde(default)]
+    pacing: FilePacing,
     #[serde(default)]
     shutdown: FileShutdown,
     #[serde(default)]
@@ -77,8 +81,10 @@ struct FileAmqp {
     prefetch: u32,
     connection_name: String,
     delivery_limit: u32,
-    defer_ms: u64,
-    max_unacked_per_app: u32,
+    /// Obsolete since enforcement reads its work from PostgreSQL: accepted, with a warning.
+    defer_ms: Option<u64>,
+    /// Obsolete (as above).
+    max_unacked_per_app: Option<u32>,
 }
 
 impl Default for FileAmqp {
@@ -89,8 +95,8 @@ impl Default for FileAmqp {
             prefetch: 500,
             connection_name: "bouncer".into(),
             delivery_limit: 20,
-            defer_ms: 5_000,
-            max_unacked_per_app: 0,
+            defer_ms: None,
+            max_unacked_per_app: None,
         }
     }
 }
@@ -120,23 +126,76 @@ impl Default for FileHttp {
     }
 }
 
-/// `[batch]`: how long a room's chunk may wait for company, and how much may wait at once.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BatchConfig {
-    /// Flush a chunk this long after its first user entered it, full or not.
-    pub linger_ms: u64,
-    /// At most this many rooms with users waiting, per app; beyond it new verdicts are deferred.
-    pub max_open_batches: usize,
-    /// An app takes new verdicts while what it holds would drain within this many seconds at
-    /// its measured speed; otherwise they are deferred (head-of-line safety).
-    pub hold_secs: u64,
+struct FileBatch {
+    linger_ms: u64,
+    /// Obsolete since enforcement reads its work from PostgreSQL: accepted, with a warning.
+    max_open_batches: Option<u64>,
+    /// Obsolete (as above).
+    hold_secs: Option<u64>,
 }
 
-impl Default for BatchConfig {
+impl Default for FileBatch {
     fn default() -> Self {
-        BatchConfig { linger_ms: 25, max_open_batches: 10_000, hold_secs: 10 }
+        FileBatch { linger_ms: 25, max_open_batches: None, hold_secs: None }
     }
+}
+
+/// `[batch]`: how long a room's chunk may wait for company.
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// Flush a chunk this long after its first user became due, full or not.
+    pub linger_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileOwnership {
+    lease_ms: u64,
+    heartbeat_ms: u64,
+    worker_id: Option<String>,
+}
+
+impl Default for FileOwnership {
+    fn default() -> Self {
+        FileOwnership { lease_ms: 3_000, heartbeat_ms: 500, worker_id: None }
+    }
+}
+
+/// `[ownership]`: how replicas share the vendor quotas (see [`crate::ownership`]).
+#[derive(Clone, Debug)]
+pub struct OwnershipConfig {
+    /// How long a quota lease lasts without renewal: an owner that cannot confirm it within this
+    /// stops calling, and another replica may take over.
+    pub lease: Duration,
+    /// How often leases are renewed and shares rebalanced.
+    pub heartbeat: Duration,
+    /// This replica's name in `workers` and `quota_owners` (default: host name and process id).
+    pub worker_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilePacing {
+    jitter_ms: u64,
+    buffer_ms: u64,
+}
+
+impl Default for FilePacing {
+    fn default() -> Self {
+        FilePacing { jitter_ms: 20, buffer_ms: 2_000 }
+    }
+}
+
+/// `[pacing]`: how calls are spaced and how much work an owner holds in memory.
+#[derive(Clone, Debug)]
+pub struct PacingConfig {
+    /// Variation of the delay between a call leaving and the vendor counting it that the pacing
+    /// absorbs: no `1 s + jitter` window holds more calls than the vendor's limit.
+    pub jitter: Duration,
+    /// Work an owner holds in memory per app, in seconds of its quota.
+    pub buffer: Duration,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +305,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
+    pub ownership: OwnershipConfig,
+    pub pacing: PacingConfig,
+    /// Keys that are accepted but no longer mean anything, each with what to do about it.
+    pub warnings: Vec<Problem>,
     pub shutdown: ShutdownConfig,
     pub zego: Vec<ZegoApp>,
     pub trtc: Vec<TrtcApp>,
@@ -261,11 +324,6 @@ pub struct AmqpConfig {
     pub connection_name: String,
     /// `x-delivery-limit` on the quorum queue: a message redelivered this often is dead-lettered.
     pub delivery_limit: u32,
-    /// How long a deferred verdict waits in `<queue>.deferred` before it comes back.
-    pub defer: Duration,
-    /// Most unacked deliveries one app may hold; the rest of the prefetch stays for other apps.
-    /// Default (0 in the file): three quarters of the prefetch.
-    pub max_unacked_per_app: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -498,8 +556,36 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             1
         }
     };
-    if f.amqp.defer_ms == 0 || f.amqp.defer_ms > 3_600_000 {
-        p.push(problem("amqp.defer_ms", format!("must be in 1..=3600000, got {}", f.amqp.defer_ms)));
+    let obsolete = "obsolete since enforcement reads its work from PostgreSQL (intake never holds or defers \
+                    deliveries); ignored, remove it";
+    let mut warnings = Vec::new();
+    for (key, given) in [
+        ("amqp.defer_ms", f.amqp.defer_ms.is_some()),
+        ("amqp.max_unacked_per_app", f.amqp.max_unacked_per_app.is_some()),
+        ("batch.hold_secs", f.batch.hold_secs.is_some()),
+        ("batch.max_open_batches", f.batch.max_open_batches.is_some()),
+    ] {
+        if given {
+            warnings.push(problem(key, obsolete));
+        }
+    }
+    if f.ownership.lease_ms < 1_000 || f.ownership.lease_ms > 60_000 {
+        p.push(problem("ownership.lease_ms", format!("must be in 1000..=60000, got {}", f.ownership.lease_ms)));
+    }
+    if f.ownership.heartbeat_ms == 0 || f.ownership.heartbeat_ms * 2 > f.ownership.lease_ms {
+        p.push(problem(
+            "ownership.heartbeat_ms",
+            format!("must be at least 1 and at most half of ownership.lease_ms, got {}", f.ownership.heartbeat_ms),
+        ));
+    }
+    if f.ownership.worker_id.as_ref().is_some_and(|w| w.is_empty() || w.len() > 200) {
+        p.push(problem("ownership.worker_id", "must be 1 to 200 bytes"));
+    }
+    if f.pacing.jitter_ms > 500 {
+        p.push(problem("pacing.jitter_ms", format!("must be at most 500, got {}", f.pacing.jitter_ms)));
+    }
+    if f.pacing.buffer_ms < 100 || f.pacing.buffer_ms > 60_000 {
+        p.push(problem("pacing.buffer_ms", format!("must be in 100..=60000, got {}", f.pacing.buffer_ms)));
     }
     if f.amqp.delivery_limit == 0 {
         p.push(problem("amqp.delivery_limit", "must be at least 1"));
@@ -517,9 +603,6 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     });
     if f.batch.linger_ms > 60_000 {
         p.push(problem("batch.linger_ms", format!("must be at most 60000, got {}", f.batch.linger_ms)));
-    }
-    if f.batch.max_open_batches == 0 {
-        p.push(problem("batch.max_open_batches", "must be at least 1"));
     }
     if f.retry.initial_ms == 0 {
         p.push(problem("retry.initial_ms", "must be at least 1"));
@@ -629,15 +712,20 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             prefetch,
             connection_name: f.amqp.connection_name,
             delivery_limit: f.amqp.delivery_limit,
-            defer: Duration::from_millis(f.amqp.defer_ms),
-            max_unacked_per_app: match f.amqp.max_unacked_per_app {
-                0 => (usize::from(prefetch) * 3 / 4).max(1),
-                n => n as usize,
-            },
         },
         postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
         http: HttpConfig { listen },
-        batch: f.batch,
+        batch: BatchConfig { linger_ms: f.batch.linger_ms },
+        ownership: OwnershipConfig {
+            lease: Duration::from_millis(f.ownership.lease_ms),
+            heartbeat: Duration::from_millis(f.ownership.heartbeat_ms),
+            worker_id: f.ownership.worker_id,
+        },
+        pacing: PacingConfig {
+            jitter: Duration::from_millis(f.pacing.jitter_ms),
+            buffer: Duration::from_millis(f.pacing.buffer_ms),
+        },
+        warnings,
         retry: RetryConfig {
             initial: Duration::from_millis(f.retry.initial_ms),
             max_interval: Duration::from_millis(f.retry.max_interval_ms),
@@ -891,6 +979,27 @@ mod tests {
             "{GOOD}\n[[trtc]]\nsdk_app_id = 1400000002\nsecret_id = \"AKID\"\nsecret_key = \"k\"\nregion = \"ap-beijing\"\nrate_per_second = 10\n"
         );
         assert_eq!(keys(&text), ["trtc[1].rate_per_second"]);
+    }
+
+    #[test]
+    fn obsolete_keys_still_load_with_a_warning_naming_each() {
+        let text = GOOD.replace("queue = \"q\"", "queue = \"q\"\ndefer_ms = 500\nmax_unacked_per_app = 3")
+            + "\n[batch]\nhold_secs = 4\n";
+        let c = Config::from_toml(&text).unwrap();
+        let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["amqp.defer_ms", "amqp.max_unacked_per_app", "batch.hold_secs"]);
+        assert!(c.warnings[0].reason.contains("obsolete"));
+        assert!(Config::from_toml(GOOD).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn ownership_and_pacing_have_safe_defaults_and_limits() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.ownership.lease, Duration::from_secs(3));
+        assert_eq!(c.ownership.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.pacing.jitter, Duration::from_millis(20));
+        assert_eq!(keys("[ownership]\nlease_ms = 2000\nheartbeat_ms = 1500\n"), ["ownership.heartbeat_ms"]);
+        assert_eq!(keys("[pacing]\njitter_ms = 900\n"), ["pacing.jitter_ms"]);
     }
 
     #[test]

@@ -50,35 +50,47 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         .is_ok_and(|r| r.is_ok());
     let ready = rabbitmq && consuming && postgres;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "rabbitmq": rabbitmq, "consumer": consuming, "postgres": postgres})))
+    // Owning no quota is fine (another replica may own them all): it is reported, not required.
+    let owned = h.ownership.owned_groups.load(Ordering::Relaxed);
+    (
+        status,
+        Json(json!({"ready": ready, "rabbitmq": rabbitmq, "consumer": consuming, "postgres": postgres,
+                    "owned_quota_groups": owned})),
+    )
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     let health = s.health.borrow().clone();
     if let Some(h) = health {
-        // Gauges are read at scrape time from the live state.
-        metrics::gauge!("bouncer_inflight_verdicts").set(h.inflight.len() as f64);
-        let mut by_vendor: std::collections::BTreeMap<&'static str, (usize, usize)> = Default::default();
-        for lane in h.lanes.iter() {
-            let e = by_vendor.entry(lane.stats.vendor.as_str()).or_default();
-            e.0 += lane.stats.open_rooms.load(Ordering::Relaxed);
-            e.1 += lane.stats.pending_users();
+        // Gauges are read at scrape time from the live state. Users held in this replica's
+        // memory by vendor (lanes of the quotas it owns):
+        let mut by_vendor: std::collections::BTreeMap<&'static str, (usize, usize)> =
+            [("zego", (0, 0)), ("trtc", (0, 0))].into();
+        for stats in h.ownership.lanes.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let e = by_vendor.entry(stats.vendor.as_str()).or_default();
+            e.0 += stats.open_rooms.load(Ordering::Relaxed);
+            e.1 += stats.pending_users();
         }
         for (vendor, (rooms, users)) in by_vendor {
             metrics::gauge!("bouncer_open_batches", "vendor" => vendor).set(rooms as f64);
             metrics::gauge!("bouncer_pending_users", "vendor" => vendor).set(users as f64);
         }
-        let oldest = tokio::time::timeout(
+        // Unfinished verdicts in the whole deployment (the database holds the work).
+        let unfinished = tokio::time::timeout(
             Duration::from_secs(1),
-            sqlx::query_scalar::<_, f64>(
-                "SELECT COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8 FROM verdicts WHERE status = 'pending'",
+            sqlx::query_as::<_, (i64, f64)>(
+                "SELECT count(*), COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8
+                 FROM verdicts WHERE status = 'pending'",
             )
             .fetch_one(&h.pool),
         )
         .await;
-        if let Ok(Ok(secs)) = oldest {
+        if let Ok(Ok((count, secs))) = unfinished {
+            metrics::gauge!("bouncer_inflight_verdicts").set(count as f64);
             metrics::gauge!("bouncer_oldest_pending_verdict_seconds").set(secs);
         }
+        metrics::gauge!("bouncer_quota_groups_owned").set(h.ownership.owned_groups.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("bouncer_live_workers").set(h.ownership.live_workers.load(Ordering::Relaxed) as f64);
         metrics::gauge!("bouncer_consumer_active").set(if h.broker.consuming.load(Ordering::Relaxed) {
             1.0
         } else {

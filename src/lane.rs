@@ -1,113 +1,82 @@
-//! One lane per configured app: it owns that app's room batches, cuts chunks when the app's quota
-//! lets a call start, and hands each chunk to a call task ([`crate::retry::execute`]). Lanes never
-//! wait on each other, so one failing or throttled app cannot slow another.
+//! One lane per app of an owned quota group: it fetches the app's due kicks from PostgreSQL into
+//! room batches (a few seconds of work at most, so memory does not grow with the backlog), cuts a
+//! chunk whenever the quota lets a call start, and hands each chunk to a call task
+//! ([`crate::call`]).
+//!
+//! The lane remembers every kick it holds — waiting in a batch, in a call, or with its result on
+//! the way to the database — and skips those when it fetches, until the audit writer says their
+//! result is committed. So a kick is never called twice by one owner.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use sqlx::PgPool;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::writer::AuditSink;
-use crate::batch::{RoomBatches, VerdictRef};
-use crate::quota::{Quota, Quotas};
+use crate::audit::results::{KickChange, KickOutcome};
+use crate::audit::work::{self, DueKick};
+use crate::audit::writer::{AuditMsg, AuditSink, KickKey, Settled};
+use crate::batch::{Claim, RoomBatches};
+use crate::lease::Lease;
+use crate::quota::Quota;
 use crate::retry::RetrySchedule;
-use crate::vendor::{Client, trtc};
+use crate::states::KickStatus;
+use crate::vendor::Client;
 use crate::verdict::{RoomId, Vendor};
 
 /// Longest pause after repeated configuration failures (bad secret, no permission).
 const MAX_CONFIG_PAUSE: Duration = Duration::from_secs(60);
-/// Weight of the newest second in the smoothed throughput.
-const EWMA_ALPHA: f64 = 0.3;
+/// The polling fallback: a lane looks for due work at least this often (wake-ups are faster).
+pub const POLL: Duration = Duration::from_secs(1);
+/// A fetch that takes longer than this is abandoned and tried again on the next wake-up.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What intake and the lane share about one app. Every field is safe to read from any task.
+/// What `/metrics` reads about one lane. Every field is safe to read from any task.
 pub struct LaneStats {
     pub vendor: Vendor,
     pub app_id: u32,
-    /// Most users per call for this app.
-    pub chunk_size: usize,
-    /// Verdicts handed to this lane whose deliveries are still held (see [`crate::inflight`]).
-    pub held_verdicts: AtomicUsize,
     /// Users waiting in room batches.
     pub waiting_users: AtomicUsize,
-    /// Users inside a call task (being sent, or waiting to retry).
+    /// Users inside a call.
     pub calling_users: AtomicUsize,
     /// Rooms with users waiting.
     pub open_rooms: AtomicUsize,
-    /// Users whose kick ended (kicked, gone or failed) since start.
-    pub finished_users: AtomicU64,
-    /// Smoothed users finished per second while the lane had work (f64 bits). Starts at the
-    /// nominal rate (calls/s × chunk size) so a new app is trusted until measured.
-    throughput: AtomicU64,
-    /// Configuration failures in a row; sets the pause length.
-    config_failures: AtomicU32,
-    /// No call starts before this instant (after a configuration failure).
-    paused_until: Mutex<Option<Instant>>,
 }
 
 impl LaneStats {
-    pub fn new(vendor: Vendor, app_id: u32, chunk_size: usize, rate_per_second: u32) -> LaneStats {
-        let nominal = f64::from(rate_per_second) * chunk_size as f64;
+    pub fn new(vendor: Vendor, app_id: u32) -> LaneStats {
         LaneStats {
             vendor,
             app_id,
-            chunk_size,
-            held_verdicts: AtomicUsize::new(0),
             waiting_users: AtomicUsize::new(0),
             calling_users: AtomicUsize::new(0),
             open_rooms: AtomicUsize::new(0),
-            finished_users: AtomicU64::new(0),
-            throughput: AtomicU64::new(nominal.to_bits()),
-            config_failures: AtomicU32::new(0),
-            paused_until: Mutex::new(None),
         }
     }
 
     pub fn pending_users(&self) -> usize {
         self.waiting_users.load(Ordering::Relaxed) + self.calling_users.load(Ordering::Relaxed)
     }
+}
 
-    pub fn throughput(&self) -> f64 {
-        f64::from_bits(self.throughput.load(Ordering::Relaxed))
-    }
+/// Whether the vendor currently accepts this app's credentials.
+#[derive(Default)]
+pub struct AppHealth {
+    /// Configuration failures in a row; sets the pause length.
+    config_failures: AtomicU32,
+    /// No call starts before this instant (after a configuration failure).
+    paused_until: Mutex<Option<Instant>>,
+}
 
+impl AppHealth {
     pub fn paused_until(&self) -> Option<Instant> {
         let p = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         p.filter(|t| *t > Instant::now())
-    }
-
-    /// Whether intake should hand this lane a verdict of `users` more users now, or defer it.
-    ///
-    /// A lane takes work while what it already holds would drain within `hold` at its measured
-    /// throughput, and while it holds fewer than `max_held` verdicts and `max_open_rooms` rooms.
-    /// A healthy app at full speed keeps taking its backlog; an app whose vendor hangs, fails
-    /// or throttles stops finishing users, its throughput falls, and its new verdicts are
-    /// deferred instead of filling the prefetch window other apps need.
-    pub fn accepts(&self, users: usize, hold: Duration, max_held: usize, max_open_rooms: usize) -> bool {
-        if self.paused_until().is_some()
-            || self.held_verdicts.load(Ordering::Relaxed) >= max_held
-            || self.open_rooms.load(Ordering::Relaxed) >= max_open_rooms
-        {
-            return false;
-        }
-        let budget = (self.throughput() * hold.as_secs_f64()).max(self.chunk_size as f64);
-        (self.pending_users() + users) as f64 <= budget
-    }
-
-    /// Once a second: fold the users finished in the last second into the throughput, but only
-    /// if the lane had work (an idle app keeps its last measured speed).
-    fn tick(&self, last_finished: &mut u64, had_work: bool) {
-        let finished = self.finished_users.load(Ordering::Relaxed);
-        let done = (finished - *last_finished) as f64;
-        *last_finished = finished;
-        if had_work {
-            let t = self.throughput() * (1.0 - EWMA_ALPHA) + done * EWMA_ALPHA;
-            self.throughput.store(t.to_bits(), Ordering::Relaxed);
-        }
     }
 
     /// The vendor refused our credentials or permissions: pause the whole app, longer each time
@@ -120,151 +89,220 @@ impl LaneStats {
     }
 
     /// A call went through: the configuration works.
-    pub fn config_ok(&self) {
+    pub fn config_ok(&self, vendor: Vendor, app_id: u32) {
         if self.config_failures.swap(0, Ordering::Relaxed) > 0 {
             *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            tracing::info!(vendor = %self.vendor, app_id = self.app_id, "vendor accepts our credentials again; sending resumed");
+            tracing::info!(vendor = %vendor, app_id, "vendor accepts our credentials again; sending resumed");
         }
     }
-}
-
-/// One verdict's users for this lane.
-pub struct LaneMsg {
-    pub verdict: VerdictRef,
-    pub room: RoomId,
-    pub users: Vec<String>,
-    pub reason: Option<Arc<str>>,
-    /// `detected_at`, else when the verdict was received: verdict-to-kick latency starts here.
-    pub origin: DateTime<Utc>,
 }
 
 /// Everything a lane and its call tasks share.
 pub struct LaneCtx {
     pub client: Client,
     pub stats: Arc<LaneStats>,
+    pub health: AppHealth,
     /// The quota for numeric rooms (TRTC `RemoveUser`) …
     pub quota_numeric: Arc<Quota>,
     /// … and for string rooms; for ZEGO both are the AppID's one quota.
     pub quota_text: Arc<Quota>,
     pub retry: RetrySchedule,
     pub audit: AuditSink,
-    pub shutdown: CancellationToken,
+    /// Where the audit writer reports this lane's kicks as recorded.
+    pub settled: Settled,
+    pub lease: Arc<Lease>,
+    /// Cancelled when this process stops owning the quota group, or shuts down.
+    pub cancel: CancellationToken,
 }
 
 impl LaneCtx {
-    pub fn new(
-        client: Client,
-        rate_per_second: u32,
-        quotas: &Quotas,
-        retry: RetrySchedule,
-        audit: AuditSink,
-        shutdown: CancellationToken,
-    ) -> LaneCtx {
-        let (vendor, app_id, chunk) = (client.vendor(), app_id_of(&client), client.chunk_size());
-        let (quota_numeric, quota_text) = match &client {
-            Client::Zego(_) => {
-                let q = quotas.get(&format!("zego:{app_id}"), rate_per_second);
-                (q.clone(), q)
-            }
-            Client::Trtc(c) => (
-                quotas.get(&format!("trtc:{}:{}", c.secret_id(), trtc::ACTION_NUMERIC), rate_per_second),
-                quotas.get(&format!("trtc:{}:{}", c.secret_id(), trtc::ACTION_STRING), rate_per_second),
-            ),
-        };
-        LaneCtx {
-            stats: Arc::new(LaneStats::new(vendor, app_id, chunk, rate_per_second)),
-            client,
-            quota_numeric,
-            quota_text,
-            retry,
-            audit,
-            shutdown,
-        }
-    }
-
     pub fn quota_for(&self, room: &RoomId) -> &Arc<Quota> {
         if room.is_numeric() { &self.quota_numeric } else { &self.quota_text }
     }
-}
 
-fn app_id_of(client: &Client) -> u32 {
-    match client {
-        Client::Zego(c) => c.app_id(),
-        Client::Trtc(c) => c.sdk_app_id(),
+    /// Whether a call may start now: this process still owns the quota and is not stopping it.
+    pub fn may_call(&self) -> bool {
+        !self.cancel.is_cancelled() && self.lease.is_valid()
     }
-}
 
-/// Where intake sends an app's verdicts.
-#[derive(Clone)]
-pub struct LaneHandle {
-    pub tx: mpsc::UnboundedSender<LaneMsg>,
-    pub stats: Arc<LaneStats>,
-}
-
-/// Starts a lane; its call tasks run on `tracker` so shutdown can wait for them.
-pub fn spawn(ctx: Arc<LaneCtx>, linger: Duration, tracker: &TaskTracker) -> LaneHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let stats = ctx.stats.clone();
-    tracker.spawn(run(ctx, rx, linger, tracker.clone()));
-    LaneHandle { tx, stats }
-}
-
-fn add(batches: &mut RoomBatches, m: LaneMsg, now: Instant) {
-    for u in &m.users {
-        batches.add(&m.room, u, &m.verdict, m.reason.as_ref(), m.origin, now);
-    }
-}
-
-async fn run(ctx: Arc<LaneCtx>, mut rx: mpsc::UnboundedReceiver<LaneMsg>, linger: Duration, tracker: TaskTracker) {
-    let mut batches = RoomBatches::new(ctx.client.chunk_size(), linger);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_finished = 0;
-    loop {
-        while let Ok(m) = rx.try_recv() {
-            add(&mut batches, m, Instant::now());
+    /// Hands kick changes to the audit writer.
+    pub async fn record(&self, outcomes: Vec<KickOutcome>) {
+        if outcomes.is_empty() {
+            return;
         }
-        ctx.stats.waiting_users.store(batches.pending_users(), Ordering::Relaxed);
-        ctx.stats.open_rooms.store(batches.open_rooms(), Ordering::Relaxed);
+        let msg = AuditMsg::Outcomes { app_id: self.stats.app_id, outcomes, settled: self.settled.clone() };
+        self.audit.send(msg).await;
+    }
+}
 
-        let paused = ctx.stats.paused_until();
-        let ready = if paused.is_some() { None } else { batches.ready(Instant::now()) };
+/// How a lane sizes its fetches.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneLimits {
+    pub linger: Duration,
+    /// Most users held in memory: a few seconds of the quota's work.
+    pub capacity: usize,
+}
+
+impl LaneLimits {
+    /// `buffer_secs` of work at the app's rate and chunk size, at least one chunk.
+    pub fn for_app(client: &Client, rate_per_second: u32, linger: Duration, buffer_secs: f64) -> LaneLimits {
+        let per_second = f64::from(rate_per_second) * client.chunk_size() as f64;
+        let capacity = ((per_second * buffer_secs).ceil() as usize).max(client.chunk_size());
+        LaneLimits { linger, capacity }
+    }
+}
+
+/// The lane's memory: the batches and every kick it holds.
+struct Held {
+    batches: RoomBatches,
+    keys: HashSet<KickKey>,
+}
+
+/// Runs a lane until `ctx.cancel`. Call tasks go on `tracker`, so whoever stops the lane can wait
+/// for calls in flight.
+pub async fn run(
+    ctx: Arc<LaneCtx>,
+    pool: PgPool,
+    wake: Arc<Notify>,
+    mut settled: mpsc::UnboundedReceiver<Vec<KickKey>>,
+    limits: LaneLimits,
+    tracker: TaskTracker,
+) {
+    let mut held = Held { batches: RoomBatches::new(ctx.client.chunk_size(), limits.linger), keys: HashSet::new() };
+    let mut poll = tokio::time::interval(POLL);
+    let mut want_fetch = true;
+    loop {
+        while let Ok(keys) = settled.try_recv() {
+            keys.iter().for_each(|k| {
+                held.keys.remove(k);
+            });
+        }
+        if want_fetch && held.batches.pending_users() < limits.capacity {
+            want_fetch = false;
+            fetch(&ctx, &pool, &mut held, limits.capacity).await;
+        }
+        ctx.stats.waiting_users.store(held.batches.pending_users(), Ordering::Relaxed);
+        ctx.stats.open_rooms.store(held.batches.open_rooms(), Ordering::Relaxed);
+
+        let paused = ctx.health.paused_until();
+        let ready = if paused.is_some() { None } else { held.batches.ready(Instant::now()) };
         let quota = ready.as_ref().map(|r| ctx.quota_for(r).clone());
-        let wake = match (&ready, paused) {
+        let wake_at = match (&ready, paused) {
             (Some(_), _) => None,
-            (None, Some(until)) if batches.pending_users() > 0 => Some(until),
-            (None, _) => batches.next_deadline(),
+            (None, Some(until)) if held.batches.pending_users() > 0 => Some(until),
+            (None, _) => held.batches.next_deadline(),
         };
         tokio::select! {
-            () = ctx.shutdown.cancelled() => break,
-            m = rx.recv() => match m {
-                Some(m) => add(&mut batches, m, Instant::now()),
-                None => break,
-            },
+            () = ctx.cancel.cancelled() => break,
+            () = wake.notified() => want_fetch = true,
+            Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
+            _ = poll.tick() => want_fetch = true,
             waited = async { match &quota { Some(q) => q.acquire().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
                     .record(waited.as_secs_f64());
-                // Users who arrived while we waited for the quota ride along.
-                while let Ok(m) = rx.try_recv() {
-                    add(&mut batches, m, Instant::now());
-                }
                 let Some(room) = ready else { continue };
-                let chunk = batches.take(&room);
-                if !chunk.is_empty() {
-                    ctx.stats.calling_users.fetch_add(chunk.len(), Ordering::Relaxed);
-                    // Every log line about this call names its verdicts, vendor, app and room.
-                    let ids: Vec<&str> = chunk.iter().flat_map(|e| e.verdicts.iter().map(|v| &**v)).collect();
-                    let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
-                        app_id = ctx.stats.app_id, room_id = %room);
-                    tracker.spawn(tracing::Instrument::instrument(crate::retry::execute(ctx.clone(), room, chunk), span));
+                if !ctx.may_call() {
+                    break;
+                }
+                let chunk = held.batches.take(&room);
+                if chunk.is_empty() {
+                    continue;
+                }
+                ctx.stats.calling_users.fetch_add(chunk.len(), Ordering::Relaxed);
+                // Every log line about this call names its verdicts, vendor, app and room.
+                let ids: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().map(|c| &*c.verdict)).collect();
+                let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
+                    app_id = ctx.stats.app_id, room_id = %room);
+                tracker.spawn(tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk), span));
+                if held.batches.pending_users() < limits.capacity / 2 {
+                    want_fetch = true;
                 }
             },
-            () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {},
-            _ = tick.tick() => {
-                let had_work = ctx.stats.pending_users() > 0;
-                ctx.stats.tick(&mut last_finished, had_work);
-            }
+            () = async { match wake_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {},
         }
     }
+    ctx.stats.waiting_users.store(0, Ordering::Relaxed);
+    ctx.stats.open_rooms.store(0, Ordering::Relaxed);
+}
+
+/// Fills the batches with due kicks this lane does not hold yet.
+async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
+    let want = capacity.saturating_sub(held.batches.pending_users());
+    let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
+    let rows = match tokio::time::timeout(FETCH_TIMEOUT, work::due(pool, vendor, app_id, held.keys.len() + want)).await
+    {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            metrics::counter!("bouncer_database_errors_total", "op" => "fetch").increment(1);
+            tracing::warn!(vendor = %vendor, app_id, error = %e, "cannot fetch due kicks; trying again shortly");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(vendor = %vendor, app_id, "fetching due kicks timed out; trying again shortly");
+            return;
+        }
+    };
+    let now_utc = chrono::Utc::now();
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    for row in rows {
+        let key = (row.verdict_id.clone(), row.user_id.clone());
+        if held.keys.contains(&key) {
+            continue;
+        }
+        let Some(room) = row.room() else {
+            tracing::error!(verdict_id = %row.verdict_id, room_id = %row.room_id, "stored room is not a room; failing the kick");
+            expired.push(ended_without_call(&row, "the stored room id cannot be sent to the vendor".into()));
+            held.keys.insert(key);
+            continue;
+        };
+        if let Some(first) = row.first_attempt_at
+            && ctx.retry.past_deadline(first, now_utc)
+        {
+            // A restart or takeover after a long outage: the deadline has passed without us.
+            let why = deadline_message(&ctx.retry, row.scheduled_retries + 1, row.last_error.as_deref());
+            expired.push(ended_without_call(&row, why));
+            held.keys.insert(key);
+            continue;
+        }
+        let age = (now_utc - row.next_attempt_at).to_std().unwrap_or_default();
+        let since = now.checked_sub(age).unwrap_or(now);
+        let claim = Claim {
+            verdict: Arc::from(row.verdict_id.as_str()),
+            first_attempt_at: row.first_attempt_at,
+            scheduled_retries: row.scheduled_retries,
+            last_error: row.last_error.clone(),
+        };
+        let reason = row.reason.as_deref().map(Arc::from);
+        held.batches.add(&room, &row.user_id, claim, reason.as_ref(), row.origin, since);
+        held.keys.insert(key);
+    }
+    if !expired.is_empty() {
+        metrics::counter!("bouncer_kicks_total", "vendor" => vendor.as_str(), "outcome" => KickStatus::Failed.as_str())
+            .increment(expired.len() as u64);
+        ctx.record(expired).await;
+    }
+}
+
+fn ended_without_call(row: &DueKick, error: String) -> KickOutcome {
+    KickOutcome {
+        verdict_id: row.verdict_id.clone(),
+        user_id: row.user_id.clone(),
+        change: KickChange::Ended(KickStatus::Failed),
+        attempts: 0,
+        first_attempt_at: None,
+        last_error: Some(error),
+        vendor_request_id: None,
+    }
+}
+
+/// Why a kick failed at its deadline, in the audit trail's words.
+pub fn deadline_message(retry: &RetrySchedule, attempts: i32, last_error: Option<&str>) -> String {
+    format!(
+        "gave up at the {}s deadline after {attempts} attempt(s); last error: {}",
+        retry.deadline.as_secs(),
+        last_error.unwrap_or("none")
+    )
 }
 
 #[cfg(test)]
@@ -272,47 +310,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lane_that_stops_finishing_users_stops_accepting_work() {
-        let s = LaneStats::new(Vendor::Zego, 1, 5, 50);
-        let hold = Duration::from_secs(10);
-        assert!(s.accepts(100, hold, 1000, 1000), "nominal 250 users/s: 100 users drain in well under 10 s");
-        s.calling_users.store(2000, Ordering::Relaxed);
-        assert!(s.accepts(400, hold, 1000, 1000));
-        assert!(!s.accepts(600, hold, 1000, 1000), "2600 users at 250/s exceed 10 s");
-        // Five busy seconds with nothing finished: throughput decays, the lane is deemed stuck.
-        let mut last = 0;
-        for _ in 0..5 {
-            s.tick(&mut last, true);
-        }
-        assert!(s.throughput() < 50.0, "{}", s.throughput());
-        assert!(!s.accepts(10, hold, 1000, 1000));
+    fn a_lane_holds_a_few_seconds_of_its_quota() {
+        let zego = crate::config::Config::from_toml(
+            "[[zego]]\napp_id = 1\nserver_secret = \"s\"\n[[trtc]]\nsdk_app_id = 2\nsecret_id = \"A\"\nsecret_key = \"k\"\nregion = \"ap-guangzhou\"\n",
+        )
+        .unwrap();
+        let z = Client::Zego(crate::vendor::zego::ZegoClient::new(&zego.zego[0]));
+        let t = Client::Trtc(crate::vendor::trtc::TrtcClient::new(&zego.trtc[0]));
+        assert_eq!(LaneLimits::for_app(&z, 50, Duration::ZERO, 2.0).capacity, 500);
+        assert_eq!(LaneLimits::for_app(&t, 20, Duration::ZERO, 2.0).capacity, 400);
+        assert_eq!(LaneLimits::for_app(&z, 1, Duration::ZERO, 0.1).capacity, 5, "at least one chunk");
     }
 
     #[test]
-    fn an_idle_app_keeps_its_measured_speed() {
-        let s = LaneStats::new(Vendor::Trtc, 1, 10, 20);
-        let mut last = 0;
-        for _ in 0..30 {
-            s.tick(&mut last, false);
+    fn repeated_configuration_failures_pause_longer_and_a_success_resumes() {
+        let h = AppHealth::default();
+        assert_eq!(h.config_failure(), Duration::from_secs(1));
+        assert!(h.paused_until().is_some());
+        assert_eq!(h.config_failure(), Duration::from_secs(2));
+        h.config_ok(Vendor::Zego, 1);
+        assert!(h.paused_until().is_none());
+        for _ in 0..10 {
+            h.config_failure();
         }
-        assert_eq!(s.throughput(), 200.0);
-        assert!(s.accepts(1, Duration::from_secs(10), 10, 10));
+        assert_eq!(h.config_failure(), MAX_CONFIG_PAUSE);
     }
 
     #[test]
-    fn held_and_room_caps_and_pauses_refuse_work() {
-        let s = LaneStats::new(Vendor::Zego, 1, 5, 50);
-        let hold = Duration::from_secs(10);
-        s.held_verdicts.store(10, Ordering::Relaxed);
-        assert!(!s.accepts(1, hold, 10, 100));
-        s.held_verdicts.store(0, Ordering::Relaxed);
-        s.open_rooms.store(100, Ordering::Relaxed);
-        assert!(!s.accepts(1, hold, 10, 100));
-        s.open_rooms.store(0, Ordering::Relaxed);
-        assert_eq!(s.config_failure(), Duration::from_secs(1));
-        assert!(!s.accepts(1, hold, 10, 100));
-        assert_eq!(s.config_failure(), Duration::from_secs(2));
-        s.config_ok();
-        assert!(s.accepts(1, hold, 10, 100));
+    fn the_deadline_message_names_the_attempts_and_the_last_error() {
+        let r = RetrySchedule {
+            initial: Duration::from_millis(1),
+            max_interval: Duration::from_millis(2),
+            deadline: Duration::from_secs(3),
+        };
+        assert_eq!(
+            deadline_message(&r, 4, Some("timeout")),
+            "gave up at the 3s deadline after 4 attempt(s); last error: timeout"
+        );
     }
 }

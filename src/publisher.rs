@@ -22,7 +22,7 @@ impl Publisher {
             ConnectionProperties::default().with_connection_name(format!("{}-{name}", amqp.connection_name).into());
         let conn = Connection::connect(amqp.url.expose_secret(), props).await?;
         let channel = conn.create_channel().await?;
-        crate::consumer::topology::declare(&channel, amqp).await?;
+        crate::intake::topology::declare(&channel, amqp).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { conn, channel, queue: amqp.queue.clone() })
     }

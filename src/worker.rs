@@ -1,42 +1,39 @@
-//! `bouncer run`: wires the pieces together and owns the shutdown sequence.
+//! `bouncer run`: wires the stages together and owns the shutdown sequence.
 //!
 //! ```text
-//! RabbitMQ ─▶ Intake ──record──▶ PostgreSQL
-//!               │ hand off / defer
-//!               ▼
-//!            Lane per app ─▶ call tasks ─(quota)─▶ vendor
-//!                                │ attempts, outcomes
-//!                                ▼
-//!                          AuditWriter ──commit──▶ PostgreSQL ──▶ ack
+//! RabbitMQ ─▶ intake ──(one transaction per batch, then ack)──▶ PostgreSQL (verdicts, pending kicks)
+//!                 │ wake-up: in-process, or NOTIFY                      │ due kicks
+//!                 ▼                                                     ▼
+//!       ownership (elector: one replica per quota group) ─▶ lanes ─▶ calls ─(quota)─▶ vendor
+//!                                                                      │ attempts, outcomes,
+//!                                                                      ▼ retry schedules
+//!                                                          audit writer ──▶ PostgreSQL
 //! ```
+//!
+//! Shared state (documented where it lives): [`BrokerStatus`] (intake → `/readyz`),
+//! [`OwnershipView`] (elector and lanes → `/metrics`, `/readyz`), [`Wakers`] (intake and the
+//! listener → lanes).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, writer};
 use crate::config::Config;
-use crate::consumer::{BrokerStatus, Intake};
-use crate::inflight::Inflight;
-use crate::lane::{self, LaneCtx, LaneHandle};
-use crate::quota::Quotas;
+use crate::intake::{BrokerStatus, Intake};
+use crate::ownership::{self, Elector, EnforceSettings, OwnershipView};
 use crate::retry::RetrySchedule;
-use crate::vendor::Client;
-use crate::vendor::trtc::TrtcClient;
-use crate::vendor::zego::ZegoClient;
-use crate::verdict::Vendor;
+use crate::wake::{self, Wakers};
 
 /// What the HTTP surface (health, readiness, metrics) looks at.
 #[derive(Clone)]
 pub struct Health {
     pub broker: Arc<BrokerStatus>,
     pub pool: PgPool,
-    pub inflight: Arc<Inflight>,
-    pub lanes: Arc<Vec<LaneHandle>>,
+    pub ownership: Arc<OwnershipView>,
 }
 
 /// Connects to PostgreSQL and applies migrations, retrying until it works or `shutdown`.
@@ -61,69 +58,72 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Opti
     }
 }
 
-/// Runs the worker until `shutdown` is cancelled, then drains: in-flight vendor calls get the
-/// grace period, finished work is recorded and acked, everything else is left unacked for
-/// redelivery. `on_ready` receives the health handle once the worker is wired up.
+/// This replica's name: configured, else host name and process id.
+fn worker_id(config: &Config) -> (String, String) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let id = config.ownership.worker_id.clone().unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    (id, host)
+}
+
+/// Runs the worker until `shutdown` is cancelled, then stops in order: intake stops consuming
+/// (everything it took is already recorded and acked), the elector hands every quota group over
+/// (calls in flight get the grace period and their results are written), and the process leaves.
+/// `on_ready` receives the health handle once the worker is wired up.
 pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) {
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "configuration: {}", w.reason);
+    }
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
-    let inflight = Arc::new(Inflight::default());
-    let (audit, writer_tasks) = writer::spawn(pool.clone(), inflight.clone());
-    let quotas = Quotas::default();
-    let tracker = TaskTracker::new();
-    let retry = RetrySchedule::from(&config.retry);
-    let linger = Duration::from_millis(config.batch.linger_ms);
-
-    let mut lanes: HashMap<(Vendor, u32), LaneHandle> = HashMap::new();
-    let clients = config
-        .zego
-        .iter()
-        .map(|z| (Client::Zego(ZegoClient::new(z)), z.rate_per_second))
-        .chain(config.trtc.iter().map(|t| (Client::Trtc(TrtcClient::new(t)), t.rate_per_second)));
-    for (client, rate) in clients {
-        let ctx = LaneCtx::new(client, rate, &quotas, retry.clone(), audit.clone(), shutdown.clone());
-        let key = (ctx.stats.vendor, ctx.stats.app_id);
-        lanes.insert(key, lane::spawn(Arc::new(ctx), linger, &tracker));
-    }
+    let (me, hostname) = worker_id(&config);
+    let (audit, writer_tasks) = writer::spawn(pool.clone());
+    let groups = ownership::groups(&config);
+    let apps: HashSet<_> =
+        groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| (g.vendor, c.app_id()))).collect();
+    let wakers = Arc::new(Wakers::new(apps.iter().copied()));
+    let view = Arc::new(OwnershipView::default());
     let status = Arc::new(BrokerStatus::default());
-    on_ready(Health {
-        broker: status.clone(),
-        pool: pool.clone(),
-        inflight: inflight.clone(),
-        lanes: Arc::new(lanes.values().cloned().collect()),
-    });
-    tracing::info!(zego_apps = config.zego.len(), trtc_apps = config.trtc.len(), "worker started");
+    on_ready(Health { broker: status.clone(), pool: pool.clone(), ownership: view.clone() });
+    tracing::info!(worker_id = %me, zego_apps = config.zego.len(), trtc_apps = config.trtc.len(), quota_groups = groups.len(),
+        "worker started");
 
-    let intake = Intake {
-        pool: pool.clone(),
-        lanes,
-        inflight: inflight.clone(),
-        audit: audit.clone(),
-        amqp: config.amqp.clone(),
-        batch: config.batch.clone(),
-        status,
-    };
-    let conn = intake.run(&shutdown).await;
-
-    tracing::info!(
-        in_flight = inflight.len(),
-        grace_secs = config.shutdown.grace.as_secs(),
-        "stopping: draining in-flight vendor calls"
+    // The elector and listener stop after intake, so nothing recorded waits for a lost owner.
+    let enforcement = CancellationToken::new();
+    let listener = tokio::spawn(wake::listen(pool.clone(), wakers.clone(), me.clone(), enforcement.clone()));
+    let elector = Elector::new(
+        pool.clone(),
+        me.clone(),
+        hostname,
+        config.ownership.clone(),
+        groups,
+        EnforceSettings {
+            retry: RetrySchedule::from(&config.retry),
+            linger: Duration::from_millis(config.batch.linger_ms),
+            buffer_secs: config.pacing.buffer.as_secs_f64(),
+            jitter: config.pacing.jitter,
+            grace: config.shutdown.grace,
+        },
+        audit.clone(),
+        wakers.clone(),
+        view.clone(),
     );
-    tracker.close();
-    if tokio::time::timeout(config.shutdown.grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over; unfinished calls are left for redelivery");
-    }
-    // Record and ack what finished; the writer keeps running for stragglers until we exit.
+    let elector = tokio::spawn(elector.run(enforcement.clone()));
+
+    let intake = Intake { pool: pool.clone(), apps, wakers, me, amqp: config.amqp.clone(), status };
+    intake.run(&shutdown).await;
+
+    tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: handing quotas over");
+    enforcement.cancel();
+    let _ = elector.await;
+    let _ = listener.await;
     if tokio::time::timeout(Duration::from_secs(10), audit.flush()).await.is_err() {
-        tracing::warn!("audit writer did not flush in time; unacked verdicts will be redelivered");
+        tracing::warn!("audit writer did not flush in time; those kicks stay pending and are retried");
     }
-    drop(intake);
     drop(audit);
-    if let Some(conn) = conn {
-        // Whatever is still unacked goes back to the queue for another worker.
-        let _ = conn.close(200, "bouncer shutting down".into()).await;
-    }
     writer_tasks.iter().for_each(|t| t.abort());
     pool.close().await;
-    tracing::info!(left_unacked = inflight.len(), "stopped");
+    tracing::info!("stopped");
 }

@@ -255,7 +255,6 @@ pub struct ReplayCandidate {
     pub status: String,
     pub app_id: i64,
     pub vendor: String,
-    pub payload: String,
 }
 
 /// Verdicts matching the filter (status on the verdict only; `failed` when no status is given).
@@ -265,7 +264,7 @@ pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCa
         f.status = Some("failed".into());
     }
     let mut qb = QueryBuilder::new(
-        "SELECT v.verdict_id, v.status, v.app_id, v.vendor, v.payload::text AS payload FROM verdicts v
+        "SELECT v.verdict_id, v.status, v.app_id, v.vendor FROM verdicts v
          WHERE v.verdict_id IN (SELECT verdict_id FROM audit_log WHERE true",
     );
     push_filters(&mut qb, &f, StatusOf::Verdict);
@@ -276,62 +275,48 @@ pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCa
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 
-/// Puts failed verdicts back to `pending` (their failed kicks too) and records who asked.
-/// Only verdicts not `done` are touched; returns the ids actually reopened.
+/// Puts verdicts back to work, due now: failed ones (and their failed kicks) to `pending`, with a
+/// fresh retry schedule and deadline; pending ones become due at once. Records who asked in
+/// `replays` and wakes the owners. Only verdicts not `done` are touched; returns the ids reopened.
 pub async fn reopen_for_replay(pool: &PgPool, ids: &[String], actor: &str) -> Result<Vec<String>, AuditError> {
     let mut tx = pool.begin().await?;
-    let reopened: Vec<(String, String)> = sqlx::query_as(
+    let reopened: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH old AS (SELECT verdict_id, status FROM verdicts WHERE verdict_id = ANY($1) AND status <> 'done' FOR UPDATE)
          UPDATE verdicts v SET status = 'pending', finished_at = NULL, replays = v.replays + 1
-         FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status",
+         FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status, v.vendor, v.app_id",
     )
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<&str> = reopened.iter().map(|(id, _)| id.as_str()).collect();
-    let previous: Vec<&str> = reopened.iter().map(|(_, s)| s.as_str()).collect();
+    let ids: Vec<&str> = reopened.iter().map(|(id, ..)| id.as_str()).collect();
+    let previous: Vec<&str> = reopened.iter().map(|(_, s, ..)| s.as_str()).collect();
     sqlx::query(
-        "UPDATE kicks SET status = 'pending', updated_at = now() WHERE verdict_id = ANY($1) AND status = 'failed'",
+        "UPDATE kicks SET status = 'pending', next_attempt_at = now(), first_attempt_at = NULL, scheduled_retries = 0,
+                updated_at = now()
+         WHERE verdict_id = ANY($1) AND status IN ('failed', 'pending')",
     )
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
+    // `published`: handed to enforcement (since replays became a database operation, at once).
     sqlx::query(
-        "INSERT INTO replays (verdict_id, actor, previous_status) SELECT id, $3, prev FROM UNNEST($1::text[], $2::text[]) AS x(id, prev)",
+        "INSERT INTO replays (verdict_id, actor, previous_status, published)
+         SELECT id, $3, prev, true FROM UNNEST($1::text[], $2::text[]) AS x(id, prev)",
     )
     .bind(&ids)
     .bind(&previous)
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(reopened.into_iter().map(|(id, _)| id).collect())
-}
-
-/// After publishing: mark replays confirmed, and restore verdicts whose message the broker did
-/// not take (so they stay visible as failed rather than pending with nothing queued).
-pub async fn settle_replays(pool: &PgPool, published: &[String], unpublished: &[String]) -> Result<(), AuditError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE replays r SET published = true WHERE r.id IN
-           (SELECT max(id) FROM replays WHERE verdict_id = ANY($1) GROUP BY verdict_id)",
-    )
-    .bind(published)
-    .execute(&mut *tx)
-    .await?;
-    if !unpublished.is_empty() {
-        sqlx::query(
-            "UPDATE kicks SET status = 'failed', last_error = 'replay not confirmed by the broker', updated_at = now()
-             WHERE verdict_id = ANY($1) AND status = 'pending'",
-        )
-        .bind(unpublished)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE verdicts SET status = 'failed', finished_at = now() WHERE verdict_id = ANY($1) AND status = 'pending'")
-            .bind(unpublished)
+    let apps: std::collections::BTreeSet<String> = reopened.iter().map(|(_, _, v, a)| format!("{v}:{a}")).collect();
+    if !apps.is_empty() {
+        let payload = super::intake::wake_payload("replay", apps.iter().map(String::as_str));
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::intake::WORK_CHANNEL)
+            .bind(payload)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(reopened.into_iter().map(|(id, ..)| id).collect())
 }

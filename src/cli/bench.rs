@@ -443,7 +443,7 @@ impl Cleanup {
                 .await
         {
             if let Ok(ch) = conn.create_channel().await {
-                crate::consumer::topology::delete(&ch, &self.config.amqp.queue).await;
+                crate::intake::topology::delete(&ch, &self.config.amqp.queue).await;
             }
             let _ = conn.close(200, "bench done".into()).await;
         }
@@ -499,7 +499,7 @@ async fn baseline(amqp: &str, n: usize) -> Result<f64, String> {
         }
     }
     let rate = n as f64 / started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(1.0).max(1e-6);
-    crate::consumer::topology::delete(&ch, &config.amqp.queue).await;
+    crate::intake::topology::delete(&ch, &config.amqp.queue).await;
     let _ = conn.close(200, "baseline done".into()).await;
     Ok(rate)
 }

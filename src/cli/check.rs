@@ -29,6 +29,9 @@ pub async fn run(cli: &Cli, args: &CheckArgs) -> ExitCode {
         config.trtc.len(),
         config.amqp.queue
     );
+    for w in &config.warnings {
+        println!("  note: {w}");
+    }
     if args.offline {
         return ExitCode::SUCCESS;
     }

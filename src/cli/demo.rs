@@ -318,7 +318,7 @@ async fn delete_demo_queues(config: &Config) {
         return;
     };
     if let Ok(ch) = conn.create_channel().await {
-        crate::consumer::topology::delete(&ch, &config.amqp.queue).await;
+        crate::intake::topology::delete(&ch, &config.amqp.queue).await;
     }
     let _ = conn.close(200, "demo done".into()).await;
 }

@@ -10,6 +10,7 @@ mod kick;
 mod output;
 mod replay;
 mod sim;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +44,10 @@ enum Command {
     Run,
     /// Review the audit trail: rows, one verdict's story, or a summary.
     Audit(audit::AuditArgs),
-    /// Re-enforce failed verdicts (after the cause is fixed) through the queue.
+    /// Re-enforce failed verdicts (after the cause is fixed): back to pending, due now.
     Replay(replay::ReplayArgs),
+    /// Quota owners, live replicas, and pending users per app.
+    Status(status::StatusArgs),
     /// Publish a manual verdict through the same queue and contract.
     Kick(kick::KickArgs),
     /// Run the whole system on this machine for under a minute and show what happened.
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Run => run_worker(&cli).await,
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Replay(args) => replay::run(&cli, args).await,
+        Command::Status(args) => status::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

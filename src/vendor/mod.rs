@@ -8,6 +8,7 @@ pub mod zego;
 use std::time::Duration;
 
 use crate::config::Timeouts;
+use crate::states::AttemptOutcome;
 use crate::verdict::{RoomId, Vendor};
 
 /// One call's worth of users in one room.
@@ -58,13 +59,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The audit name (`kick_attempts.outcome`). A re-sign is a kind of retry.
-    pub fn audit_name(&self) -> &'static str {
+    /// What `kick_attempts.outcome` records. A re-sign is a kind of retry.
+    pub fn audit_outcome(&self) -> AttemptOutcome {
         match self {
-            Outcome::Done { .. } => "ok",
-            Outcome::Gone { .. } => "gone",
-            Outcome::Retry { .. } | Outcome::Resign => "retry",
-            Outcome::Permanent { .. } => "permanent",
+            Outcome::Done { .. } => AttemptOutcome::Ok,
+            Outcome::Gone { .. } => AttemptOutcome::Gone,
+            Outcome::Retry { .. } | Outcome::Resign => AttemptOutcome::Retry,
+            Outcome::Permanent { .. } => AttemptOutcome::Permanent,
         }
     }
 }
@@ -233,6 +234,14 @@ impl Client {
         match self {
             Client::Zego(_) => Vendor::Zego,
             Client::Trtc(_) => Vendor::Trtc,
+        }
+    }
+
+    /// The ZEGO AppId or TRTC SdkAppId.
+    pub fn app_id(&self) -> u32 {
+        match self {
+            Client::Zego(c) => c.app_id(),
+            Client::Trtc(c) => c.sdk_app_id(),
         }
     }
 

@@ -59,7 +59,7 @@ fn prometheus_alerts_parse_and_use_metrics_bouncer_exports() {
         "bouncer_vendor_config_errors_total",
         "bouncer_oldest_pending_verdict_seconds",
     ];
-    let src: String = ["src/http.rs", "src/audit/writer.rs", "src/retry.rs"].iter().map(|f| file(f)).collect();
+    let src: String = ["src/http.rs", "src/audit/writer.rs", "src/call.rs"].iter().map(|f| file(f)).collect();
     for m in exported {
         assert!(rules.iter().any(|r| r["expr"].as_str().unwrap_or_default().contains(m)), "an alert uses {m}");
         assert!(src.contains(&format!("\"{m}\"")), "{m} is exported by the code");
@@ -82,11 +82,11 @@ fn rabbitmq_definitions_match_the_topology_the_worker_declares() {
     let defaults = bouncer::config::Config::default().amqp;
     assert_eq!(main["arguments"]["x-queue-type"], "quorum");
     assert_eq!(main["arguments"]["x-delivery-limit"], defaults.delivery_limit);
-    assert_eq!(main["arguments"]["x-dead-letter-exchange"], bouncer::consumer::topology::dlx("bouncer.verdicts"));
+    assert_eq!(main["arguments"]["x-dead-letter-exchange"], bouncer::intake::topology::dlx("bouncer.verdicts"));
     assert_eq!(queue("bouncer.verdicts.rejected")["arguments"]["x-queue-type"], "quorum");
-    let deferred = queue("bouncer.verdicts.deferred");
-    assert_eq!(deferred["arguments"]["x-message-ttl"], defaults.defer.as_millis() as u64);
-    assert_eq!(deferred["arguments"]["x-dead-letter-routing-key"], "bouncer.verdicts");
+    // The deferral queue of earlier versions is gone from the topology.
+    let names: Vec<&str> = defs["queues"].as_array().unwrap().iter().filter_map(|q| q["name"].as_str()).collect();
+    assert_eq!(names, ["bouncer.verdicts", "bouncer.verdicts.rejected"]);
 }
 
 #[test]

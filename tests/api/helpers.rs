@@ -200,8 +200,6 @@ pub struct EnvOptions {
     pub retry_max_ms: u64,
     pub deadline_secs: u64,
     pub prefetch: u32,
-    pub defer_ms: u64,
-    pub hold_secs: u64,
     pub grace_secs: u64,
     pub timeout_ms: u64,
 }
@@ -214,8 +212,6 @@ impl Default for EnvOptions {
             retry_max_ms: 500,
             deadline_secs: 60,
             prefetch: 500,
-            defer_ms: 500,
-            hold_secs: 10,
             grace_secs: 10,
             timeout_ms: 2000,
         }
@@ -242,16 +238,14 @@ impl TestEnv {
         let queue = format!("bouncer.test.{id}");
         let connection_name = format!("bouncer-test-{id}");
         let text = format!(
-            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\nprefetch = {}\nconnection_name = \"{connection_name}\"\ndefer_ms = {}\n\
+            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\nprefetch = {}\nconnection_name = \"{connection_name}\"\n\
              [postgres]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [batch]\nlinger_ms = {}\nhold_secs = {}\n[retry]\ninitial_ms = {}\nmax_interval_ms = {}\ndeadline_secs = {}\n\
+             [batch]\nlinger_ms = {}\n[retry]\ninitial_ms = {}\nmax_interval_ms = {}\ndeadline_secs = {}\n\
              [shutdown]\ngrace_secs = {}\n\n{}",
             amqp_url(),
             opts.prefetch,
-            opts.defer_ms,
             db.url,
             opts.linger_ms,
-            opts.hold_secs,
             opts.retry_initial_ms,
             opts.retry_max_ms,
             opts.deadline_secs,
@@ -281,7 +275,7 @@ impl TestEnv {
         let conn =
             Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("connect to RabbitMQ");
         let ch = conn.create_channel().await.expect("channel");
-        bouncer::consumer::topology::declare(&ch, &self.parsed_config().amqp).await.expect("declare topology");
+        bouncer::intake::topology::declare(&ch, &self.parsed_config().amqp).await.expect("declare topology");
         ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
         self.publisher = Some((conn, ch));
     }
@@ -361,7 +355,7 @@ impl Drop for TestEnv {
             rt.block_on(async {
                 let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
                 if let Ok(ch) = conn.create_channel().await {
-                    bouncer::consumer::topology::delete(&ch, &queue).await;
+                    bouncer::intake::topology::delete(&ch, &queue).await;
                 }
                 let _ = conn.close(200, "test done".into()).await;
             })

@@ -9,9 +9,9 @@ use crate::helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_verdicts_across_five_apps_are_enforced_in_full_chunks_within_quota() {
-    // The whole backlog is pending at once (prefetch above it, linger longer than intake takes),
-    // so the only call of a room that may be short is its last.
-    let opts = EnvOptions { prefetch: 2000, linger_ms: 500, ..EnvOptions::default() };
+    // The whole backlog is pending at once (prefetch above it, linger longer than intake takes in
+    // a debug build), so the only call of a room that may be short is its last.
+    let opts = EnvOptions { prefetch: 2000, linger_ms: 1500, ..EnvOptions::default() };
     let env = TestEnv::new(Apps::random(3, 2), opts).await;
     let mut expected: HashMap<(String, u32, String), HashSet<String>> = HashMap::new();
     for i in 0..1000u32 {
@@ -42,15 +42,25 @@ async fn a_thousand_verdicts_across_five_apps_are_enforced_in_full_chunks_within
     let not_kicked: i64 =
         sqlx::query_scalar("SELECT count(*) FROM kicks WHERE status <> 'kicked'").fetch_one(&pool).await.unwrap();
     assert_eq!(not_kicked, 0);
-    // Every kicked (verdict, user) appears in exactly one `ok` attempt carrying that verdict.
+    // Every kicked (verdict, user) was carried by an `ok` call naming that verdict, and no user was
+    // sent twice for the same verdicts: ok calls carry at most one user slot per kick. (A user named
+    // again by a verdict recorded after their first call is kicked again, for that verdict.)
     let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM kicks k WHERE (SELECT count(*) FROM kick_attempts a WHERE a.outcome = 'ok'
-           AND k.verdict_id = ANY(a.verdict_ids) AND k.user_id = ANY(a.user_ids)) <> 1",
+        "SELECT count(*) FROM kicks k WHERE NOT EXISTS (SELECT 1 FROM kick_attempts a WHERE a.outcome = 'ok'
+           AND k.verdict_id = ANY(a.verdict_ids) AND k.user_id = ANY(a.user_ids))",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(orphans, 0, "kicks without exactly one ok attempt");
+    assert_eq!(orphans, 0, "kicks without an ok attempt");
+    let (slots, kicks): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(sum(cardinality(user_ids)), 0) FROM kick_attempts WHERE outcome = 'ok'),
+                (SELECT count(*) FROM kicks)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(slots <= kicks, "{slots} users sent for {kicks} kicks: something was sent twice");
 
     let records = SimControl::new(&env.sim).requests().await;
     let mut sent: HashMap<(String, u32, String), HashSet<String>> = HashMap::new();
@@ -270,9 +280,8 @@ async fn a_bad_user_id_in_a_trtc_chunk_fails_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stuck_apps_backlog_larger_than_the_prefetch_does_not_hold_up_another_app() {
-    let opts =
-        EnvOptions { prefetch: 40, defer_ms: 300, deadline_secs: 120, timeout_ms: 1000, ..EnvOptions::default() };
+async fn a_stuck_apps_backlog_far_beyond_the_prefetch_leaves_the_queue_and_does_not_hold_up_another_app() {
+    let opts = EnvOptions { prefetch: 40, deadline_secs: 120, timeout_ms: 1000, ..EnvOptions::default() };
     let env = TestEnv::new(Apps::random(1, 1), opts).await;
     let (stuck, healthy) = (env.apps.zego[0].0, env.apps.trtc[0].0);
     SimControl::new(&env.sim).set_faults(json!({"vendor": "zego", "app_id": stuck, "hang": true})).await;
@@ -299,15 +308,21 @@ async fn a_stuck_apps_backlog_larger_than_the_prefetch_does_not_hold_up_another_
         Duration::from_secs(30),
     )
     .await;
+    // Intake never waits on a vendor: every message was recorded and acked.
+    env.wait_for_count("SELECT count(*) FROM verdicts", 320, Duration::from_secs(10)).await;
+    assert_eq!(env.queue_depth("").await, 0, "the queue holds nothing once recorded");
     let pool = env.pool().await;
-    let deferred: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE app_id = $1 AND deferrals > 0")
-        .bind(i64::from(stuck))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(deferred > 0, "the stuck app's surplus was deferred, not held");
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE status = 'pending'").fetch_one(&pool).await.unwrap();
     assert_eq!(pending, 300, "nothing of the stuck app was lost or failed early");
+    // Its kicks wait in the database on their retry schedule.
+    let scheduled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM kicks WHERE status = 'pending' AND app_id = $1 AND next_attempt_at IS NOT NULL",
+    )
+    .bind(i64::from(stuck))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(scheduled, 300);
     pool.close().await;
 }

@@ -5,10 +5,10 @@
 //!                                      │ rejected / over the delivery limit
 //!                                      ▼
 //!                                  <queue>.dlx (fanout) ──▶ <queue>.rejected   quorum, durable
-//! worker ──(deferral, confirmed)──▶ <queue>.deferred    classic, durable, x-message-ttl
-//!                                      │ expired
-//!                                      └──(default exchange, routing key <queue>)──▶ <queue>
 //! ```
+//!
+//! Versions before enforcement moved to PostgreSQL also declared `<queue>.deferred`; it is no
+//! longer used (the README says how to delete it once empty).
 //!
 //! Declaring a queue that exists with other arguments fails (PRECONDITION_FAILED): change the
 //! arguments of an existing queue with a policy, not with the config file.
@@ -25,7 +25,8 @@ pub fn dlx(queue: &str) -> String {
 pub fn rejected(queue: &str) -> String {
     format!("{queue}.rejected")
 }
-pub fn deferred(queue: &str) -> String {
+/// The deferral queue of earlier versions (only deleted, never declared).
+pub fn legacy_deferred(queue: &str) -> String {
     format!("{queue}.deferred")
 }
 
@@ -64,16 +65,6 @@ pub async fn declare(ch: &Channel, cfg: &AmqpConfig) -> lapin::Result<()> {
         ]),
     )
     .await?;
-    ch.queue_declare(
-        deferred(q).into(),
-        durable,
-        table(&[
-            ("x-message-ttl", AMQPValue::LongLongInt(i64::try_from(cfg.defer.as_millis()).unwrap_or(i64::MAX))),
-            ("x-dead-letter-exchange", text("")),
-            ("x-dead-letter-routing-key", text(q)),
-        ]),
-    )
-    .await?;
     Ok(())
 }
 
@@ -81,7 +72,7 @@ pub async fn declare(ch: &Channel, cfg: &AmqpConfig) -> lapin::Result<()> {
 /// with it), then closes the channel. Errors are ignored: what is already gone is fine.
 pub async fn delete(ch: &Channel, queue: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    for name in [queue.to_owned(), rejected(queue), deferred(queue)] {
+    for name in [queue.to_owned(), rejected(queue), legacy_deferred(queue)] {
         let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
     }
     let _ = ch.exchange_delete(dlx(queue).as_str().into(), ExchangeDeleteOptions::default()).await;

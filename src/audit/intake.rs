@@ -1,0 +1,207 @@
+//! Intake's one transaction per batch of deliveries: rejected messages, verdicts (idempotent on
+//! `verdict_id`), their pending kicks with the columns their quota's owner finds them by, and the
+//! failure of verdicts for apps nobody here serves. A wake-up for the owners is sent from inside
+//! the transaction, so it is delivered exactly when the work becomes visible.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+
+use super::{AuditError, REJECTED_PAYLOAD_CAP, results};
+use crate::states::VerdictStatus;
+use crate::verdict::Verdict;
+
+/// The channel new work is announced on (payload: see [`crate::wake`]).
+pub const WORK_CHANNEL: &str = "bouncer_work";
+/// Longest payload sent; PostgreSQL refuses 8000 bytes and more.
+const MAX_PAYLOAD: usize = 7_000;
+
+/// The wake-up payload: `<from>|<vendor>:<app id>,…`, or `<from>|*` (every lane looks) when the
+/// list would not fit.
+pub fn wake_payload<'a>(from: &str, apps: impl IntoIterator<Item = &'a str>) -> String {
+    let joined = apps.into_iter().collect::<Vec<_>>().join(",");
+    if joined.len() + from.len() + 1 > MAX_PAYLOAD { format!("{from}|*") } else { format!("{from}|{joined}") }
+}
+
+/// A malformed message, as it will be stored.
+pub struct Rejection<'a> {
+    pub reason: &'a str,
+    pub field: Option<&'a str>,
+    pub rule: &'a str,
+    pub payload: &'a [u8],
+    pub headers: serde_json::Value,
+}
+
+/// A verdict as it enters the audit trail.
+pub struct NewVerdict<'a> {
+    pub verdict: &'a Verdict,
+    /// The body exactly as received (valid JSON: it parsed).
+    pub payload: &'a RawValue,
+    /// Arrivals of this verdict in the batch.
+    pub deliveries: i32,
+    /// Why nobody will enforce it (its app is not configured), if so: recorded `failed`.
+    pub unconfigured: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct VerdictRow<'a> {
+    verdict_id: &'a str,
+    vendor: &'a str,
+    app_id: i64,
+    room_id: String,
+    room_id_numeric: bool,
+    user_ids: &'a [String],
+    reason: Option<&'a str>,
+    source: Option<&'a str>,
+    detected_at: Option<DateTime<Utc>>,
+    evidence: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    payload: &'a RawValue,
+    deliveries: i32,
+}
+
+/// Where a verdict stands after intake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub status: VerdictStatus,
+    pub deliveries: i32,
+    /// First time this verdict was seen.
+    pub inserted: bool,
+}
+
+/// Records one batch in one transaction and returns where each verdict stands. `wake`, if any,
+/// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch).
+pub async fn record(
+    pool: &PgPool,
+    verdicts: &[NewVerdict<'_>],
+    rejections: &[Rejection<'_>],
+    wake: Option<&str>,
+) -> Result<HashMap<String, Recorded>, AuditError> {
+    let mut tx = pool.begin().await?;
+    if !rejections.is_empty() {
+        let capped: Vec<&[u8]> =
+            rejections.iter().map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_CAP)]).collect();
+        sqlx::query(
+            "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::jsonb[])",
+        )
+        .bind(rejections.iter().map(|r| r.reason).collect::<Vec<_>>())
+        .bind(rejections.iter().map(|r| r.field).collect::<Vec<_>>())
+        .bind(rejections.iter().map(|r| r.rule).collect::<Vec<_>>())
+        .bind(capped)
+        .bind(rejections.iter().map(|r| i32::try_from(r.payload.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(rejections.iter().map(|r| &r.headers).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    let mut result = HashMap::new();
+    if !verdicts.is_empty() {
+        let rows: Vec<VerdictRow<'_>> = verdicts
+            .iter()
+            .map(|n| {
+                let v = n.verdict;
+                VerdictRow {
+                    verdict_id: &v.verdict_id,
+                    vendor: v.vendor.as_str(),
+                    app_id: i64::from(v.app_id),
+                    room_id: v.room_id.to_string(),
+                    room_id_numeric: v.room_id.is_numeric(),
+                    user_ids: &v.user_ids,
+                    reason: v.reason.as_deref(),
+                    source: v.source.as_deref(),
+                    detected_at: v.detected_at,
+                    evidence: v.evidence.as_ref(),
+                    payload: n.payload,
+                    deliveries: n.deliveries,
+                }
+            })
+            .collect();
+        let doc = serde_json::to_value(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let upserted: Vec<(String, VerdictStatus, i32, bool)> = sqlx::query_as(
+            "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
+                                        source, detected_at, evidence, payload, deliveries)
+             SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
+                    evidence, payload, deliveries
+             FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
+                  room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
+                  evidence jsonb, payload jsonb, deliveries integer)
+             ON CONFLICT (verdict_id) DO UPDATE
+                SET deliveries = v.deliveries + EXCLUDED.deliveries,
+                    last_delivery_at = now()
+             RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
+        )
+        .bind(&doc)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let by_id: HashMap<&str, &NewVerdict<'_>> =
+            verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n)).collect();
+        let (mut kick_v, mut kick_u, mut kick_vendor, mut kick_app) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut resumed = Vec::new();
+        let (mut unconfigured_ids, mut unconfigured_why) = (Vec::new(), Vec::new());
+        for (id, status, deliveries, inserted) in upserted {
+            if let Some(n) = by_id.get(id.as_str()) {
+                if inserted {
+                    for u in &n.verdict.user_ids {
+                        kick_v.push(id.clone());
+                        kick_u.push(u.clone());
+                        kick_vendor.push(n.verdict.vendor.as_str());
+                        kick_app.push(i64::from(n.verdict.app_id));
+                    }
+                }
+                if status == VerdictStatus::Pending {
+                    match &n.unconfigured {
+                        Some(why) => {
+                            unconfigured_ids.push(id.clone());
+                            unconfigured_why.push(why.clone());
+                        }
+                        None if !inserted => resumed.push(id.clone()),
+                        None => {}
+                    }
+                }
+            }
+            result.insert(id, Recorded { status, deliveries, inserted });
+        }
+        if !kick_v.is_empty() {
+            // Due at once: the owner's linger counts from `next_attempt_at`.
+            sqlx::query(
+                "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, next_attempt_at)
+                 SELECT v, u, vendor, app, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                      AS x(v, u, vendor, app)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&kick_v)
+            .bind(&kick_u)
+            .bind(&kick_vendor)
+            .bind(&kick_app)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !unconfigured_ids.is_empty() {
+            sqlx::query(
+                "UPDATE kicks k SET status = 'failed', last_error = x.error, next_attempt_at = NULL, updated_at = now()
+                 FROM UNNEST($1::text[], $2::text[]) AS x(verdict_id, error)
+                 WHERE k.verdict_id = x.verdict_id AND k.status = 'pending'",
+            )
+            .bind(&unconfigured_ids)
+            .bind(&unconfigured_why)
+            .execute(&mut *tx)
+            .await?;
+            resumed.extend(unconfigured_ids);
+        }
+        // A verdict still pending with nothing left to kick (its outcomes were written by another
+        // path, or it was just failed above) is closed here.
+        for (id, status) in results::close_finished(&mut tx, &resumed).await? {
+            if let Some(r) = result.get_mut(&id) {
+                r.status = status;
+            }
+        }
+    }
+    if let Some(payload) = wake {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(payload).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(result)
+}

@@ -1,0 +1,173 @@
+//! Live replicas and quota leases (`workers`, `quota_owners`). Times come from PostgreSQL's clock
+//! alone, so replicas on hosts whose clocks disagree still agree on who owns what.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::AuditError;
+
+/// The channel lease releases are announced on, so contenders look at once.
+pub const OWNERS_CHANNEL: &str = "bouncer_owners";
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Registers or refreshes this replica; returns how many replicas are live (itself included).
+pub async fn heartbeat(
+    pool: &PgPool,
+    worker: &str,
+    hostname: &str,
+    pid: u32,
+    ttl: Duration,
+) -> Result<i64, AuditError> {
+    sqlx::query(
+        "INSERT INTO workers (worker_id, hostname, pid, expires_at)
+         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
+         ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), expires_at = EXCLUDED.expires_at",
+    )
+    .bind(worker)
+    .bind(hostname)
+    .bind(i32::try_from(pid).unwrap_or(i32::MAX))
+    .bind(millis(ttl))
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_scalar("SELECT count(*) FROM workers WHERE expires_at > now()").fetch_one(pool).await?)
+}
+
+/// Removes this replica (on shutdown) and rows of replicas gone for over an hour.
+pub async fn leave(pool: &PgPool, worker: &str) -> Result<(), AuditError> {
+    sqlx::query("DELETE FROM workers WHERE worker_id = $1 OR expires_at < now() - interval '1 hour'")
+        .bind(worker)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Extends this replica's leases on `groups`; returns the groups it still holds (a lease missing
+/// from the answer was lost).
+pub async fn renew(pool: &PgPool, worker: &str, groups: &[String], ttl: Duration) -> Result<Vec<String>, AuditError> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(
+        "UPDATE quota_owners SET confirmed_at = now(), expires_at = now() + $3 * interval '1 millisecond'
+         WHERE worker_id = $1 AND quota_group = ANY($2) AND expires_at > now()
+         RETURNING quota_group",
+    )
+    .bind(worker)
+    .bind(groups)
+    .bind(millis(ttl))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A lease just taken.
+#[derive(Clone, Debug)]
+pub struct Acquired {
+    pub term: i64,
+    /// How long to wait before the first call: until `wait_after_previous` past the last moment
+    /// the previous owner could have started one (zero when there was none, or it is long past).
+    pub first_call_in: Duration,
+}
+
+/// Takes `group` if nobody holds a live lease on it.
+pub async fn acquire(
+    pool: &PgPool,
+    worker: &str,
+    group: &str,
+    ttl: Duration,
+    wait_after_previous: Duration,
+) -> Result<Option<Acquired>, AuditError> {
+    // ON CONFLICT … WHERE re-checks the expiry under the row lock, so of two contenders only one
+    // gets a row back.
+    let row: Option<(i64, f64)> = sqlx::query_as(
+        "INSERT INTO quota_owners AS o (quota_group, worker_id, expires_at)
+         VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+         ON CONFLICT (quota_group) DO UPDATE
+            SET worker_id = EXCLUDED.worker_id, term = o.term + 1, acquired_at = now(), confirmed_at = now(),
+                expires_at = EXCLUDED.expires_at, previous_expires_at = o.expires_at
+          WHERE o.expires_at <= now()
+         RETURNING term,
+                   COALESCE(extract(epoch FROM previous_expires_at + $4 * interval '1 millisecond' - now()) * 1000, 0)::float8",
+    )
+    .bind(group)
+    .bind(worker)
+    .bind(millis(ttl))
+    .bind(millis(wait_after_previous))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(term, wait_ms)| Acquired { term, first_call_in: Duration::from_secs_f64(wait_ms.max(0.0) / 1000.0) }))
+}
+
+/// Gives `group` up now (ends the lease at the current time) and tells contenders.
+pub async fn release(pool: &PgPool, worker: &str, group: &str, term: i64) -> Result<(), AuditError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE quota_owners SET expires_at = LEAST(expires_at, now())
+         WHERE quota_group = $1 AND worker_id = $2 AND term = $3",
+    )
+    .bind(group)
+    .bind(worker)
+    .bind(term)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)").bind(OWNERS_CHANNEL).bind(group).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Leases on these groups that nobody holds now (free or expired).
+pub async fn free_groups(pool: &PgPool, groups: &[String]) -> Result<Vec<String>, AuditError> {
+    Ok(sqlx::query_scalar(
+        "SELECT g FROM UNNEST($1::text[]) AS g
+         WHERE NOT EXISTS (SELECT 1 FROM quota_owners o WHERE o.quota_group = g AND o.expires_at > now())",
+    )
+    .bind(groups)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One lease, for `bouncer status`.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct OwnerRow {
+    pub quota_group: String,
+    pub worker_id: String,
+    pub term: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub confirmed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Whether the lease is live now (an expired one is free to take).
+    pub live: bool,
+}
+
+pub async fn owners(pool: &PgPool) -> Result<Vec<OwnerRow>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT quota_group, worker_id, term, acquired_at, confirmed_at, expires_at, expires_at > now() AS live
+         FROM quota_owners ORDER BY quota_group",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One replica, for `bouncer status`.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub live: bool,
+}
+
+pub async fn workers(pool: &PgPool) -> Result<Vec<WorkerRow>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT worker_id, hostname, pid, started_at, last_seen_at, expires_at > now() AS live
+         FROM workers ORDER BY started_at",
+    )
+    .fetch_all(pool)
+    .await?)
+}

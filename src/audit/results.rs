@@ -1,0 +1,146 @@
+//! What enforcement writes: every vendor call (`kick_attempts`), every kick that ended or was
+//! scheduled for a retry (`kicks`), and the verdicts that have nothing left to kick.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::AuditError;
+use crate::states::{AttemptOutcome, KickStatus, VerdictStatus};
+
+/// One vendor call (`kick_attempts` row).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttemptRow {
+    pub vendor: &'static str,
+    pub app_id: i64,
+    pub room_id: String,
+    pub room_id_numeric: bool,
+    pub action: &'static str,
+    pub user_ids: Vec<String>,
+    pub verdict_ids: Vec<String>,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    pub http_status: Option<i32>,
+    pub vendor_code: Option<String>,
+    pub vendor_message: Option<String>,
+    pub vendor_request_id: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// What happened to one user's kick for one verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KickChange {
+    /// Kicked, gone or failed: nothing more will be attempted.
+    Ended(KickStatus),
+    /// Still pending; the next attempt may start at this time (the schedule lives here, so a
+    /// restart or a new owner continues it).
+    RetryAt(DateTime<Utc>),
+}
+
+/// A `kicks` row update.
+#[derive(Clone, Debug)]
+pub struct KickOutcome {
+    pub verdict_id: String,
+    pub user_id: String,
+    pub change: KickChange,
+    /// Vendor calls that carried this user since the last update.
+    pub attempts: i32,
+    /// When the first of those calls started (kept if the row has one already).
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub vendor_request_id: Option<String>,
+}
+
+/// Writes attempts and kick changes in one transaction, then closes every verdict they touched
+/// that has no pending user left. Returns the verdicts closed.
+pub async fn record(
+    pool: &PgPool,
+    attempts: &[AttemptRow],
+    outcomes: &[KickOutcome],
+) -> Result<Vec<(String, VerdictStatus)>, AuditError> {
+    let mut tx = pool.begin().await?;
+    if !attempts.is_empty() {
+        let doc = serde_json::to_value(attempts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO kick_attempts (vendor, app_id, room_id, room_id_numeric, action, user_ids, verdict_ids,
+                                        attempt, started_at, latency_ms, http_status, vendor_code, vendor_message,
+                                        vendor_request_id, outcome, error)
+             SELECT * FROM jsonb_to_recordset($1) AS x(vendor text, app_id bigint, room_id text,
+                  room_id_numeric boolean, action text, user_ids text[], verdict_ids text[], attempt integer,
+                  started_at timestamptz, latency_ms integer, http_status integer, vendor_code text,
+                  vendor_message text, vendor_request_id text, outcome text, error text)",
+        )
+        .bind(&doc)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut ids: Vec<String> = Vec::new();
+    if !outcomes.is_empty() {
+        let status: Vec<KickStatus> = outcomes
+            .iter()
+            .map(|o| match o.change {
+                KickChange::Ended(s) => s,
+                KickChange::RetryAt(_) => KickStatus::Pending,
+            })
+            .collect();
+        let next: Vec<Option<DateTime<Utc>>> = outcomes
+            .iter()
+            .map(|o| match o.change {
+                KickChange::Ended(_) => None,
+                KickChange::RetryAt(t) => Some(t),
+            })
+            .collect();
+        // Only pending rows change: an outcome never overwrites one that has already ended.
+        sqlx::query(
+            "UPDATE kicks k SET status = x.status, attempts = k.attempts + x.attempts, last_error = x.last_error,
+                    vendor_request_id = COALESCE(x.request_id, k.vendor_request_id), updated_at = now(),
+                    next_attempt_at = x.next_at,
+                    first_attempt_at = COALESCE(k.first_attempt_at, x.first_at),
+                    scheduled_retries = k.scheduled_retries + CASE WHEN x.next_at IS NULL THEN 0 ELSE 1 END
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[],
+                         $8::timestamptz[])
+                  AS x(verdict_id, user_id, status, attempts, last_error, request_id, next_at, first_at)
+             WHERE k.verdict_id = x.verdict_id AND k.user_id = x.user_id AND k.status = 'pending'",
+        )
+        .bind(outcomes.iter().map(|o| o.verdict_id.as_str()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.user_id.as_str()).collect::<Vec<_>>())
+        .bind(status)
+        .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.last_error.as_deref()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.vendor_request_id.as_deref()).collect::<Vec<_>>())
+        .bind(next)
+        .bind(outcomes.iter().map(|o| o.first_attempt_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        ids.extend(outcomes.iter().filter(|o| matches!(o.change, KickChange::Ended(_))).map(|o| o.verdict_id.clone()));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let finished = close_finished(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(finished)
+}
+
+/// Closes each of `ids` that is pending with no pending user left: `failed` if any user failed,
+/// else `done`. Returns those it closed.
+pub(crate) async fn close_finished(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+) -> Result<Vec<(String, VerdictStatus)>, AuditError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "UPDATE verdicts v
+            SET status = CASE WHEN EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id
+                                            AND k.status = 'failed') THEN 'failed' ELSE 'done' END,
+                finished_at = now()
+          WHERE v.verdict_id = ANY($1) AND v.status = 'pending'
+            AND NOT EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id AND k.status = 'pending')
+          RETURNING v.verdict_id, v.status",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?)
+}

@@ -1,0 +1,75 @@
+//! The work queue as the owner of a quota sees it: pending kicks of one app that are due.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::AuditError;
+use crate::verdict::{RoomId, Vendor};
+
+/// One pending kick, with what calling it needs.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DueKick {
+    pub verdict_id: String,
+    pub user_id: String,
+    pub room_id: String,
+    pub room_id_numeric: bool,
+    pub reason: Option<String>,
+    /// `detected_at`, else when the verdict was received: verdict-to-kick latency starts here.
+    pub origin: DateTime<Utc>,
+    /// Arrival for a new kick, else when its retry became due; linger counts from here.
+    pub next_attempt_at: DateTime<Utc>,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    pub scheduled_retries: i32,
+    /// The last error, for the deadline message of a kick that fails without another call.
+    pub last_error: Option<String>,
+}
+
+impl DueKick {
+    /// The room as the vendor clients take it; `None` if the stored text cannot be one.
+    pub fn room(&self) -> Option<RoomId> {
+        RoomId::from_parts(&self.room_id, self.room_id_numeric)
+    }
+}
+
+/// Up to `limit` due kicks of one app, oldest first. The owner excludes what it already holds, so
+/// it asks for that many more: rows it holds are the oldest and come first.
+pub async fn due(pool: &PgPool, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT k.verdict_id, k.user_id, v.room_id, v.room_id_numeric, v.reason,
+                COALESCE(v.detected_at, v.received_at) AS origin, k.next_attempt_at, k.first_attempt_at,
+                k.scheduled_retries, k.last_error
+         FROM kicks k JOIN verdicts v USING (verdict_id)
+         WHERE k.status = 'pending' AND k.vendor = $1 AND k.app_id = $2 AND k.next_attempt_at <= now()
+         ORDER BY k.next_attempt_at
+         LIMIT $3",
+    )
+    .bind(vendor.as_str())
+    .bind(i64::from(app_id))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Pending users and the oldest pending arrival, per app (for `bouncer status` and `/metrics`).
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct PendingByApp {
+    pub vendor: String,
+    pub app_id: i64,
+    pub pending_users: i64,
+    /// Due now (the rest wait for a scheduled retry).
+    pub due_users: i64,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
+pub async fn pending_by_app(pool: &PgPool) -> Result<Vec<PendingByApp>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT k.vendor, k.app_id, count(*) AS pending_users,
+                count(*) FILTER (WHERE k.next_attempt_at <= now()) AS due_users,
+                min(v.received_at) AS oldest_pending_at
+         FROM kicks k JOIN verdicts v USING (verdict_id)
+         WHERE k.status = 'pending'
+         GROUP BY k.vendor, k.app_id ORDER BY k.vendor, k.app_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}

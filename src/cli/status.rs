@@ -1,0 +1,109 @@
+//! `bouncer status`: who enforces what right now. Quota owners (worker, since, last confirmed),
+//! live replicas, and pending users with the oldest pending verdict per app; read from
+//! PostgreSQL, so it works from any host with database access.
+
+use std::process::ExitCode;
+
+use super::output::{self, Format, Tabular};
+use super::{Cli, EXIT_FAILURE};
+use crate::audit::leases::{self, OwnerRow, WorkerRow};
+use crate::audit::work::{self, PendingByApp};
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// `table` (default on a terminal) or `json` (one object).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+impl Tabular for OwnerRow {
+    const HEADERS: &'static [&'static str] = &["quota_group", "worker_id", "term", "since", "last_confirmed", "live"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.quota_group.clone(),
+            self.worker_id.clone(),
+            self.term.to_string(),
+            output::time(&self.acquired_at),
+            output::time(&self.confirmed_at),
+            if self.live { "yes".into() } else { "expired".into() },
+        ]
+    }
+}
+
+impl Tabular for WorkerRow {
+    const HEADERS: &'static [&'static str] = &["worker_id", "hostname", "pid", "started_at", "last_seen_at", "live"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.worker_id.clone(),
+            self.hostname.clone(),
+            self.pid.to_string(),
+            output::time(&self.started_at),
+            output::time(&self.last_seen_at),
+            if self.live { "yes".into() } else { "gone".into() },
+        ]
+    }
+}
+
+impl Tabular for PendingByApp {
+    const HEADERS: &'static [&'static str] = &["vendor", "app_id", "pending_users", "due_now", "oldest_pending"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.vendor.clone(),
+            self.app_id.to_string(),
+            self.pending_users.to_string(),
+            self.due_users.to_string(),
+            self.oldest_pending_at.as_ref().map(output::time).unwrap_or_default(),
+        ]
+    }
+}
+
+pub async fn run(cli: &Cli, args: &StatusArgs) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot reach the audit database: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = async {
+        let owners = leases::owners(&pool).await?;
+        let workers = leases::workers(&pool).await?;
+        let pending = work::pending_by_app(&pool).await?;
+        Ok::<_, crate::audit::AuditError>((owners, workers, pending))
+    }
+    .await;
+    pool.close().await;
+    let (owners, workers, pending) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("status failed: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let printed = match output::resolve(args.format) {
+        Format::Json => {
+            let doc = serde_json::json!({"quota_owners": owners, "workers": workers, "pending": pending});
+            println!("{doc}");
+            Ok(())
+        }
+        format => (|| {
+            println!("quota owners:");
+            output::print(&owners, format)?;
+            println!("\nreplicas:");
+            output::print(&workers, format)?;
+            println!("\npending:");
+            output::print(&pending, format)
+        })(),
+    };
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("status failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

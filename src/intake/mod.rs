@@ -1,0 +1,328 @@
+//! Intake: consume verdicts, record each with its pending kicks, and ack right after the commit.
+//!
+//! Deliveries are taken in batches (whatever the broker has already sent, up to [`MAX_BATCH`])
+//! and recorded in one transaction; only then is anything acked or rejected. Intake never waits
+//! on a vendor, so the prefetch only bounds intake batches: enforcement reads its work from
+//! PostgreSQL ([`crate::lane`]). Every replica runs intake (competing consumers on one queue).
+
+pub mod topology;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
+use crate::config::{AmqpConfig, redact_url};
+use crate::states::VerdictStatus;
+use crate::verdict::{ContractError, Vendor, Verdict};
+use crate::wake::{self, Wakers};
+
+/// Most deliveries recorded in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// What `/readyz` reports about the broker side.
+#[derive(Default)]
+pub struct BrokerStatus {
+    /// Connected to RabbitMQ.
+    pub connected: AtomicBool,
+    /// The verdict consumer is registered and its stream is open.
+    pub consuming: AtomicBool,
+}
+
+/// Everything intake needs; shared by every broker session of the process.
+pub struct Intake {
+    pub pool: PgPool,
+    /// Apps some lane of this deployment can enforce (this replica's configuration).
+    pub apps: HashSet<(Vendor, u32)>,
+    pub wakers: Arc<Wakers>,
+    /// This replica's id, so it ignores its own wake-up notifications.
+    pub me: String,
+    pub amqp: AmqpConfig,
+    pub status: Arc<BrokerStatus>,
+}
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the consumer was cancelled or its channel closed")]
+    ConsumerEnded,
+    #[error("disconnected for over a minute without recovering")]
+    Stalled,
+}
+
+impl Intake {
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    pub async fn run(&self, shutdown: &CancellationToken) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match self.session(shutdown).await {
+                Ok(conn) => {
+                    // Unacked deliveries (none once a batch is settled) go back to the broker.
+                    let _ = conn.close(200, "bouncer shutting down".into()).await;
+                    return;
+                }
+                Err(e) => {
+                    self.status.connected.store(false, Ordering::Relaxed);
+                    self.status.consuming.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %e, url = %redact_url(self.amqp.url.expose_secret()), retry_in_ms = wait.as_millis() as u64,
+                        "RabbitMQ session ended; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {},
+                        () = shutdown.cancelled() => return,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<Connection, SessionError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(self.amqp.connection_name.clone().into())
+            .enable_auto_recover();
+        let conn = Connection::connect(self.amqp.url.expose_secret(), props).await?;
+        let consume = conn.create_channel().await?;
+        topology::declare(&consume, &self.amqp).await?;
+        consume.basic_qos(self.amqp.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{}-{}", self.amqp.connection_name, uuid::Uuid::new_v4().simple());
+        let mut consumer = consume
+            .basic_consume(
+                self.amqp.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.status.connected.store(true, Ordering::Relaxed);
+        self.status.consuming.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, "consuming verdicts");
+        let mut watchdog = tokio::time::interval(Duration::from_secs(2));
+        let mut disconnected_for = 0u32;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    self.status.consuming.store(false, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(first)) => {
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match consumer.next().now_or_never() {
+                                Some(Some(Ok(d))) => batch.push(d),
+                                _ => break,
+                            }
+                        }
+                        self.handle_batch(batch, shutdown).await;
+                    }
+                    Some(Err(e)) => {
+                        self.status.consuming.store(false, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
+                        consume.wait_for_recovery(e).await?;
+                        self.status.consuming.store(true, Ordering::Relaxed);
+                        tracing::info!("connection recovered; consuming again");
+                    }
+                    None => return Err(SessionError::ConsumerEnded),
+                },
+                _ = watchdog.tick() => {
+                    // A consumer can stop silently if recovery stalls: give it a minute, then
+                    // start a fresh session.
+                    let up = conn.status().connected();
+                    self.status.connected.store(up, Ordering::Relaxed);
+                    disconnected_for = if up { 0 } else { disconnected_for + 1 };
+                    if disconnected_for > 30 {
+                        return Err(SessionError::Stalled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a batch, then settles every delivery in it.
+    async fn handle_batch(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
+        let mut rejected: Vec<(Delivery, ContractError)> = Vec::new();
+        let mut arrivals: Vec<(Delivery, Verdict)> = Vec::new();
+        for d in deliveries {
+            match Verdict::parse(&d.data) {
+                Ok(verdict) => arrivals.push((d, verdict)),
+                Err(e) => rejected.push((d, e)),
+            }
+        }
+
+        // Record first. If PostgreSQL is away, keep trying: nothing is settled without it, and
+        // while we wait no new deliveries are taken.
+        let mut wait = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let (recorded, woken) = loop {
+            match self.record(&arrivals, &rejected).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record deliveries; holding them");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {},
+                        // Unsettled deliveries go back to the broker when the connection closes.
+                        () = shutdown.cancelled() => return,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        // Lanes of this process learn of their new work at once; other replicas by NOTIFY.
+        for (vendor, app_id) in &woken {
+            self.wakers.wake(*vendor, *app_id);
+        }
+        tracing::debug!(
+            deliveries = arrivals.len() + rejected.len(),
+            record_ms = started.elapsed().as_millis() as u64,
+            "intake batch recorded"
+        );
+
+        for (d, e) in rejected {
+            metrics::counter!("bouncer_rejected_messages_total", "rule" => e.rule.as_str()).increment(1);
+            metrics::counter!("bouncer_verdicts_received_total", "outcome" => "rejected").increment(1);
+            tracing::warn!(reason = %e, "malformed message recorded and dead-lettered");
+            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut unacked = 0usize;
+        for (d, v) in &arrivals {
+            let first_in_batch = seen.insert(v.verdict_id.as_str());
+            if let Some(r) = recorded.get(&v.verdict_id) {
+                let outcome = outcome(r, first_in_batch, self.serves(v));
+                metrics::counter!("bouncer_verdicts_received_total", "outcome" => outcome).increment(1);
+                tracing::debug!(verdict_id = %v.verdict_id, vendor = %v.vendor, app_id = v.app_id, room_id = %v.room_id,
+                    status = %r.status, deliveries = r.deliveries, outcome, "verdict recorded");
+            }
+            // `Ok(false)`: the delivery predates a reconnect and was not acked. The broker sends the
+            // message again; recording it again only counts the delivery.
+            if !matches!(d.acker.ack(BasicAckOptions::default()).await, Ok(true)) {
+                unacked += 1;
+            }
+        }
+        if unacked > 0 {
+            tracing::warn!(
+                unacked,
+                "deliveries from before a reconnect could not be acked; the broker redelivers them"
+            );
+        }
+    }
+
+    fn serves(&self, v: &Verdict) -> bool {
+        self.apps.contains(&(v.vendor, v.app_id))
+    }
+
+    /// One transaction for the batch. Returns where each verdict stands and the apps with new work.
+    async fn record(
+        &self,
+        arrivals: &[(Delivery, Verdict)],
+        rejected: &[(Delivery, ContractError)],
+    ) -> Result<(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>), crate::audit::AuditError> {
+        let reasons: Vec<String> = rejected.iter().map(|(_, e)| e.to_string()).collect();
+        let rejections: Vec<Rejection<'_>> = rejected
+            .iter()
+            .zip(&reasons)
+            .map(|((d, e), reason)| Rejection {
+                reason,
+                field: e.field.as_deref(),
+                rule: e.rule.as_str(),
+                payload: &d.data,
+                headers: headers_json(&d.properties),
+            })
+            .collect();
+        // One row per verdict id; every arrival counts as a delivery.
+        let mut order: Vec<&str> = Vec::new();
+        let mut rows: HashMap<&str, (usize, i32)> = HashMap::new();
+        for (i, (_, v)) in arrivals.iter().enumerate() {
+            let entry = rows.entry(v.verdict_id.as_str()).or_insert_with(|| {
+                order.push(v.verdict_id.as_str());
+                (i, 0)
+            });
+            entry.1 += 1;
+        }
+        let payloads: Vec<Box<RawValue>> = order
+            .iter()
+            .map(|id| {
+                let body = &arrivals[rows[id].0].0.data;
+                // The body parsed as a verdict, so it is UTF-8 JSON.
+                RawValue::from_string(String::from_utf8_lossy(body).into_owned())
+                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+            })
+            .collect();
+        let mut woken = BTreeSet::new();
+        let new: Vec<NewVerdict<'_>> = order
+            .iter()
+            .zip(&payloads)
+            .map(|(id, payload)| {
+                let (i, deliveries) = rows[id];
+                let v = &arrivals[i].1;
+                let unconfigured = if self.serves(v) {
+                    woken.insert((v.vendor, v.app_id));
+                    None
+                } else {
+                    tracing::error!(verdict_id = %id, vendor = %v.vendor, app_id = v.app_id,
+                        "verdict for an app not configured here recorded as failed");
+                    Some(format!("{} app {} is not configured in this worker; replay once it is", v.vendor, v.app_id))
+                };
+                NewVerdict { verdict: v, payload, deliveries, unconfigured }
+            })
+            .collect();
+        let note = (!woken.is_empty()).then(|| wake::payload(&self.me, &woken));
+        let recorded = record::record(&self.pool, &new, &rejections, note.as_deref()).await?;
+        for r in recorded.values().filter(|r| r.inserted && r.status == VerdictStatus::Failed) {
+            metrics::counter!("bouncer_verdicts_finished_total", "status" => r.status.as_str()).increment(1);
+        }
+        Ok((recorded, woken))
+    }
+}
+
+/// The `bouncer_verdicts_received_total` outcome of one arrival.
+fn outcome(r: &Recorded, first_in_batch: bool, served: bool) -> &'static str {
+    match (r.inserted, r.status) {
+        _ if !first_in_batch => "duplicate",
+        (true, _) if !served => "unconfigured_app",
+        (true, _) => "new",
+        (false, VerdictStatus::Pending) => "duplicate",
+        (false, _) => "already_finished",
+    }
+}
+
+/// AMQP headers as JSON for the audit trail.
+fn headers_json(props: &BasicProperties) -> serde_json::Value {
+    props.headers().as_ref().and_then(|h| serde_json::to_value(h.inner()).ok()).unwrap_or_else(|| serde_json::json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(inserted: bool, status: VerdictStatus) -> Recorded {
+        Recorded { status, deliveries: 1, inserted }
+    }
+
+    #[test]
+    fn each_arrival_is_counted_once_under_one_outcome() {
+        assert_eq!(outcome(&r(true, VerdictStatus::Pending), true, true), "new");
+        assert_eq!(outcome(&r(true, VerdictStatus::Pending), false, true), "duplicate");
+        assert_eq!(outcome(&r(true, VerdictStatus::Failed), true, false), "unconfigured_app");
+        assert_eq!(outcome(&r(false, VerdictStatus::Pending), true, true), "duplicate");
+        assert_eq!(outcome(&r(false, VerdictStatus::Done), true, true), "already_finished");
+    }
+}

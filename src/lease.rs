@@ -1,0 +1,63 @@
+//! This process's right to call one quota group, as its call tasks see it.
+//!
+//! The elector ([`crate::ownership`]) extends it after each confirmed renewal to
+//! `(when the renewal was sent) + TTL − margin`: the database set the lease's expiry to its own
+//! `now() + TTL`, and its `now()` came after the send, so this process stops starting calls before
+//! anyone else can take the lease over. Every call checks it right before it is sent.
+
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+pub struct Lease {
+    /// The database's term for this ownership (for logs and release).
+    pub term: i64,
+    valid_until: Mutex<Instant>,
+}
+
+impl Lease {
+    pub fn new(term: i64, valid_until: Instant) -> Lease {
+        Lease { term, valid_until: Mutex::new(valid_until) }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a call may start now.
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < *self.slot()
+    }
+
+    /// A renewal was confirmed.
+    pub fn extend_to(&self, until: Instant) {
+        let mut v = self.slot();
+        *v = (*v).max(until);
+    }
+
+    /// Stop starting calls at once (release, loss, shutdown).
+    pub fn revoke(&self) {
+        *self.slot() = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_not_renewed_runs_out_by_itself_and_a_revoked_one_at_once() {
+        let l = Lease::new(1, Instant::now() + Duration::from_secs(2));
+        assert!(l.is_valid());
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        l.extend_to(Instant::now() + Duration::from_secs(2));
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(l.is_valid());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!l.is_valid(), "expired without a renewal");
+        l.extend_to(Instant::now() + Duration::from_secs(2));
+        l.revoke();
+        assert!(!l.is_valid());
+    }
+}
