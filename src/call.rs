@@ -2,8 +2,8 @@
 //! (once), a parameter error on several users splits the chunk in halves until the bad user id is
 //! alone, and anything worth retrying is scheduled in the kick's row (full jitter, up to the
 //! deadline from its first attempt) rather than waited for here. A configuration error pauses the
-//! app and schedules the chunk after the pause. Every call is charged to the quota (the first by
-//! the lane) and recorded in `kick_attempts`.
+//! app and schedules the chunk after the pause. Every call is charged to the quota right before it
+//! is sent, and recorded in `kick_attempts`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -59,11 +59,10 @@ pub async fn run(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
     let n = chunk.len();
     let reason = chunk.first().and_then(|e| e.reason.clone());
     let mut parts = vec![Part::new(chunk, 0, None)];
-    let mut have_permit = true;
     let mut attempt_no = 0;
     let mut outcomes = Vec::new();
     while let Some(mut part) = parts.pop() {
-        match attempt(&ctx, &room, reason.as_deref(), &mut part, &mut attempt_no, &mut have_permit).await {
+        match attempt(&ctx, &room, reason.as_deref(), &mut part, &mut attempt_no).await {
             Ok(Some(end)) => settle(&ctx, &part, end, &mut outcomes),
             Ok(None) => {
                 // Split on a parameter error: the halves go next, first half first.
@@ -147,18 +146,16 @@ async fn attempt(
     reason: Option<&str>,
     part: &mut Part,
     attempt_no: &mut i32,
-    have_permit: &mut bool,
 ) -> Result<Option<End>, Stopped> {
     let quota = ctx.quota_for(room);
     let vendor = ctx.stats.vendor;
     loop {
-        if !std::mem::take(have_permit) {
-            tokio::select! {
-                waited = quota.acquire() => {
-                    metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => vendor.as_str()).record(waited.as_secs_f64());
-                }
-                () = ctx.cancel.cancelled() => return Err(Stopped),
+        // Charged here, right before sending (the lane waited until the quota was ready).
+        tokio::select! {
+            waited = quota.acquire() => {
+                metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => vendor.as_str()).record(waited.as_secs_f64());
             }
+            () = ctx.cancel.cancelled() => return Err(Stopped),
         }
         if !ctx.may_call() {
             return Err(Stopped);

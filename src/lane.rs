@@ -197,7 +197,7 @@ pub async fn run(
             () = wake.notified() => want_fetch = true,
             Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
             _ = poll.tick() => want_fetch = true,
-            waited = async { match &quota { Some(q) => q.acquire().await, None => std::future::pending().await } } => {
+            waited = async { match &quota { Some(q) => q.ready().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
                     .record(waited.as_secs_f64());
                 let Some(room) = ready else { continue };

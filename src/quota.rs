@@ -77,8 +77,23 @@ impl Quota {
         by_window.map_or(g.not_before, |t| t.max(g.not_before)).max(smooth)
     }
 
-    /// Waits until a call may start and charges it. Returns how long it waited. Safe to cancel:
-    /// nothing is charged until it returns.
+    /// Waits until a call could start, without charging it: the lane cuts a chunk at that moment
+    /// so users who arrived meanwhile ride along. Returns how long it waited.
+    pub async fn ready(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            let earliest = self.earliest(&self.lock());
+            if earliest <= Instant::now() {
+                return started.elapsed();
+            }
+            tokio::time::sleep_until(earliest).await;
+        }
+    }
+
+    /// Waits until a call may start and charges it; call it right before sending, so the time
+    /// charged is the time the call leaves (the scheduling delay between cutting a chunk and
+    /// sending it is not jitter the guard has to absorb). Returns how long it waited. Safe to
+    /// cancel: nothing is charged until it returns.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
         loop {
@@ -169,6 +184,22 @@ mod tests {
                 .unwrap();
             assert!(max <= 20, "pattern {pattern}: {max}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_waits_like_acquire_but_charges_nothing() {
+        let t0 = Instant::now();
+        let q = Quota::new(2, Duration::ZERO, t0);
+        q.acquire().await;
+        q.acquire().await;
+        q.ready().await;
+        q.ready().await;
+        assert!(Instant::now() - t0 >= WINDOW, "the window is full until the first call is a second old");
+        let t = Instant::now();
+        q.acquire().await;
+        assert_eq!(Instant::now(), t, "ready meant ready: nothing was charged");
+        q.ready().await;
+        assert!(Instant::now() - t >= Duration::from_millis(200), "the charged call counts");
     }
 
     #[tokio::test(start_paused = true)]

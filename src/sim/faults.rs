@@ -12,6 +12,9 @@ pub struct Faults {
     pub app_id: Option<u32>,
     /// Added to every answer.
     pub latency_ms: u64,
+    /// Network jitter on the way in: each call arrives (and is counted against its quota) after a
+    /// delay drawn uniformly from 0 to this many milliseconds.
+    pub arrival_jitter_ms: u64,
     /// Share of calls answered with HTTP 502 and no body (0.0 to 1.0).
     pub http_502_rate: f64,
     /// Share of calls answered with the vendor's internal-error code.

@@ -197,17 +197,29 @@ impl Sim {
         self.faults_changed.notify_waiters();
     }
 
-    /// Counts an arrival against a quota (every call, admitted or not).
-    fn arrive(&self, quota: &str, limit: u32) {
+    /// Counts an arrival at `at` against a quota (every call, admitted or not).
+    fn arrive(&self, quota: &str, limit: u32, at: Instant) {
         let mut q = lock(&self.quotas);
         let state = q.entry(quota.to_owned()).or_default();
         state.limit = limit;
-        state.window.arrive(Instant::now());
+        state.window.arrive(at);
     }
 
-    fn admit(&self, quota: &str, limit: u32) -> bool {
+    fn admit(&self, quota: &str, limit: u32, at: Instant) -> bool {
         let mut q = lock(&self.quotas);
-        q.entry(quota.to_owned()).or_default().window.admit(Instant::now(), limit)
+        q.entry(quota.to_owned()).or_default().window.admit(at, limit)
+    }
+
+    /// When a call received at `received` arrives at the vendor: up to `arrival_jitter_ms` later,
+    /// as a network would delay it. Waits until then, and returns that instant (not when this task
+    /// happens to wake), so the simulator's own scheduling adds no jitter of its own.
+    async fn arrival(&self, f: &Faults, received: Instant) -> Instant {
+        if f.arrival_jitter_ms == 0 {
+            return received;
+        }
+        let at = received + Duration::from_micros(rand::random_range(0..=f.arrival_jitter_ms * 1000));
+        tokio::time::sleep_until(at.into()).await;
+        at
     }
 
     /// Transport-level faults, applied before the vendor looks at the call.
@@ -270,6 +282,7 @@ impl Sim {
 
     /// A ZEGO `KickoutUser` call, checked in the order the real service plausibly does.
     async fn zego(&self, query: &str, call: &mut Call) -> Result<(), Refusal> {
+        let received = Instant::now();
         call.vendor = "zego";
         call.action = zego::ACTION.to_owned();
         let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
@@ -285,8 +298,9 @@ impl Sim {
         let app = get("AppId").unwrap_or_default();
         call.app_id = app.parse().map_err(|_| zego_no(100_000_002, "AppId missing or not a uint32", "bad_params"))?;
         call.quota = format!("zego:{}", call.app_id);
-        self.arrive(&call.quota, self.zego_rate);
         let f = self.faults_for("zego", call.app_id);
+        let at = self.arrival(&f, received).await;
+        self.arrive(&call.quota, self.zego_rate, at);
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
         }
@@ -308,7 +322,7 @@ impl Sim {
         if (chrono::Utc::now().timestamp() - ts).abs() > zego::MAX_SKEW_SECS || self.take_expired("zego", call.app_id) {
             return Err(zego_no(100_000_004, "signature expired", "expired"));
         }
-        if !self.admit(&call.quota, self.zego_rate) {
+        if !self.admit(&call.quota, self.zego_rate, at) {
             return Err(zego_no(206, "app QPS limit exceeded", "rate_limited"));
         }
         if call.room_id.is_empty() {
@@ -340,6 +354,7 @@ impl Sim {
 
     /// A TRTC `RemoveUser` / `RemoveUserByStrRoomId` call.
     async fn trtc(&self, headers: &HeaderMap, query: &str, body: &[u8], call: &mut Call) -> Result<(), Refusal> {
+        let received = Instant::now();
         call.vendor = "trtc";
         let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
         call.action = header("x-tc-action").to_owned();
@@ -361,8 +376,9 @@ impl Sim {
             .map_err(|e| trtc_no("AuthFailure.InvalidAuthorization", format!("{e:?}"), "signature"))?;
         call.nonce = Some(auth.signature.clone());
         call.quota = format!("trtc:{}:{}", auth.secret_id, call.action);
-        self.arrive(&call.quota, self.trtc_rate);
         let f = self.faults_for("trtc", call.app_id);
+        let at = self.arrival(&f, received).await;
+        self.arrive(&call.quota, self.trtc_rate, at);
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
         }
@@ -392,7 +408,7 @@ impl Sim {
         if !trtc::REGIONS.contains(&header("x-tc-region")) {
             return Err(trtc_no("UnsupportedRegion", "region not supported", "bad_params"));
         }
-        if !self.admit(&call.quota, self.trtc_rate) {
+        if !self.admit(&call.quota, self.trtc_rate, at) {
             return Err(trtc_no("RequestLimitExceeded", "request limit exceeded", "rate_limited"));
         }
         if parsed.is_null() {

@@ -1,17 +1,23 @@
 //! A sliding one-second window per quota, as the vendor would enforce it: a call is admitted
-//! while fewer than `limit` calls were admitted in the last second. Separately it tracks every
-//! arrival, admitted or not, so the highest number of calls seen in any 1 s window is exact.
+//! while fewer than `limit` calls were admitted in the second before it arrived. Separately it
+//! tracks every arrival, admitted or not, so the highest number of calls seen in any 1 s window is
+//! exact.
+//!
+//! Arrival times are given by the caller and may come slightly out of order (the simulator's
+//! network jitter delays some calls past later ones), so both logs are kept sorted.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(1);
+/// Arrivals older than this behind the newest are dropped (jitter is far shorter).
+const KEEP: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default)]
 pub struct SlidingWindow {
-    /// Arrival times of admitted calls within the last second.
+    /// Arrival times of admitted calls, sorted.
     admitted: VecDeque<Instant>,
-    /// Arrival times of all calls within the last second.
+    /// Arrival times of all calls, sorted.
     arrivals: VecDeque<Instant>,
     /// The most calls that arrived within any window `(t - 1 s, t]`.
     pub max_arrivals_in_window: usize,
@@ -21,36 +27,43 @@ pub struct SlidingWindow {
     pub rate_limited: u64,
 }
 
-/// Drops entries outside the half-open window `(now - 1 s, now]`.
-fn evict(q: &mut VecDeque<Instant>, now: Instant) {
-    while let Some(front) = q.front() {
-        if now.duration_since(*front) >= WINDOW {
-            q.pop_front();
-        } else {
-            break;
-        }
+/// Inserts `at` in order and drops what is far behind the newest entry.
+fn insert(q: &mut VecDeque<Instant>, at: Instant) {
+    let pos = q.partition_point(|t| *t <= at);
+    q.insert(pos, at);
+    let newest = q.back().copied().unwrap_or(at);
+    while q.front().is_some_and(|t| newest.duration_since(*t) > KEEP) {
+        q.pop_front();
     }
 }
 
+/// Calls in `(end - 1 s, end]`.
+fn in_window_ending(q: &VecDeque<Instant>, end: Instant) -> usize {
+    q.iter().filter(|t| **t <= end && end.duration_since(**t) < WINDOW).count()
+}
+
+/// The fullest window `(x - 1 s, x]` containing `at`: the maximum is reached at a window ending
+/// on an arrival, so only those ending within a second after `at` are looked at.
+fn fullest_around(q: &VecDeque<Instant>, at: Instant) -> usize {
+    q.iter().filter(|x| **x >= at && x.duration_since(at) < WINDOW).map(|x| in_window_ending(q, *x)).max().unwrap_or(0)
+}
+
 impl SlidingWindow {
-    /// Counts an arrival. The maximum over all windows is reached at a window ending on an
-    /// arrival, so measuring at each arrival is exact.
-    pub fn arrive(&mut self, now: Instant) {
-        evict(&mut self.arrivals, now);
-        self.arrivals.push_back(now);
+    /// Counts an arrival at `at`.
+    pub fn arrive(&mut self, at: Instant) {
+        insert(&mut self.arrivals, at);
         self.calls += 1;
-        self.max_arrivals_in_window = self.max_arrivals_in_window.max(self.arrivals.len());
+        self.max_arrivals_in_window = self.max_arrivals_in_window.max(fullest_around(&self.arrivals, at));
     }
 
-    /// Whether a call arriving `now` is within the limit; admitted calls count against it.
-    pub fn admit(&mut self, now: Instant, limit: u32) -> bool {
-        evict(&mut self.admitted, now);
-        if self.admitted.len() >= limit as usize {
+    /// Whether a call arriving at `at` is within the limit; admitted calls count against it.
+    pub fn admit(&mut self, at: Instant, limit: u32) -> bool {
+        if in_window_ending(&self.admitted, at) >= limit as usize {
             self.rate_limited += 1;
             return false;
         }
-        self.admitted.push_back(now);
-        self.max_admitted_in_window = self.max_admitted_in_window.max(self.admitted.len());
+        insert(&mut self.admitted, at);
+        self.max_admitted_in_window = self.max_admitted_in_window.max(fullest_around(&self.admitted, at));
         true
     }
 }
@@ -101,5 +114,18 @@ mod tests {
             assert!(w.admit(now, 50), "call {i}");
         }
         assert_eq!(w.max_arrivals_in_window, 50);
+    }
+
+    #[test]
+    fn a_call_delayed_past_later_ones_still_counts_in_every_window_it_falls_in() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        // 50 calls 20 ms apart, then one that left early but arrives late, inside their second.
+        for i in 0..50u64 {
+            w.arrive(t0 + Duration::from_millis(100 + i * 20));
+        }
+        assert_eq!(w.max_arrivals_in_window, 50);
+        w.arrive(t0 + Duration::from_millis(990));
+        assert_eq!(w.max_arrivals_in_window, 51);
     }
 }

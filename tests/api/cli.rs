@@ -104,3 +104,19 @@ fn migrate_creates_the_schema_and_a_second_run_is_a_no_op() {
         assert!(tables.iter().any(|x| x == t), "missing {t} in {tables:?}");
     }
 }
+
+#[test]
+fn check_accepts_keys_that_lost_their_meaning_and_names_each_in_a_note() {
+    let text = example_config()
+        .replace("[amqp]", "[amqp]\ndefer_ms = 5000\nmax_unacked_per_app = 10")
+        .replace("[batch]", "[batch]\nhold_secs = 10");
+    let file = TempFile::with(&text);
+    let out = bouncer(
+        &["check", "--offline", "--config", file.0.to_str().unwrap()],
+        &[("ZEGO_SERVER_SECRET", "s"), ("TRTC_SECRET_KEY", "k")],
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    for key in ["amqp.defer_ms", "amqp.max_unacked_per_app", "batch.hold_secs"] {
+        assert!(stdout(&out).contains(&format!("note: {key}: obsolete")), "{key}: {}", stdout(&out));
+    }
+}

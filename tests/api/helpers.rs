@@ -304,6 +304,11 @@ impl TestEnv {
         WorkerProcess::start(&self.config.0)
     }
 
+    /// A replica named `name` (its `worker_id` in `workers` and `quota_owners`).
+    pub fn replica(&self, name: &str) -> WorkerProcess {
+        WorkerProcess::start_with_env(&self.config.0, &[("BOUNCER_OWNERSHIP__WORKER_ID", name)])
+    }
+
     /// A pool to the test database, waiting (up to 30 s) for the worker to have created it.
     pub async fn pool(&self) -> sqlx::PgPool {
         let started = Instant::now();
@@ -372,6 +377,11 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(config: &std::path::Path) -> WorkerProcess {
+        Self::start_with_env(config, &[])
+    }
+
+    /// A worker with extra environment (`BOUNCER_*` overrides: a replica's own name, say).
+    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("bouncer-worker-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bouncer"));
@@ -381,6 +391,7 @@ impl WorkerProcess {
         let child = cmd
             .args(["run", "--config", config.to_str().expect("utf-8 path"), "--log-format", "json"])
             .env("BOUNCER_LOG", "info,bouncer=debug")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()

@@ -342,3 +342,44 @@ async fn readyz_turns_not_ready_while_rabbitmq_is_unreachable_and_ready_again_af
     env.publish_json(&verdict("after-outage", "zego", env.apps.zego[0].0, json!("r"), &["u"])).await;
     env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 1, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_who_owns_each_quota_and_what_is_pending_per_app() {
+    let env = TestEnv::new(Apps::random(1, 1), EnvOptions::default()).await;
+    let (zego, trtc) = (env.apps.zego[0].0, env.apps.trtc[0].0);
+    SimControl::new(&env.sim).set_faults(json!({"vendor": "zego", "app_id": zego, "hang": true})).await;
+    let _worker = env.replica("ops-replica-1");
+    for i in 0..3 {
+        env.publish_json(&verdict(&format!("st-{i}"), "zego", zego, json!("r"), &[&format!("u{i}")])).await;
+    }
+    env.publish_json(&verdict("st-trtc", "trtc", trtc, json!(5), &["x"])).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 1, Duration::from_secs(30)).await;
+
+    let out = env.cli(&["status", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    let owners: Vec<(&str, &str)> = s["quota_owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["quota_group"].as_str().unwrap(), o["worker_id"].as_str().unwrap()))
+        .collect();
+    let trtc_group = format!("trtc:{}", env.apps.trtc[0].1);
+    let zego_group = format!("zego:{zego}");
+    assert_eq!(owners, [(trtc_group.as_str(), "ops-replica-1"), (zego_group.as_str(), "ops-replica-1")]);
+    assert!(s["quota_owners"].as_array().unwrap().iter().all(|o| o["live"] == true), "{s}");
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{s}");
+    assert_eq!(workers[0]["worker_id"], "ops-replica-1");
+    let pending = s["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "only the hanging app has work left: {s}");
+    assert_eq!(pending[0]["app_id"], zego);
+    assert_eq!(pending[0]["pending_users"], 3);
+    assert!(pending[0]["oldest_pending_at"].is_string());
+
+    let table = stdout(&env.cli(&["status", "--format", "table"]));
+    assert!(
+        table.contains("quota owners:") && table.contains(&zego_group) && table.contains("ops-replica-1"),
+        "{table}"
+    );
+}
