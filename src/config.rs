@@ -184,7 +184,7 @@ struct FilePacing {
 
 impl Default for FilePacing {
     fn default() -> Self {
-        FilePacing { jitter_ms: 20, buffer_ms: 2_000 }
+        FilePacing { jitter_ms: 25, buffer_ms: 2_000 }
     }
 }
 
@@ -997,7 +997,7 @@ mod tests {
         let c = Config::from_toml(GOOD).unwrap();
         assert_eq!(c.ownership.lease, Duration::from_secs(3));
         assert_eq!(c.ownership.heartbeat, Duration::from_millis(500));
-        assert_eq!(c.pacing.jitter, Duration::from_millis(20));
+        assert_eq!(c.pacing.jitter, Duration::from_millis(25));
         assert_eq!(keys("[ownership]\nlease_ms = 2000\nheartbeat_ms = 1500\n"), ["ownership.heartbeat_ms"]);
         assert_eq!(keys("[pacing]\njitter_ms = 900\n"), ["pacing.jitter_ms"]);
     }

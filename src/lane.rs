@@ -113,6 +113,8 @@ pub struct LaneCtx {
     pub lease: Arc<Lease>,
     /// Cancelled when this process stops owning the quota group, or shuts down.
     pub cancel: CancellationToken,
+    /// The runtime vendor calls run on.
+    pub calls: tokio::runtime::Handle,
 }
 
 impl LaneCtx {
@@ -213,7 +215,8 @@ pub async fn run(
                 let ids: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().map(|c| &*c.verdict)).collect();
                 let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
                     app_id = ctx.stats.app_id, room_id = %room);
-                tracker.spawn(tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk), span));
+                let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk), span);
+                tracker.spawn_on(call, &ctx.calls);
                 if held.batches.pending_users() < limits.capacity / 2 {
                     want_fetch = true;
                 }

@@ -110,6 +110,8 @@ pub struct EnforceSettings {
     pub buffer_secs: f64,
     pub jitter: Duration,
     pub grace: Duration,
+    /// Where vendor calls run (see [`crate::worker`]).
+    pub calls: tokio::runtime::Handle,
 }
 
 /// One group this process owns now.
@@ -122,7 +124,10 @@ struct Owned {
 }
 
 pub struct Elector {
+    /// The main pool, for the lanes.
     pub pool: PgPool,
+    /// The elector's own connections (leases must not wait behind enforcement traffic).
+    pub leases: PgPool,
     pub me: String,
     pub hostname: String,
     pub ownership: OwnershipConfig,
@@ -138,6 +143,7 @@ impl Elector {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
+        leases: PgPool,
         me: String,
         hostname: String,
         ownership: OwnershipConfig,
@@ -147,7 +153,7 @@ impl Elector {
         wakers: Arc<Wakers>,
         view: Arc<OwnershipView>,
     ) -> Elector {
-        Elector { pool, me, hostname, ownership, groups, enforce, audit, wakers, view, owned: BTreeMap::new() }
+        Elector { pool, leases, me, hostname, ownership, groups, enforce, audit, wakers, view, owned: BTreeMap::new() }
     }
 
     /// Runs rounds until `shutdown`, then hands every group over and leaves.
@@ -168,12 +174,18 @@ impl Elector {
                 self.round().await;
             } else {
                 registered =
-                    leases::heartbeat(&self.pool, &self.me, &self.hostname, std::process::id(), self.ownership.lease)
+                    leases::heartbeat(&self.leases, &self.me, &self.hostname, std::process::id(), self.ownership.lease)
                         .await
                         .is_ok();
             }
         }
         self.leave().await;
+    }
+
+    /// How long one database call of the elector may take: a third of the lease, so a slow
+    /// database costs a renewal, not the lease.
+    fn budget(&self) -> Duration {
+        self.ownership.lease / 3
     }
 
     fn lease_until(&self, sent: Instant) -> Instant {
@@ -189,45 +201,35 @@ impl Elector {
             self.drop_group(&g, "lost");
         }
         let sent = Instant::now();
-        let budget = self.ownership.heartbeat.max(Duration::from_millis(500));
+        let budget = self.budget();
         let pid = std::process::id();
-        let live = match tokio::time::timeout(
-            budget,
-            leases::heartbeat(&self.pool, &self.me, &self.hostname, pid, self.ownership.lease),
-        )
-        .await
-        {
-            Ok(Ok(n)) => usize::try_from(n).unwrap_or(1).max(1),
+        let mine: Vec<String> = self.owned.keys().map(|g| g.as_str().to_owned()).collect();
+        let renewed = leases::renew(&self.leases, &self.me, &self.hostname, pid, &mine, self.ownership.lease);
+        let (live, kept) = match tokio::time::timeout(budget, renewed).await {
+            Ok(Ok((n, kept))) => (usize::try_from(n).unwrap_or(1).max(1), kept),
             Ok(Err(e)) => {
                 metrics::counter!("bouncer_database_errors_total", "op" => "heartbeat").increment(1);
                 tracing::warn!(error = %e, "heartbeat failed; leases run out unless confirmed in time");
                 return;
             }
             Err(_) => {
-                tracing::warn!("heartbeat timed out; leases run out unless confirmed in time");
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "heartbeat timed out; leases run out unless confirmed in time"
+                );
                 return;
             }
         };
         self.view.live_workers.store(live, Ordering::Relaxed);
-        let mine: Vec<String> = self.owned.keys().map(|g| g.as_str().to_owned()).collect();
-        match tokio::time::timeout(budget, leases::renew(&self.pool, &self.me, &mine, self.ownership.lease)).await {
-            Ok(Ok(kept)) => {
-                let until = self.lease_until(sent);
-                let lost: Vec<QuotaGroup> =
-                    self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
-                for o in self.owned.values() {
-                    o.lease.extend_to(until);
-                }
-                for g in lost {
-                    tracing::error!(quota_group = %g.as_str(), "lease taken over: stopped calling this quota");
-                    self.drop_group(&g, "lost");
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot renew leases");
-                return;
-            }
-            Err(_) => return,
+        let until = self.lease_until(sent);
+        let lost: Vec<QuotaGroup> =
+            self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
+        for o in self.owned.values() {
+            o.lease.extend_to(until);
+        }
+        for g in lost {
+            tracing::error!(quota_group = %g.as_str(), "lease taken over: stopped calling this quota");
+            self.drop_group(&g, "lost");
         }
 
         let share = self.groups.len().div_ceil(live);
@@ -244,12 +246,13 @@ impl Elector {
                 .filter(|g| !self.owned.contains_key(&g.group))
                 .map(|g| g.group.as_str().to_owned())
                 .collect();
-            let free = match leases::free_groups(&self.pool, &candidates).await {
-                Ok(f) => f,
-                Err(e) => {
+            let free = match tokio::time::timeout(budget, leases::free_groups(&self.leases, &candidates)).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot read leases");
                     return;
                 }
+                Err(_) => return,
             };
             for key in free.into_iter().take(share - self.owned.len()) {
                 self.try_acquire(&key).await;
@@ -263,13 +266,16 @@ impl Elector {
     async fn try_acquire(&mut self, key: &str) {
         let sent = Instant::now();
         let wait_after = WINDOW + self.enforce.jitter;
-        let acquired = match leases::acquire(&self.pool, &self.me, key, self.ownership.lease, wait_after).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return, // someone else was quicker
-            Err(e) => {
+        let acquire = leases::acquire(&self.leases, &self.me, key, self.ownership.lease, wait_after);
+        let acquired = match tokio::time::timeout(self.budget(), acquire).await {
+            Ok(Ok(Some(a))) => a,
+            Ok(Ok(None)) => return, // someone else was quicker
+            Ok(Err(e)) => {
                 tracing::warn!(quota_group = %key, error = %e, "cannot take a lease");
                 return;
             }
+            // It may have been taken for us: then it runs out unrenewed, and is free again.
+            Err(_) => return,
         };
         let Some(idx) = self.groups.iter().position(|g| g.group.as_str() == key) else { return };
         let not_before = Instant::now() + acquired.first_call_in;
@@ -316,6 +322,7 @@ impl Elector {
                 settled: settled_tx,
                 lease: lease.clone(),
                 cancel: cancel.clone(),
+                calls: self.enforce.calls.clone(),
             });
             let limits = LaneLimits::for_app(client, *rate, self.enforce.linger, self.enforce.buffer_secs);
             let wake = self.wakers.get(g.vendor, app_id).unwrap_or_default();
@@ -346,13 +353,19 @@ impl Elector {
         let Some(o) = self.drop_group(g, "released") else { return };
         let _ = tokio::time::timeout(drain, o.tracker.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
-        match leases::release(&self.pool, &self.me, g.as_str(), o.lease.term).await {
-            Ok(()) => tracing::info!(quota_group = %g.as_str(), "handed this quota over"),
-            Err(e) => {
+        self.release(g, o.lease.term).await;
+        self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
+    }
+
+    /// Ends this replica's lease on `g` now and tells contenders.
+    async fn release(&self, g: &QuotaGroup, term: i64) {
+        match tokio::time::timeout(self.budget(), leases::release(&self.leases, &self.me, g.as_str(), term)).await {
+            Ok(Ok(())) => tracing::info!(quota_group = %g.as_str(), "handed this quota over"),
+            Ok(Err(e)) => {
                 tracing::warn!(quota_group = %g.as_str(), error = %e, "could not release the lease; it runs out by itself")
             }
+            Err(_) => tracing::warn!(quota_group = %g.as_str(), "releasing the lease timed out; it runs out by itself"),
         }
-        self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
     }
 
     /// Shutdown: hand everything over, wait out calls in flight within the grace period, leave.
@@ -371,11 +384,10 @@ impl Elector {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
         for (g, o) in &stopped {
-            if let Err(e) = leases::release(&self.pool, &self.me, g.as_str(), o.lease.term).await {
-                tracing::warn!(quota_group = %g.as_str(), error = %e, "could not release the lease; it runs out by itself");
-            }
+            self.release(g, o.lease.term).await;
         }
-        let _ = leases::leave(&self.pool, &self.me).await;
+        let _ = tokio::time::timeout(self.budget(), leases::leave(&self.leases, &self.me)).await;
+        tracing::info!(groups = stopped.len(), "left: every quota handed over");
         self.view.owned_groups.store(0, Ordering::Relaxed);
         let started = Instant::now();
         for (_, o) in &stopped {

@@ -78,6 +78,34 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         tracing::warn!(key = %w.key, "configuration: {}", w.reason);
     }
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
+    // Leases and wake-ups on connections of their own: a busy main pool must not cost a renewal.
+    let reserved = loop {
+        match audit::connect_reserved(&config.postgres, 3, Duration::from_secs(5)).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!(error = %e, "PostgreSQL not ready");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    // Vendor calls run on a thread of their own: a call is charged to its quota right before it is
+    // sent, and intake's or the audit writer's bursts of work on the main runtime must not sit in
+    // between (the pacing absorbs only `pacing.jitter_ms` of variation).
+    let calls = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bouncer-calls")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the vendor-call runtime");
+            return;
+        }
+    };
     let (me, hostname) = worker_id(&config);
     let (audit, writer_tasks) = writer::spawn(pool.clone());
     let groups = ownership::groups(&config);
@@ -90,11 +118,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     tracing::info!(worker_id = %me, zego_apps = config.zego.len(), trtc_apps = config.trtc.len(), quota_groups = groups.len(),
         "worker started");
 
-    // The elector and listener stop after intake, so nothing recorded waits for a lost owner.
-    let enforcement = CancellationToken::new();
-    let listener = tokio::spawn(wake::listen(pool.clone(), wakers.clone(), me.clone(), enforcement.clone()));
+    // On SIGTERM intake stops and the quotas are handed over at the same moment: another replica
+    // takes over while this one finishes.
+    let listener = tokio::spawn(wake::listen(reserved.clone(), wakers.clone(), me.clone(), shutdown.clone()));
     let elector = Elector::new(
         pool.clone(),
+        reserved.clone(),
         me.clone(),
         hostname,
         config.ownership.clone(),
@@ -105,20 +134,29 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
             buffer_secs: config.pacing.buffer.as_secs_f64(),
             jitter: config.pacing.jitter,
             grace: config.shutdown.grace,
+            calls: calls.handle().clone(),
         },
         audit.clone(),
         wakers.clone(),
         view.clone(),
     );
-    let elector = tokio::spawn(elector.run(enforcement.clone()));
+    let elector = tokio::spawn(elector.run(shutdown.clone()));
 
     let intake = Intake { pool: pool.clone(), apps, wakers, me, amqp: config.amqp.clone(), status };
-    intake.run(&shutdown).await;
-
-    tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: handing quotas over");
-    enforcement.cancel();
+    let stopped = async {
+        shutdown.cancelled().await;
+        tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: intake ends, quotas are handed over");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        () = intake.run(&shutdown) => tracing::info!("intake stopped"),
+        () = stopped => tracing::warn!("intake did not stop within 5 s; its unacked deliveries go back to the broker"),
+    }
     let _ = elector.await;
     let _ = listener.await;
+    reserved.close().await;
+    // Calls still running after the grace period are abandoned; their kicks stay pending.
+    calls.shutdown_background();
     if tokio::time::timeout(Duration::from_secs(10), audit.flush()).await.is_err() {
         tracing::warn!("audit writer did not flush in time; those kicks stay pending and are retried");
     }

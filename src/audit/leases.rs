@@ -46,21 +46,37 @@ pub async fn leave(pool: &PgPool, worker: &str) -> Result<(), AuditError> {
     Ok(())
 }
 
-/// Extends this replica's leases on `groups`; returns the groups it still holds (a lease missing
+/// One heartbeat in one round trip: refreshes this replica's row and extends its leases on
+/// `groups`. Returns how many replicas are live and the groups it still holds (a lease missing
 /// from the answer was lost).
-pub async fn renew(pool: &PgPool, worker: &str, groups: &[String], ttl: Duration) -> Result<Vec<String>, AuditError> {
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(sqlx::query_scalar(
-        "UPDATE quota_owners SET confirmed_at = now(), expires_at = now() + $3 * interval '1 millisecond'
-         WHERE worker_id = $1 AND quota_group = ANY($2) AND expires_at > now()
-         RETURNING quota_group",
+pub async fn renew(
+    pool: &PgPool,
+    worker: &str,
+    hostname: &str,
+    pid: u32,
+    groups: &[String],
+    ttl: Duration,
+) -> Result<(i64, Vec<String>), AuditError> {
+    Ok(sqlx::query_as(
+        "WITH me AS (
+             INSERT INTO workers (worker_id, hostname, pid, expires_at)
+             VALUES ($1, $2, $3, now() + $5 * interval '1 millisecond')
+             ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), expires_at = EXCLUDED.expires_at
+             RETURNING 1),
+         kept AS (
+             UPDATE quota_owners SET confirmed_at = now(), expires_at = now() + $5 * interval '1 millisecond'
+             WHERE worker_id = $1 AND quota_group = ANY($4) AND expires_at > now()
+             RETURNING quota_group)
+         -- The statement's snapshot does not see `me` (it runs all the same): count this replica.
+         SELECT 1 + (SELECT count(*) FROM workers WHERE expires_at > now() AND worker_id <> $1),
+                ARRAY(SELECT quota_group FROM kept)",
     )
     .bind(worker)
+    .bind(hostname)
+    .bind(i32::try_from(pid).unwrap_or(i32::MAX))
     .bind(groups)
     .bind(millis(ttl))
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?)
 }
 

@@ -53,6 +53,16 @@ pub async fn connect(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<
         .await?)
 }
 
+/// A pool of `size` connections of its own, for work that must never wait behind the main pool:
+/// the elector's lease renewals and the LISTEN connection.
+pub async fn connect_reserved(
+    cfg: &PostgresConfig,
+    size: u32,
+    connect_timeout: Duration,
+) -> Result<PgPool, AuditError> {
+    Ok(PgPoolOptions::new().max_connections(size).acquire_timeout(connect_timeout).connect_with(options(cfg)?).await?)
+}
+
 /// Like [`connect`], but keeps trying for up to `within`: a worker starting alongside may still be
 /// creating the database (the demo, the benchmark, `kick --wait`).
 pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<PgPool, AuditError> {

@@ -14,11 +14,19 @@ fn yaml(rel: &str) -> Vec<Yaml> {
 
 #[test]
 fn kubernetes_manifests_are_valid_yaml_with_the_probes_wired() {
-    for f in ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "kustomization.yaml"] {
+    for f in ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "pdb.yaml", "kustomization.yaml"] {
         let docs = yaml(&format!("deploy/k8s/{f}"));
         assert!(!docs.is_empty() && docs[0]["kind"].as_str().is_some(), "{f} has a kind");
+        assert!(file("deploy/k8s/kustomization.yaml").contains(f) || f == "kustomization.yaml", "{f} is applied");
     }
     let d = &yaml("deploy/k8s/deployment.yaml")[0];
+    // Several replicas, rolled without a gap, never more than one away by choice.
+    assert!(d["spec"]["replicas"].as_i64().is_some_and(|n| n >= 2));
+    assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as_i64(), Some(0));
+    let pdb = &yaml("deploy/k8s/pdb.yaml")[0];
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1));
+    assert_eq!(pdb["spec"]["selector"], d["spec"]["selector"]);
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     let port = &c["ports"][0];
     assert_eq!(port["name"].as_str(), Some("metrics"));

@@ -202,6 +202,11 @@ pub struct EnvOptions {
     pub prefetch: u32,
     pub grace_secs: u64,
     pub timeout_ms: u64,
+    /// `pacing.jitter_ms`. Tests default to 40: a debug worker and a debug simulator sharing two
+    /// busy cores with RabbitMQ, PostgreSQL and other tests add up to ~30 ms of scheduling delay
+    /// between a call being charged and the simulator counting it, on top of any jitter a test
+    /// injects. The test that measures the 20 ms default runs alone (tests/faults/pacing.rs).
+    pub jitter_ms: u64,
 }
 
 impl Default for EnvOptions {
@@ -214,6 +219,7 @@ impl Default for EnvOptions {
             prefetch: 500,
             grace_secs: 10,
             timeout_ms: 2000,
+            jitter_ms: 40,
         }
     }
 }
@@ -241,7 +247,7 @@ impl TestEnv {
             "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\nprefetch = {}\nconnection_name = \"{connection_name}\"\n\
              [postgres]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [batch]\nlinger_ms = {}\n[retry]\ninitial_ms = {}\nmax_interval_ms = {}\ndeadline_secs = {}\n\
-             [shutdown]\ngrace_secs = {}\n\n{}",
+             [shutdown]\ngrace_secs = {}\n[pacing]\njitter_ms = {}\n\n{}",
             amqp_url(),
             opts.prefetch,
             db.url,
@@ -250,6 +256,7 @@ impl TestEnv {
             opts.retry_max_ms,
             opts.deadline_secs,
             opts.grace_secs,
+            opts.jitter_ms,
             apps.toml(&sim.endpoint()).replace("timeout_ms = 2000", &format!("timeout_ms = {}", opts.timeout_ms)),
         );
         let config = TempFile::with(&text);
@@ -298,6 +305,30 @@ impl TestEnv {
 
     pub async fn publish_json(&self, v: &serde_json::Value) {
         self.publish(v.to_string().as_bytes()).await;
+    }
+
+    /// Publishes many verdicts, then waits for every confirm (a backlog in seconds, not minutes).
+    pub async fn publish_all(&self, verdicts: &[serde_json::Value]) {
+        let publisher =
+            bouncer::publisher::Publisher::connect(&self.parsed_config().amqp, "test").await.expect("publisher");
+        for chunk in verdicts.chunks(1000) {
+            let bodies: Vec<Vec<u8>> = chunk.iter().map(|v| v.to_string().into_bytes()).collect();
+            assert!(publisher.publish_all(&bodies, &[]).await.iter().all(|ok| *ok), "broker refused a message");
+        }
+        publisher.close().await;
+    }
+
+    /// Live leases: (quota group, worker id).
+    pub async fn owners(&self) -> Vec<(String, String)> {
+        let pool = self.pool().await;
+        let rows = sqlx::query_as(
+            "SELECT quota_group, worker_id FROM quota_owners WHERE expires_at > now() ORDER BY quota_group",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        pool.close().await;
+        rows
     }
 
     pub fn worker(&self) -> WorkerProcess {

@@ -4,7 +4,9 @@
 
 #[path = "../api/helpers.rs"]
 mod helpers;
+mod pacing;
 mod private_pg;
+mod replicas;
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use serde_json::json;
 use helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
 
 /// One fault test at a time: they load the machine and restart things.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn publish_many(env: &TestEnv, n: u32) {
     for i in 0..n {
@@ -32,7 +34,7 @@ async fn publish_many(env: &TestEnv, n: u32) {
     }
 }
 
-async fn count(env: &TestEnv, sql: &'static str) -> i64 {
+pub(crate) async fn count(env: &TestEnv, sql: &'static str) -> i64 {
     let pool = env.pool().await;
     let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or(-1);
     pool.close().await;
