@@ -143,6 +143,25 @@ fn bench_verdict_of(user: &str) -> Option<usize> {
     user.strip_prefix('b')?.split('-').next()?.parse().ok()
 }
 
+/// The quota group a simulator quota counts against: `zego:<app>` as is, `trtc:<id>:<action>` →
+/// `trtc:<id>` (the name in `quota_owners`).
+pub fn quota_group(quota: &str) -> String {
+    match quota.strip_prefix("trtc:").and_then(|r| r.split_once(':')) {
+        Some((secret_id, _action)) => format!("trtc:{secret_id}"),
+        None => quota.to_owned(),
+    }
+}
+
+/// How long a quota group of a killed or stopped replica went without calls.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Takeover {
+    /// `sigkill` or `sigterm`.
+    pub event: String,
+    pub quota_group: String,
+    /// From the signal to the group's next call (none: it had nothing left to do).
+    pub resumed_after_ms: Option<u64>,
+}
+
 /// The whole report; field names are stable for scripts (`--json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -151,18 +170,31 @@ pub struct Report {
     pub verdicts: usize,
     pub users: usize,
     pub apps: usize,
+    /// `bouncer run` processes.
+    pub replicas: usize,
     /// The worker's prefetch during the run.
     pub prefetch: u32,
     /// From the worker's start (backlog) or the first publish (stream) to the last verdict finished.
     pub wall_seconds: f64,
     pub verdicts_per_second: f64,
     pub kicks_per_second: f64,
+    /// Backlogs: verdicts recorded (and acked) per second, first to last receipt.
+    pub intake_verdicts_per_second: Option<f64>,
     pub quotas: Vec<QuotaReport>,
     pub publish_to_vendor_call: Latency,
     pub publish_to_ack: Latency,
     pub worker_cpu_seconds: f64,
     pub worker_cpu_seconds_per_1000_verdicts: f64,
+    /// The largest peak RSS of any replica.
     pub worker_peak_rss_mib: f64,
+    /// Memory preset: kicks pending in PostgreSQL while the peak was measured.
+    pub pending_kicks: Option<i64>,
+    /// Stuck preset: messages in the queue about 5 s after the stuck backlog was published.
+    pub queue_depth_5s_after_backlog: Option<u32>,
+    /// Replicas preset: each disrupted replica's quota groups.
+    pub takeovers: Vec<Takeover>,
+    /// Stuck preset: the quotas once the stuck vendor answered again.
+    pub drain_after_release: Option<Vec<QuotaReport>>,
     pub rejected: i64,
     pub failed_verdicts: i64,
     pub vendor_faults_injected: u64,
@@ -271,6 +303,13 @@ mod tests {
         let sent = sent_at_by_verdict(&[a, b, refused]);
         assert_eq!(sent[&7], 130);
         assert_eq!(sent[&8], 100, "refused calls do not count");
+    }
+
+    #[test]
+    fn a_trtc_quota_belongs_to_its_secret_ids_group() {
+        assert_eq!(quota_group("trtc:AKID1:RemoveUser"), "trtc:AKID1");
+        assert_eq!(quota_group("trtc:AKID1:RemoveUserByStrRoomId"), "trtc:AKID1");
+        assert_eq!(quota_group("zego:123"), "zego:123");
     }
 
     #[test]

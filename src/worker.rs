@@ -77,6 +77,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.reason);
     }
+    // No longer incremented (nothing is deferred), still exported so dashboards keep their series.
+    for vendor in ["zego", "trtc"] {
+        metrics::counter!("bouncer_deferrals_total", "vendor" => vendor).absolute(0);
+    }
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
     // Leases and wake-ups on connections of their own: a busy main pool must not cost a renewal.
     let reserved = loop {

@@ -42,7 +42,6 @@ fn demo_config(args: &DemoArgs, endpoint: &str) -> Result<Config, String> {
         url = "{amqp}"
         queue = "bouncer.{name}"
         connection_name = "bouncer-{name}"
-        defer_ms = 1000
         [postgres]
         url = "{pg}/bouncer_{name}"
         [batch]

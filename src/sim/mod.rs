@@ -138,6 +138,9 @@ struct Call {
     reason: Option<String>,
     timestamp: Option<i64>,
     nonce: Option<String>,
+    /// When the call arrived (counted against its quota); recorded times are this, not when the
+    /// answer was ready.
+    arrived: Option<Instant>,
 }
 
 type Refusal = (Answer, &'static str);
@@ -239,6 +242,7 @@ impl Sim {
     }
 
     fn record(&self, call: Call, answer: &Answer, rejection: Option<&'static str>) {
+        let arrived = call.arrived.unwrap_or_else(Instant::now);
         let (http_status, code) = match answer {
             Answer::Http(s) => (s.as_u16(), String::new()),
             Answer::Zego { code, .. } => (200, code.to_string()),
@@ -262,8 +266,9 @@ impl Sim {
         }
         records.push(Record {
             seq,
-            at_ms: self.started.elapsed().as_millis() as u64,
-            at_unix_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            at_ms: arrived.duration_since(self.started).as_millis() as u64,
+            at_unix_ms: (chrono::Utc::now().timestamp_millis().max(0) as u64)
+                .saturating_sub(arrived.elapsed().as_millis() as u64),
             vendor: call.vendor.to_owned(),
             app_id: call.app_id,
             action: call.action,
@@ -300,6 +305,7 @@ impl Sim {
         call.quota = format!("zego:{}", call.app_id);
         let f = self.faults_for("zego", call.app_id);
         let at = self.arrival(&f, received).await;
+        call.arrived = Some(at);
         self.arrive(&call.quota, self.zego_rate, at);
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
@@ -378,6 +384,7 @@ impl Sim {
         call.quota = format!("trtc:{}:{}", auth.secret_id, call.action);
         let f = self.faults_for("trtc", call.app_id);
         let at = self.arrival(&f, received).await;
+        call.arrived = Some(at);
         self.arrive(&call.quota, self.trtc_rate, at);
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
@@ -651,13 +658,30 @@ impl Drop for RunningSim {
 
 /// Binds `listen` and serves in a background task until the returned handle is dropped.
 pub async fn start(settings: SimSettings, listen: SocketAddr) -> std::io::Result<RunningSim> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    start_on(settings, listen, &tokio::runtime::Handle::current())
+}
+
+/// Like [`start`], serving on `runtime`: a simulator that measures call arrivals should not share
+/// threads with busy work of its own process (tests give it a runtime of its own).
+pub fn start_on(
+    settings: SimSettings,
+    listen: SocketAddr,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<RunningSim> {
+    let std_listener = std::net::TcpListener::bind(listen)?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
     let sim = Arc::new(Sim::new(settings));
     let app = router(sim.clone());
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "simulator stopped");
+    let task = runtime.spawn(async move {
+        // Registered with the reactor of the runtime that serves it.
+        match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(listener) => {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "simulator stopped");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "simulator cannot listen"),
         }
     });
     Ok(RunningSim { addr, sim, task })

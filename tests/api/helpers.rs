@@ -128,10 +128,24 @@ impl Apps {
     }
 }
 
+/// The runtime every test simulator of this process serves on: the simulator timestamps call
+/// arrivals, and a test's own work (or a blocking wait) on its runtime must not delay them.
+fn sim_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-sim")
+            .enable_all()
+            .build()
+            .expect("simulator runtime")
+    })
+}
+
 /// A simulator serving `apps` at the documented limits.
 pub async fn start_sim(apps: &Apps) -> RunningSim {
     let cfg = apps.config("http://127.0.0.1:1");
-    sim::start(
+    sim::start_on(
         SimSettings {
             zego: cfg.zego,
             trtc: cfg.trtc,
@@ -139,8 +153,8 @@ pub async fn start_sim(apps: &Apps) -> RunningSim {
             trtc_rate: trtc::MAX_CALLS_PER_SECOND,
         },
         "127.0.0.1:0".parse().expect("address"),
+        sim_runtime().handle(),
     )
-    .await
     .expect("start simulator")
 }
 

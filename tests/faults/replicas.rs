@@ -1,5 +1,10 @@
 //! Several `bouncer run` replicas on one queue and database: they share the vendor quotas, one
 //! owner per quota group, and take over from each other when one dies, stops or loses PostgreSQL.
+//!
+//! Three debug replicas, PostgreSQL, RabbitMQ and the simulator share two cores here: a call can
+//! sit up to ~100 ms between being charged and being sent. The pacing absorbs that much only when
+//! told to, so these tests set `pacing.jitter_ms = 100` (they check ownership and takeover; the
+//! default allowance is measured alone in pacing.rs and in release builds in BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -83,15 +88,18 @@ async fn assert_never_over_the_limit(env: &TestEnv) {
     }
 }
 
-/// The first call of `group` after `t`, in ms after `t` (None: the group had nothing left to do).
+/// The first call of `group` after `t`, in ms after `t`, if the group was busy (a call in the
+/// second before `t`) and had work left.
 fn resumed_after(calls: &BTreeMap<String, Vec<u64>>, group: &str, t: u64) -> Option<u64> {
-    calls.get(group)?.iter().find(|c| **c > t).map(|c| c - t)
+    let times = calls.get(group)?;
+    times.iter().any(|c| *c <= t && t - *c <= 1_000).then_some(())?;
+    times.iter().find(|c| **c > t).map(|c| c - t)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_share_six_quotas_and_survive_a_kill_and_a_stop_within_the_vendor_limits() {
     let _serial = SERIAL.lock().await;
-    let env = TestEnv::new(Apps::random(4, 2), EnvOptions::default()).await;
+    let env = TestEnv::new(Apps::random(4, 2), EnvOptions { jitter_ms: 100, ..EnvOptions::default() }).await;
     // About 30 s of work for every quota at its limit.
     let work = backlog(&env, 1500, 25);
     let total = work.len() as i64;
@@ -102,6 +110,8 @@ async fn three_replicas_share_six_quotas_and_survive_a_kill_and_a_stop_within_th
         o.len() == 6 && ["r1", "r2", "r3"].iter().all(|r| !groups_of(o, r).is_empty())
     })
     .await;
+    // Disruptions hit a steady state: everything recorded, every quota busy.
+    env.wait_for_count("SELECT count(*) FROM verdicts", total, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = env.owners().await;
     let killed: Vec<String> = groups_of(&before, "r1").into_iter().map(str::to_owned).collect();
@@ -135,14 +145,26 @@ async fn three_replicas_share_six_quotas_and_survive_a_kill_and_a_stop_within_th
     let calls = calls_by_group(&env).await;
     assert_never_over_the_limit(&env).await;
     let mut gaps = HashMap::new();
+    let story = |g: &str| -> String {
+        replicas[1..]
+            .iter()
+            .map(|r| {
+                let log = r.log_text();
+                let lines: Vec<&str> =
+                    log.lines().filter(|l| l.contains(g) || l.contains("WARN") || l.contains("ERROR")).collect();
+                lines.join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- next replica ---\n")
+    };
     for g in &killed {
-        let gap = resumed_after(&calls, g, t_kill).expect("work was left after the kill");
-        assert!(gap <= 5_000, "{g} resumed {gap} ms after the SIGKILL");
+        let gap = resumed_after(&calls, g, t_kill).expect("the group was busy and had work left after the kill");
+        assert!(gap <= 5_000, "{g} resumed {gap} ms after the SIGKILL; logs:\n{}", story(g));
         gaps.insert(g.clone(), gap);
     }
     for g in &stopped {
         if let Some(gap) = resumed_after(&calls, g, t_term) {
-            assert!(gap <= 2_000, "{g} resumed {gap} ms after the SIGTERM");
+            assert!(gap <= 2_000, "{g} resumed {gap} ms after the SIGTERM; logs:\n{}", story(g));
             gaps.insert(g.clone(), gap);
         }
     }
@@ -218,7 +240,7 @@ async fn a_worker_restarted_during_a_vendor_outage_continues_the_retry_schedule_
 #[tokio::test(flavor = "multi_thread")]
 async fn an_owner_cut_off_from_postgres_stops_calling_within_its_lease_and_another_takes_over() {
     let _serial = SERIAL.lock().await;
-    let env = TestEnv::new(Apps::random(2, 0), EnvOptions::default()).await;
+    let env = TestEnv::new(Apps::random(2, 0), EnvOptions { jitter_ms: 100, ..EnvOptions::default() }).await;
     let work = backlog(&env, 1000, 20);
     let total = work.len() as i64;
     env.publish_all(&work).await;
