@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 
+use crate::app::{LaneCtx, deadline_message};
 use crate::audit::results::{AttemptRow, KickChange, KickOutcome};
 use crate::audit::writer::AuditMsg;
 use crate::batch::Entry;
-use crate::lane::{LaneCtx, deadline_message};
 use crate::states::KickStatus;
 use crate::vendor::{Blame, KickRequest, Outcome};
 use crate::verdict::RoomId;
@@ -82,6 +82,8 @@ pub async fn run(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
         }
     }
     ctx.stats.calling_users.fetch_sub(n, Ordering::Relaxed);
+    ctx.stats.calls_in_flight.fetch_sub(1, Ordering::Relaxed);
+    ctx.call_done.notify_one();
     ctx.record(outcomes).await;
 }
 

@@ -8,141 +8,38 @@
 //! result is committed. So a kick is never called twice by one owner.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{LaneCtx, deadline_message};
 use crate::audit::results::{KickChange, KickOutcome};
 use crate::audit::work::{self, DueKick};
-use crate::audit::writer::{AuditMsg, AuditSink, KickKey, Settled};
+use crate::audit::writer::KickKey;
 use crate::batch::{Claim, RoomBatches};
-use crate::lease::Lease;
-use crate::quota::Quota;
-use crate::retry::RetrySchedule;
 use crate::states::KickStatus;
 use crate::vendor::Client;
-use crate::verdict::{RoomId, Vendor};
 
-/// Longest pause after repeated configuration failures (bad secret, no permission).
-const MAX_CONFIG_PAUSE: Duration = Duration::from_secs(60);
 /// The polling fallback: a lane looks for due work at least this often (wake-ups are faster).
 pub const POLL: Duration = Duration::from_secs(1);
 /// A fetch that takes longer than this is abandoned and tried again on the next wake-up.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What `/metrics` reads about one lane. Every field is safe to read from any task.
-pub struct LaneStats {
-    pub vendor: Vendor,
-    pub app_id: u32,
-    /// Users waiting in room batches.
-    pub waiting_users: AtomicUsize,
-    /// Users inside a call.
-    pub calling_users: AtomicUsize,
-    /// Rooms with users waiting.
-    pub open_rooms: AtomicUsize,
-}
-
-impl LaneStats {
-    pub fn new(vendor: Vendor, app_id: u32) -> LaneStats {
-        LaneStats {
-            vendor,
-            app_id,
-            waiting_users: AtomicUsize::new(0),
-            calling_users: AtomicUsize::new(0),
-            open_rooms: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn pending_users(&self) -> usize {
-        self.waiting_users.load(Ordering::Relaxed) + self.calling_users.load(Ordering::Relaxed)
-    }
-}
-
-/// Whether the vendor currently accepts this app's credentials.
-#[derive(Default)]
-pub struct AppHealth {
-    /// Configuration failures in a row; sets the pause length.
-    config_failures: AtomicU32,
-    /// No call starts before this instant (after a configuration failure).
-    paused_until: Mutex<Option<Instant>>,
-}
-
-impl AppHealth {
-    pub fn paused_until(&self) -> Option<Instant> {
-        let p = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        p.filter(|t| *t > Instant::now())
-    }
-
-    /// The vendor refused our credentials or permissions: pause the whole app, longer each time
-    /// in a row (1 s, 2 s, 4 s … 60 s). Returns the pause.
-    pub fn config_failure(&self) -> Duration {
-        let n = self.config_failures.fetch_add(1, Ordering::Relaxed).min(6);
-        let pause = Duration::from_secs(1 << n).min(MAX_CONFIG_PAUSE);
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + pause);
-        pause
-    }
-
-    /// A call went through: the configuration works.
-    pub fn config_ok(&self, vendor: Vendor, app_id: u32) {
-        if self.config_failures.swap(0, Ordering::Relaxed) > 0 {
-            *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            tracing::info!(vendor = %vendor, app_id, "vendor accepts our credentials again; sending resumed");
-        }
-    }
-}
-
-/// Everything a lane and its call tasks share.
-pub struct LaneCtx {
-    pub client: Client,
-    pub stats: Arc<LaneStats>,
-    pub health: AppHealth,
-    /// The quota for numeric rooms (TRTC `RemoveUser`) …
-    pub quota_numeric: Arc<Quota>,
-    /// … and for string rooms; for ZEGO both are the AppID's one quota.
-    pub quota_text: Arc<Quota>,
-    pub retry: RetrySchedule,
-    pub audit: AuditSink,
-    /// Where the audit writer reports this lane's kicks as recorded.
-    pub settled: Settled,
-    pub lease: Arc<Lease>,
-    /// Cancelled when this process stops owning the quota group, or shuts down.
-    pub cancel: CancellationToken,
-    /// The runtime vendor calls run on.
-    pub calls: tokio::runtime::Handle,
-}
-
-impl LaneCtx {
-    pub fn quota_for(&self, room: &RoomId) -> &Arc<Quota> {
-        if room.is_numeric() { &self.quota_numeric } else { &self.quota_text }
-    }
-
-    /// Whether a call may start now: this process still owns the quota and is not stopping it.
-    pub fn may_call(&self) -> bool {
-        !self.cancel.is_cancelled() && self.lease.is_valid()
-    }
-
-    /// Hands kick changes to the audit writer.
-    pub async fn record(&self, outcomes: Vec<KickOutcome>) {
-        if outcomes.is_empty() {
-            return;
-        }
-        let msg = AuditMsg::Outcomes { app_id: self.stats.app_id, outcomes, settled: self.settled.clone() };
-        self.audit.send(msg).await;
-    }
-}
-
-/// How a lane sizes its fetches.
+/// How a lane sizes its fetches and its calls in flight.
 #[derive(Clone, Copy, Debug)]
 pub struct LaneLimits {
     pub linger: Duration,
     /// Most users held in memory: a few seconds of the quota's work.
     pub capacity: usize,
+    /// Most calls in flight at once: two seconds of the quota. A vendor that answers in
+    /// milliseconds never reaches it; one that hangs holds this many connections, not
+    /// rate × timeout of them, and the rest of its work waits in the database.
+    pub max_in_flight: usize,
 }
 
 impl LaneLimits {
@@ -150,7 +47,8 @@ impl LaneLimits {
     pub fn for_app(client: &Client, rate_per_second: u32, linger: Duration, buffer_secs: f64) -> LaneLimits {
         let per_second = f64::from(rate_per_second) * client.chunk_size() as f64;
         let capacity = ((per_second * buffer_secs).ceil() as usize).max(client.chunk_size());
-        LaneLimits { linger, capacity }
+        let max_in_flight = (rate_per_second as usize * 2).max(2);
+        LaneLimits { linger, capacity, max_in_flight }
     }
 }
 
@@ -187,9 +85,12 @@ pub async fn run(
         ctx.stats.open_rooms.store(held.batches.open_rooms(), Ordering::Relaxed);
 
         let paused = ctx.health.paused_until();
-        let ready = if paused.is_some() { None } else { held.batches.ready(Instant::now()) };
+        let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight;
+        let ready = if paused.is_some() || at_cap { None } else { held.batches.ready(Instant::now()) };
         let quota = ready.as_ref().map(|r| ctx.quota_for(r).clone());
         let wake_at = match (&ready, paused) {
+            // At the cap only an ended call changes anything (the rooms are due already).
+            _ if at_cap => None,
             (Some(_), _) => None,
             (None, Some(until)) if held.batches.pending_users() > 0 => Some(until),
             (None, _) => held.batches.next_deadline(),
@@ -199,6 +100,7 @@ pub async fn run(
             () = wake.notified() => want_fetch = true,
             Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
             _ = poll.tick() => want_fetch = true,
+            () = ctx.call_done.notified(), if at_cap => {},
             waited = async { match &quota { Some(q) => q.ready().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
                     .record(waited.as_secs_f64());
@@ -211,6 +113,7 @@ pub async fn run(
                     continue;
                 }
                 ctx.stats.calling_users.fetch_add(chunk.len(), Ordering::Relaxed);
+                ctx.stats.calls_in_flight.fetch_add(1, Ordering::Relaxed);
                 // Every log line about this call names its verdicts, vendor, app and room.
                 let ids: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().map(|c| &*c.verdict)).collect();
                 let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
@@ -299,15 +202,6 @@ fn ended_without_call(row: &DueKick, error: String) -> KickOutcome {
     }
 }
 
-/// Why a kick failed at its deadline, in the audit trail's words.
-pub fn deadline_message(retry: &RetrySchedule, attempts: i32, last_error: Option<&str>) -> String {
-    format!(
-        "gave up at the {}s deadline after {attempts} attempt(s); last error: {}",
-        retry.deadline.as_secs(),
-        last_error.unwrap_or("none")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,34 +215,8 @@ mod tests {
         let z = Client::Zego(crate::vendor::zego::ZegoClient::new(&zego.zego[0]));
         let t = Client::Trtc(crate::vendor::trtc::TrtcClient::new(&zego.trtc[0]));
         assert_eq!(LaneLimits::for_app(&z, 50, Duration::ZERO, 2.0).capacity, 500);
+        assert_eq!(LaneLimits::for_app(&z, 50, Duration::ZERO, 2.0).max_in_flight, 100);
         assert_eq!(LaneLimits::for_app(&t, 20, Duration::ZERO, 2.0).capacity, 400);
         assert_eq!(LaneLimits::for_app(&z, 1, Duration::ZERO, 0.1).capacity, 5, "at least one chunk");
-    }
-
-    #[test]
-    fn repeated_configuration_failures_pause_longer_and_a_success_resumes() {
-        let h = AppHealth::default();
-        assert_eq!(h.config_failure(), Duration::from_secs(1));
-        assert!(h.paused_until().is_some());
-        assert_eq!(h.config_failure(), Duration::from_secs(2));
-        h.config_ok(Vendor::Zego, 1);
-        assert!(h.paused_until().is_none());
-        for _ in 0..10 {
-            h.config_failure();
-        }
-        assert_eq!(h.config_failure(), MAX_CONFIG_PAUSE);
-    }
-
-    #[test]
-    fn the_deadline_message_names_the_attempts_and_the_last_error() {
-        let r = RetrySchedule {
-            initial: Duration::from_millis(1),
-            max_interval: Duration::from_millis(2),
-            deadline: Duration::from_secs(3),
-        };
-        assert_eq!(
-            deadline_message(&r, 4, Some("timeout")),
-            "gave up at the 3s deadline after 4 attempt(s); last error: timeout"
-        );
     }
 }

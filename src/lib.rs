@@ -2,6 +2,7 @@
 //! ZEGO and Tencent TRTC rooms within each vendor's limits, and keeps an audit trail in
 //! PostgreSQL. `main.rs` only calls [`cli::main`]; everything else lives here.
 
+pub mod app;
 pub mod audit;
 pub mod batch;
 pub mod bench;

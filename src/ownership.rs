@@ -28,10 +28,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{AppHealth, LaneCtx, LaneStats};
 use crate::audit::leases;
 use crate::audit::writer::AuditSink;
 use crate::config::{Config, OwnershipConfig};
-use crate::lane::{self, AppHealth, LaneCtx, LaneLimits, LaneStats};
+use crate::lane::{self, LaneLimits};
 use crate::lease::Lease;
 use crate::quota::{Quota, WINDOW};
 use crate::retry::RetrySchedule;
@@ -323,6 +324,7 @@ impl Elector {
                 lease: lease.clone(),
                 cancel: cancel.clone(),
                 calls: self.enforce.calls.clone(),
+                call_done: tokio::sync::Notify::new(),
             });
             let limits = LaneLimits::for_app(client, *rate, self.enforce.linger, self.enforce.buffer_secs);
             let wake = self.wakers.get(g.vendor, app_id).unwrap_or_default();

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::AuditError;
+use crate::states::{AttemptOutcome, KickStatus, VerdictStatus};
 
 /// What ops filter by. Every field narrows the result; `None` means any.
 #[derive(Clone, Debug, Default)]
@@ -76,8 +77,8 @@ pub struct AuditRow {
     pub room_id: String,
     pub room_id_numeric: bool,
     pub user_id: String,
-    pub kick_status: String,
-    pub verdict_status: String,
+    pub kick_status: KickStatus,
+    pub verdict_status: VerdictStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub vendor_request_id: Option<String>,
@@ -158,7 +159,7 @@ pub struct VerdictView {
     pub app_id: i64,
     pub room_id: String,
     pub room_id_numeric: bool,
-    pub status: String,
+    pub status: VerdictStatus,
     pub reason: Option<String>,
     pub source: Option<String>,
     pub detected_at: Option<DateTime<Utc>>,
@@ -172,7 +173,7 @@ pub struct VerdictView {
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct KickView {
     pub user_id: String,
-    pub status: String,
+    pub status: KickStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub vendor_request_id: Option<String>,
@@ -186,7 +187,7 @@ pub struct AttemptView {
     pub action: String,
     pub attempt: i32,
     pub user_ids: Vec<String>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<i32>,
     pub vendor_code: Option<String>,
     pub vendor_message: Option<String>,
@@ -199,7 +200,7 @@ pub struct AttemptView {
 pub struct ReplayView {
     pub requested_at: DateTime<Utc>,
     pub actor: String,
-    pub previous_status: String,
+    pub previous_status: VerdictStatus,
     pub published: bool,
 }
 
@@ -252,7 +253,7 @@ pub async fn story(pool: &PgPool, verdict_id: &str) -> Result<Option<Story>, Aud
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReplayCandidate {
     pub verdict_id: String,
-    pub status: String,
+    pub status: VerdictStatus,
     pub app_id: i64,
     pub vendor: String,
 }

@@ -107,8 +107,8 @@ impl Tabular for AuditRow {
             self.app_id.to_string(),
             self.room_id.clone() + if self.room_id_numeric { " (numeric)" } else { "" },
             self.user_id.clone(),
-            self.kick_status.clone(),
-            self.verdict_status.clone(),
+            self.kick_status.to_string(),
+            self.verdict_status.to_string(),
             self.attempts.to_string(),
             opt(&self.last_error),
             opt(&self.vendor_request_id),
@@ -152,16 +152,9 @@ impl Tabular for SummaryRow {
 }
 
 pub async fn run(cli: &Cli, args: &AuditArgs) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+    let pool = match cli.audit_pool().await {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot reach the audit database: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let filter = args.filter.filter();
     let format = output::resolve(args.format);
@@ -237,7 +230,7 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
             .map(|k| {
                 vec![
                     k.user_id.clone(),
-                    k.status.clone(),
+                    k.status.to_string(),
                     k.attempts.to_string(),
                     opt(&k.vendor_request_id),
                     opt(&k.last_error),
@@ -257,7 +250,7 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
                     a.action.clone(),
                     a.attempt.to_string(),
                     a.user_ids.join(","),
-                    a.outcome.clone(),
+                    a.outcome.to_string(),
                     opt(&a.http_status),
                     opt(&a.vendor_code),
                     a.vendor_message.clone().or_else(|| a.error.clone()).unwrap_or_default(),
@@ -275,7 +268,7 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
             s.replays
                 .iter()
                 .map(|r| {
-                    vec![time(&r.requested_at), r.actor.clone(), r.previous_status.clone(), r.published.to_string()]
+                    vec![time(&r.requested_at), r.actor.clone(), r.previous_status.to_string(), r.published.to_string()]
                 })
                 .collect(),
         )?;

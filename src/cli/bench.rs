@@ -36,7 +36,7 @@ pub enum Preset {
     Replicas,
     /// A hanging app with a 5,000-verdict backlog beside a healthy app at 20 verdicts/s.
     Stuck,
-    /// 100,000 pending kicks while every vendor hangs: the worker's memory.
+    /// 100,000 pending kicks, drained at the vendors' limits: the worker's memory.
     Memory,
 }
 
@@ -79,9 +79,10 @@ pub struct BenchArgs {
 struct Segment {
     vendor: Vendor,
     verdicts: usize,
-    /// Users per verdict cycle through 1..=max.
+    /// Users per verdict cycle through 1..=max (exactly max when `fixed`).
     max_users: usize,
     rooms: usize,
+    fixed: bool,
 }
 
 /// What a preset publishes and does.
@@ -99,12 +100,18 @@ struct Workload {
     disrupt: bool,
     /// Stuck preset: the first app hangs with this backlog while the second streams at 20/s.
     stuck: bool,
-    /// Memory preset: every vendor hangs; stop once everything is recorded.
-    hang_all: bool,
+    /// Memory preset: stop this long after everything is recorded (the backlog still pending).
+    stop_after_recorded: Option<Duration>,
 }
 
 fn seg(vendor: Vendor, verdicts: usize, max_users: usize, rooms: usize) -> Segment {
-    Segment { vendor, verdicts, max_users, rooms }
+    Segment { vendor, verdicts, max_users, rooms, fixed: false }
+}
+
+impl Segment {
+    fn users_of(&self, j: usize) -> usize {
+        if self.fixed { self.max_users } else { users_of(j, self.max_users) }
+    }
 }
 
 fn workload(args: &BenchArgs) -> Workload {
@@ -118,7 +125,7 @@ fn workload(args: &BenchArgs) -> Workload {
         replicas: 1,
         disrupt: false,
         stuck: false,
-        hang_all: false,
+        stop_after_recorded: None,
     };
     let mut w = match args.preset {
         Preset::Backlog => Workload {
@@ -153,19 +160,20 @@ fn workload(args: &BenchArgs) -> Workload {
             ..base
         },
         Preset::Stuck => Workload {
-            segments: vec![seg(Zego, 5_000, 1, 20), seg(Trtc, 600, 1, 10)],
+            // The healthy app is a second ZEGO app: 20 verdicts/s is well below its 50 calls/s.
+            segments: vec![seg(Zego, 5_000, 1, 20), seg(Zego, 600, 1, 10)],
             stream_rate: Some(20.0),
             stuck: true,
             ..base
         },
         Preset::Memory => Workload {
-            segments: vec![
-                seg(Zego, 5_000, 5, 50),
-                seg(Zego, 5_000, 5, 50),
-                seg(Trtc, 5_000, 5, 50),
-                seg(Trtc, 5_000, 5, 50),
-            ],
-            hang_all: true,
+            // 100,000 kicks queued, drained at the vendors' limits (900 kicks/s): the worker holds
+            // a few seconds of it, PostgreSQL the rest.
+            segments: [Zego, Zego, Trtc, Trtc]
+                .into_iter()
+                .map(|v| Segment { fixed: true, ..seg(v, 5_000, 5, 50) })
+                .collect(),
+            stop_after_recorded: Some(Duration::from_secs(20)),
             ..base
         },
     };
@@ -265,7 +273,7 @@ fn bodies(w: &Workload, app_ids: &[u32]) -> Vec<(usize, Vec<u8>)> {
         .enumerate()
         .map(|(i, (k, j))| {
             let s = &w.segments[k];
-            let users: Vec<String> = (0..users_of(j, s.max_users)).map(|n| bench::bench_user(i, n)).collect();
+            let users: Vec<String> = (0..s.users_of(j)).map(|n| bench::bench_user(i, n)).collect();
             let body = json!({"verdict_id": format!("bench-{i}"), "vendor": s.vendor.as_str(), "app_id": app_ids[k],
                    "room_id": format!("room-{}", j % s.rooms), "user_ids": users, "reason": "benchmark"})
             .to_string()
@@ -356,7 +364,16 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         args.postgres.trim_end_matches('/'),
     );
     let placeholder = Config::from_toml(&base.replace("ENDPOINT", "http://127.0.0.1:1")).map_err(|e| e.to_string())?;
-    let running = sim::start(
+    // The simulator timestamps arrivals: it gets threads of its own, apart from publishing and polling.
+    let sim_rt = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-sim")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("simulator runtime: {e}"))?,
+    ));
+    let running = sim::start_on(
         SimSettings {
             zego: placeholder.zego.clone(),
             trtc: placeholder.trtc.clone(),
@@ -364,14 +381,11 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
             trtc_rate: 20 * w.sim_rate_multiplier,
         },
         "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        sim_rt.handle(),
     )
-    .await
     .map_err(|e| format!("simulator: {e}"))?;
     if w.http_502_rate > 0.0 {
         running.sim.set_faults(Faults { http_502_rate: w.http_502_rate, ..Faults::default() });
-    }
-    if w.hang_all {
-        running.sim.set_faults(Faults { hang: true, ..Faults::default() });
     }
     if w.stuck {
         running.sim.set_faults(Faults {
@@ -394,8 +408,7 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
 
     let bodies = bodies(w, &app_ids);
     let total = bodies.len();
-    let users: usize =
-        w.segments.iter().map(|s| (0..s.verdicts).map(|j| users_of(j, s.max_users)).sum::<usize>()).sum();
+    let users: usize = w.segments.iter().map(|s| (0..s.verdicts).map(|j| s.users_of(j)).sum::<usize>()).sum();
     let publisher = Publisher::connect(&config.amqp, "bench-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let mut published_at: Vec<u64> = vec![0; total];
     let now_ms = || chrono::Utc::now().timestamp_millis().max(0) as u64;
@@ -408,6 +421,29 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         for port in &workers.ports {
             wait_ready(*port).await?;
         }
+        // A stream measures enforcement in its steady state: every quota group owned.
+        let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("audit database: {e}"))?;
+        let waited = Instant::now();
+        // … and shared out: with several replicas, each owns its share before the stream starts
+        // (a handover pauses a quota for one vendor window).
+        let owners_wanted = w.replicas.min(w.segments.len()) as i64;
+        loop {
+            let owned = count(&pool, "SELECT count(*) FROM quota_owners WHERE expires_at > now()").await;
+            let owners =
+                count(&pool, "SELECT count(DISTINCT worker_id) FROM quota_owners WHERE expires_at > now()").await;
+            if owned >= w.segments.len() as i64 && owners >= owners_wanted {
+                break;
+            }
+            if waited.elapsed() > Duration::from_secs(30) {
+                return Err("the quota groups were never all owned".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let a handover that has just happened finish its vendor window.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        pool.close().await;
         // Stuck: the hanging app's backlog first, then the healthy stream.
         let stream_from = if w.stuck { w.segments[0].verdicts } else { 0 };
         if w.stuck {
@@ -415,6 +451,20 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
                 let plain: Vec<Vec<u8>> = chunk.iter().map(|(_, b)| b.clone()).collect();
                 publisher.publish_all(&plain, &[]).await;
             }
+            // Intake takes the backlog in (it never waits on the vendor); 5 s after the last
+            // publish the queue holds what it holds. The healthy stream starts then, so its latency
+            // is the healthy app's, not that of messages queued behind a 5,000-message burst.
+            let published = Instant::now();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            extra.queue_depth_5s_after_backlog = Some(queue_depth(&config).await);
+            let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("audit database: {e}"))?;
+            while count(&pool, "SELECT count(*) FROM verdicts").await < stream_from as i64 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            pool.close().await;
+            eprintln!("  stuck backlog recorded {:.1} s after its last publish", published.elapsed().as_secs_f64());
         }
         started = Instant::now();
         let mut next = Instant::now();
@@ -426,10 +476,6 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
             published_at[i] = now_ms();
             if publisher.publish_all(std::slice::from_ref(body), &[]).await != [true] {
                 return Err("the broker did not confirm a message".into());
-            }
-            if i == stream_from + 100 && w.stuck {
-                // About 5 s after the stuck backlog was published.
-                extra.queue_depth_5s_after_backlog = Some(queue_depth(&config).await);
             }
             workers.sample();
         }
@@ -473,14 +519,15 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
             eprintln!("  {:>6.1}s  finished {finished}/{total}", started.elapsed().as_secs_f64());
             progress = Instant::now();
         }
-        if w.hang_all {
+        if let Some(linger) = w.stop_after_recorded {
             let recorded = count(&pool, "SELECT count(*) FROM verdicts").await as usize;
             let pending = count(&pool, "SELECT count(*) FROM kicks WHERE status = 'pending'").await;
             if recorded >= total && extra.recorded_at.is_none() {
                 extra.recorded_at = Some(Instant::now());
                 extra.pending_kicks = Some(pending);
             }
-            if extra.recorded_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(10)) {
+            if extra.recorded_at.is_some_and(|t| t.elapsed() >= linger) {
+                extra.pending_kicks = Some(pending);
                 break;
             }
         } else if finished as usize >= total {
@@ -497,7 +544,9 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
     let last: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT max(finished_at) FROM verdicts").fetch_one(&pool).await.unwrap_or(None);
     let wall = match last {
-        Some(t) if !w.hang_all => (t.timestamp_millis().max(0) as u64).saturating_sub(started_unix_ms) as f64 / 1000.0,
+        Some(t) if w.stop_after_recorded.is_none() => {
+            (t.timestamp_millis().max(0) as u64).saturating_sub(started_unix_ms) as f64 / 1000.0
+        }
         _ => started.elapsed().as_secs_f64(),
     }
     .max(0.001);
@@ -562,6 +611,7 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         bench::quota_reports(&after, &windows)
     });
     drop(running);
+    drop(sim_rt);
     cleanup.run().await;
 
     let faults = stats["rejections"]["http_502"].as_u64().unwrap_or(0);
@@ -596,6 +646,23 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         baseline_msgs_per_second: None,
         ratio_to_baseline: None,
     })
+}
+
+/// A runtime owned by async code: dropped without blocking, whatever path ends the run.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// What some presets measure besides the common figures.

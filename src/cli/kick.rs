@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
 use crate::publisher::Publisher;
+use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
 
 #[derive(clap::Args, Debug)]
@@ -95,10 +96,14 @@ pub async fn run(cli: &Cli, args: &KickArgs) -> ExitCode {
     };
     while started.elapsed() < Duration::from_secs(wait) {
         if let Ok(Some(story)) = crate::audit::query::story(&pool, &verdict_id).await
-            && story.verdict.status != "pending"
+            && story.verdict.status != VerdictStatus::Pending
         {
             let _ = super::audit::print_story(&story);
-            return if story.verdict.status == "done" { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) };
+            return if story.verdict.status == VerdictStatus::Done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

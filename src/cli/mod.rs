@@ -78,6 +78,17 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// A pool to the configured audit database, for commands that only read or change it.
+    async fn audit_pool(&self) -> Result<sqlx::PgPool, ExitCode> {
+        let config = self.load_config()?;
+        crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await.map_err(|e| {
+            eprintln!("cannot reach the audit database: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        })
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -29,7 +29,7 @@ pub struct ReplayArgs {
 impl Tabular for ReplayCandidate {
     const HEADERS: &'static [&'static str] = &["verdict_id", "status", "vendor", "app_id"];
     fn cells(&self) -> Vec<String> {
-        vec![self.verdict_id.clone(), self.status.clone(), self.vendor.clone(), self.app_id.to_string()]
+        vec![self.verdict_id.clone(), self.status.to_string(), self.vendor.clone(), self.app_id.to_string()]
     }
 }
 
@@ -53,20 +53,13 @@ pub fn os_user() -> String {
 }
 
 pub async fn run(cli: &Cli, args: &ReplayArgs) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     if args.filter.status.as_deref().is_some_and(|s| s == "done" || s == "kicked" || s == "gone") {
         eprintln!("--status must be failed or pending: done verdicts are never enforced twice");
         return ExitCode::from(EXIT_USAGE);
     }
-    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+    let pool = match cli.audit_pool().await {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot reach the audit database: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let mut filter = args.filter.filter();
     if args.filter.limit == 1000 {

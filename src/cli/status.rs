@@ -58,16 +58,9 @@ impl Tabular for PendingByApp {
 }
 
 pub async fn run(cli: &Cli, args: &StatusArgs) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let pool = match crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await {
+    let pool = match cli.audit_pool().await {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot reach the audit database: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let result = async {
         let owners = leases::owners(&pool).await?;
