@@ -9,9 +9,10 @@ use crate::helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_verdicts_across_five_apps_are_enforced_in_full_chunks_within_quota() {
-    // The whole backlog is pending at once (prefetch above it, linger longer than intake takes in
-    // a debug build), so the only call of a room that may be short is its last.
-    let opts = EnvOptions { prefetch: 2000, linger_ms: 1500, ..EnvOptions::default() };
+    // The whole backlog is pending before any room's linger ends (a linger far longer than intake
+    // takes, even in a debug build on a loaded machine: about 2 s), so only full chunks go before
+    // it and the only call of a room that may be short is its last.
+    let opts = EnvOptions { prefetch: 2000, linger_ms: 10_000, ..EnvOptions::default() };
     let env = TestEnv::new(Apps::random(3, 2), opts).await;
     let mut expected: HashMap<(String, u32, String), HashSet<String>> = HashMap::new();
     for i in 0..1000u32 {
