@@ -71,19 +71,15 @@ pub async fn run(
     let mut held = Held { batches: RoomBatches::new(ctx.client.chunk_size(), limits.linger), keys: HashSet::new() };
     let mut poll = tokio::time::interval(POLL);
     let mut want_fetch = true;
-    // The fetcher runs beside the lane, so a slow query never delays a chunk the quota allows.
-    let mut fetching: Option<tokio::task::JoinHandle<Option<Vec<DueKick>>>> = None;
-    // Kicks reported recorded while a fetch is out: that fetch may have read them still pending, so
-    // they stay held until its rows are merged (else a stale row would call them again).
-    let mut settled_meanwhile: Vec<KickKey> = Vec::new();
     loop {
         while let Ok(keys) = settled.try_recv() {
-            release(&mut held, &mut settled_meanwhile, fetching.is_some(), keys);
+            keys.iter().for_each(|k| {
+                held.keys.remove(k);
+            });
         }
-        if want_fetch && fetching.is_none() && held.batches.pending_users() < limits.capacity {
+        if want_fetch && held.batches.pending_users() < limits.capacity {
             want_fetch = false;
-            let want = limits.capacity.saturating_sub(held.batches.pending_users());
-            fetching = Some(tokio::spawn(fetch(ctx.clone(), pool.clone(), held.keys.len() + want)));
+            fetch(&ctx, &pool, &mut held, limits.capacity).await;
         }
         ctx.stats.waiting_users.store(held.batches.pending_users(), Ordering::Relaxed);
         ctx.stats.open_rooms.store(held.batches.open_rooms(), Ordering::Relaxed);
@@ -102,18 +98,9 @@ pub async fn run(
         tokio::select! {
             () = ctx.cancel.cancelled() => break,
             () = wake.notified() => want_fetch = true,
-            Some(keys) = settled.recv() => release(&mut held, &mut settled_meanwhile, fetching.is_some(), keys),
+            Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
             _ = poll.tick() => want_fetch = true,
             () = ctx.call_done.notified(), if at_cap => {},
-            rows = async { match fetching.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
-                fetching = None;
-                if let Ok(Some(rows)) = rows {
-                    merge(&ctx, &mut held, rows).await;
-                }
-                for k in settled_meanwhile.drain(..) {
-                    held.keys.remove(&k);
-                }
-            },
             waited = async { match &quota { Some(q) => q.ready().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
                     .record(waited.as_secs_f64());
@@ -140,45 +127,27 @@ pub async fn run(
             () = async { match wake_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {},
         }
     }
-    if let Some(f) = fetching {
-        f.abort();
-    }
     ctx.stats.waiting_users.store(0, Ordering::Relaxed);
     ctx.stats.open_rooms.store(0, Ordering::Relaxed);
 }
 
-/// Kicks the writer reports recorded are no longer held, unless a fetch is out (see `run`).
-fn release(held: &mut Held, meanwhile: &mut Vec<KickKey>, fetch_out: bool, keys: Vec<KickKey>) {
-    if fetch_out {
-        meanwhile.extend(keys);
-    } else {
-        for k in &keys {
-            held.keys.remove(k);
-        }
-    }
-}
-
-/// Due kicks of the lane's app, oldest first: `limit` rows, the held ones among them.
-async fn fetch(ctx: Arc<LaneCtx>, pool: PgPool, limit: usize) -> Option<Vec<DueKick>> {
+/// Fills the batches with due kicks this lane does not hold yet.
+async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
+    let want = capacity.saturating_sub(held.batches.pending_users());
     let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
-    match tokio::time::timeout(FETCH_TIMEOUT, work::due(&pool, vendor, app_id, limit)).await {
-        Ok(Ok(rows)) => Some(rows),
+    let rows = match tokio::time::timeout(FETCH_TIMEOUT, work::due(pool, vendor, app_id, held.keys.len() + want)).await
+    {
+        Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
             metrics::counter!("bouncer_database_errors_total", "op" => "fetch").increment(1);
             tracing::warn!(vendor = %vendor, app_id, error = %e, "cannot fetch due kicks; trying again shortly");
-            None
+            return;
         }
         Err(_) => {
             tracing::warn!(vendor = %vendor, app_id, "fetching due kicks timed out; trying again shortly");
-            None
+            return;
         }
-    }
-}
-
-/// Adds the fetched kicks this lane does not hold yet to its batches; fails at once those whose
-/// deadline passed while nobody could call them.
-async fn merge(ctx: &LaneCtx, held: &mut Held, rows: Vec<DueKick>) {
-    let vendor = ctx.stats.vendor;
+    };
     let now_utc = chrono::Utc::now();
     let now = Instant::now();
     let mut expired = Vec::new();
