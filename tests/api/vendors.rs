@@ -168,12 +168,18 @@ async fn the_sim_rate_limits_a_burst_of_60_zego_calls_to_exactly_50() {
         .iter()
         .filter(|r| matches!(r, Ok(c) if c.outcome == Outcome::Retry { reason: "vendor code 206: app QPS limit exceeded".into(), slow_down: true }))
         .count();
-    assert_eq!(limited, 10, "{results:?}");
     let stats = SimControl::new(&sim).stats().await;
     let quota = &stats["quotas"][format!("zego:{}", apps.zego[0].0)];
-    assert_eq!(quota["rate_limited"], 10, "{stats}");
+    // Never more than 50 admitted in any second; every refusal is the rate-limit answer.
     assert_eq!(quota["max_admitted_in_1s"], 50, "{stats}");
-    assert_eq!(quota["max_calls_in_1s"], 60, "{stats}");
+    assert_eq!(quota["rate_limited"], limited as u64, "{stats}");
+    // Exactly 10 refused when all 60 arrive within one second; a loaded machine can spread the
+    // burst over more, and each call arriving a second after the first frees a slot.
+    if quota["max_calls_in_1s"] == 60 {
+        assert_eq!(limited, 10, "{results:?}");
+    } else {
+        assert!((1..10).contains(&limited), "{limited} refused of a burst spread over more than a second: {stats}");
+    }
 }
 
 #[tokio::test]
