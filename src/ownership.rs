@@ -174,10 +174,16 @@ impl Elector {
             if registered {
                 self.round().await;
             } else {
-                registered =
-                    leases::heartbeat(&self.leases, &self.me, &self.hostname, std::process::id(), self.ownership.lease)
-                        .await
-                        .is_ok();
+                // Registration is a renewal of no leases.
+                let hello = leases::renew(
+                    &self.leases,
+                    &self.me,
+                    &self.hostname,
+                    std::process::id(),
+                    &[],
+                    self.ownership.lease,
+                );
+                registered = matches!(tokio::time::timeout(self.budget(), hello).await, Ok(Ok(_)));
             }
         }
         self.leave().await;
@@ -260,8 +266,6 @@ impl Elector {
             }
         }
         self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
-        metrics::gauge!("bouncer_quota_groups_owned").set(self.owned.len() as f64);
-        metrics::gauge!("bouncer_live_workers").set(live as f64);
     }
 
     async fn try_acquire(&mut self, key: &str) {

@@ -15,28 +15,6 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Registers or refreshes this replica; returns how many replicas are live (itself included).
-pub async fn heartbeat(
-    pool: &PgPool,
-    worker: &str,
-    hostname: &str,
-    pid: u32,
-    ttl: Duration,
-) -> Result<i64, AuditError> {
-    sqlx::query(
-        "INSERT INTO workers (worker_id, hostname, pid, expires_at)
-         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
-         ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), expires_at = EXCLUDED.expires_at",
-    )
-    .bind(worker)
-    .bind(hostname)
-    .bind(i32::try_from(pid).unwrap_or(i32::MAX))
-    .bind(millis(ttl))
-    .execute(pool)
-    .await?;
-    Ok(sqlx::query_scalar("SELECT count(*) FROM workers WHERE expires_at > now()").fetch_one(pool).await?)
-}
-
 /// Removes this replica (on shutdown) and rows of replicas gone for over an hour.
 pub async fn leave(pool: &PgPool, worker: &str) -> Result<(), AuditError> {
     sqlx::query("DELETE FROM workers WHERE worker_id = $1 OR expires_at < now() - interval '1 hour'")

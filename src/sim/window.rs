@@ -56,14 +56,19 @@ impl SlidingWindow {
         self.max_arrivals_in_window = self.max_arrivals_in_window.max(fullest_around(&self.arrivals, at));
     }
 
-    /// Whether a call arriving at `at` is within the limit; admitted calls count against it.
+    /// Whether a call arriving at `at` is within the limit; admitted calls count against it. Calls
+    /// can be decided out of arrival order, so every window the call falls in is checked, not just
+    /// the one ending at it.
     pub fn admit(&mut self, at: Instant, limit: u32) -> bool {
-        if in_window_ending(&self.admitted, at) >= limit as usize {
+        insert(&mut self.admitted, at);
+        let fullest = fullest_around(&self.admitted, at);
+        if fullest > limit as usize {
+            let pos = self.admitted.partition_point(|t| *t < at);
+            self.admitted.remove(pos);
             self.rate_limited += 1;
             return false;
         }
-        insert(&mut self.admitted, at);
-        self.max_admitted_in_window = self.max_admitted_in_window.max(fullest_around(&self.admitted, at));
+        self.max_admitted_in_window = self.max_admitted_in_window.max(fullest);
         true
     }
 }
@@ -114,6 +119,18 @@ mod tests {
             assert!(w.admit(now, 50), "call {i}");
         }
         assert_eq!(w.max_arrivals_in_window, 50);
+    }
+
+    #[test]
+    fn a_call_decided_after_later_ones_is_refused_if_any_second_it_falls_in_is_full() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        for i in 0..50u64 {
+            assert!(w.admit(t0 + Duration::from_millis(500 + i * 10), 50));
+        }
+        // Arrived at 450 ms, decided last: the second (450, 1450] would hold 51.
+        assert!(!w.admit(t0 + Duration::from_millis(450), 50));
+        assert_eq!(w.max_admitted_in_window, 50);
     }
 
     #[test]
