@@ -202,6 +202,9 @@ pub struct Report {
     /// Set when a baseline ran beside the workload.
     pub baseline_msgs_per_second: Option<f64>,
     pub ratio_to_baseline: Option<f64>,
+    /// The same, against the broker's ceiling: a consumer that acks what has arrived at once.
+    pub batched_baseline_msgs_per_second: Option<f64>,
+    pub ratio_to_batched_baseline: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -423,7 +423,7 @@ impl Config {
     fn parse(text: &str, env: &HashMap<String, String>, vendors_only: bool) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError(vec![problem("(file)", format!("not valid TOML: {e}"))]))?;
+            .map_err(|e: toml::de::Error| ConfigError(vec![problem("(file)", toml_syntax_error(text, &e))]))?;
         apply_env_overrides(&mut table, env).map_err(ConfigError)?;
         if vendors_only {
             table.retain(|k, _| k == "zego" || k == "trtc");
@@ -432,7 +432,7 @@ impl Config {
             let key = e.path().to_string();
             ConfigError(vec![problem(
                 if key == "." { "(file)".into() } else { key },
-                e.into_inner().message().to_owned(),
+                without_value(e.into_inner().message()),
             )])
         })?;
         validate(file, &|name| env.get(name).cloned()).map_err(ConfigError)
@@ -824,9 +824,54 @@ pub fn redact_url(url: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // libpq and sqlx also take the password as a query parameter (`?password=`).
+            if u.query().is_some() {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = ["pass", "secret", "token", "key"].iter().any(|s| k.to_lowercase().contains(s));
+                        (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+/// A TOML syntax error by line and column, without the offending line: it may hold a secret
+/// (`server_secret = "…" junk`).
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().lines().next().unwrap_or("syntax error");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+            format!(
+                "not valid TOML at line {line}, column {column}: {message} (the line is not shown: it may hold a secret)"
+            )
+        }
+        None => format!("not valid TOML: {message}"),
+    }
+}
+
+/// A deserialisation message without the value serde quotes (`invalid type: integer `98765`,
+/// expected a string`): the key may hold a secret. The key and the expected type are kept.
+fn without_value(message: &str) -> String {
+    let quoted_value = message.starts_with("invalid type:")
+        || message.starts_with("invalid value:")
+        || message.starts_with("invalid length");
+    if !quoted_value {
+        return message.to_owned();
+    }
+    match (message.find('`'), message.find("`,")) {
+        (Some(open), Some(close)) if close > open => {
+            format!("{}(value not shown){}", &message[..open], &message[close + 1..])
+        }
+        _ => message.to_owned(),
     }
 }
 
@@ -1006,5 +1051,21 @@ mod tests {
     fn redact_url_hides_passwords() {
         assert_eq!(redact_url("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
         assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=hunter2&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert!(!redact_url("postgres://u:pw1@h/db?sslpassword=pw2").contains("pw"));
+    }
+
+    #[test]
+    fn config_errors_name_the_key_and_never_echo_a_secret() {
+        let secret = "s3cr3t-value-that-must-not-leak";
+        let syntax = format!("[[zego]]\napp_id = 1\nserver_secret = \"{secret}\" junk\n");
+        let e = Config::from_toml(&syntax).unwrap_err().to_string();
+        assert!(!e.contains(secret) && e.contains("line 3"), "{e}");
+        let typed = "[[zego]]\napp_id = 1\nserver_secret = 98765432123\n";
+        let e = Config::from_toml(typed).unwrap_err().to_string();
+        assert!(!e.contains("98765432123") && e.contains("server_secret") && e.contains("string"), "{e}");
     }
 }

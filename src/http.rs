@@ -2,6 +2,7 @@
 //! process is alive) and `/readyz` (connected to RabbitMQ and PostgreSQL, consumer active).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::worker::Health;
 
@@ -48,13 +51,17 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&h.pool))
         .await
         .is_ok_and(|r| r.is_ok());
-    let ready = rabbitmq && consuming && postgres;
+    // Deliveries held unrecorded this long mean intake is stuck though every connection looks up.
+    let holding = h.broker.holding_for();
+    let intake_recording = holding < INTAKE_STALL;
+    let ready = rabbitmq && consuming && postgres && intake_recording;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     // Owning no quota is fine (another replica may own them all): it is reported, not required.
     let owned = h.ownership.owned_groups.load(Ordering::Relaxed);
     (
         status,
         Json(json!({"ready": ready, "rabbitmq": rabbitmq, "consumer": consuming, "postgres": postgres,
+                    "intake_recording": intake_recording, "intake_holding_seconds": holding.as_secs(),
                     "owned_quota_groups": owned})),
     )
 }
@@ -91,6 +98,7 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
         }
         metrics::gauge!("bouncer_quota_groups_owned").set(h.ownership.owned_groups.load(Ordering::Relaxed) as f64);
         metrics::gauge!("bouncer_live_workers").set(h.ownership.live_workers.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("bouncer_intake_stalled_seconds").set(h.broker.holding_for().as_secs_f64());
         metrics::gauge!("bouncer_consumer_active").set(if h.broker.consuming.load(Ordering::Relaxed) {
             1.0
         } else {
@@ -105,6 +113,20 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// `/readyz` fails once intake has held deliveries it cannot record for this long.
+pub const INTAKE_STALL: Duration = Duration::from_secs(30);
+
+/// Most connections served at once; a connection beyond it is closed as soon as it is accepted.
+/// A scrape and a probe need one each: the cap bounds the descriptors that idle or hostile
+/// clients can hold, and the header timeout bounds how long they hold them.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request's headers must arrive within this (a half-open request holds a connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed gracefully after this, however busy; Prometheus reconnects.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Largest request head read (GET requests carry nothing else).
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves until the process exits. Returns the bound address (useful with port 0).
 pub async fn serve(
     listen: SocketAddr,
@@ -118,10 +140,46 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { metrics, health });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    tokio::spawn(accept_loop(listener, app));
     Ok(addr)
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Full: close it at once rather than leave it (and whoever waits behind it, a probe say)
+        // in the accept queue.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("bouncer_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+                }
+            }
+            drop(slot);
+        });
+    }
 }

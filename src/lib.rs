@@ -21,6 +21,7 @@ pub mod shutdown;
 pub mod sim;
 pub mod states;
 pub mod telemetry;
+pub mod text;
 pub mod vendor;
 pub mod verdict;
 pub mod wake;

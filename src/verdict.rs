@@ -18,6 +18,12 @@ pub const MAX_USERS: usize = 100;
 pub const MAX_REASON_BYTES: usize = 4 * 1024;
 /// TRTC numeric rooms are `1..=MAX_TRTC_NUMERIC_ROOM` (the vendor's documented range).
 pub const MAX_TRTC_NUMERIC_ROOM: u64 = 4_294_967_294;
+/// `detected_at` must fall in `EARLIEST_DETECTION..=LATEST_DETECTION` (UTC, after applying its
+/// offset). PostgreSQL cannot store every instant RFC 3339 can write (year 0, or 9999-12-31 with a
+/// negative offset, which is year 10000 in UTC), and no moderation pipeline detected anything
+/// before 1970: such a value is a bug upstream, and taking it would poison the latency figures.
+pub const EARLIEST_DETECTION: &str = "1970-01-01T00:00:00Z";
+pub const LATEST_DETECTION: &str = "9999-12-31T23:59:59Z";
 
 const FIELDS: [&str; 10] = [
     "verdict_id",
@@ -116,7 +122,8 @@ pub struct Verdict {
 
 /// Why a message broke the contract: the field (when one is to blame) and the rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}{message}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+// The field name can be any key a publisher wrote: shown escaped, it cannot forge a log line.
+#[error("{}{message}", field.as_ref().map(|f| format!("field `{}`: ", crate::text::single_line(f))).unwrap_or_default())]
 pub struct ContractError {
     /// The offending field, `None` for whole-body problems (size, encoding, not an object).
     pub field: Option<String>,
@@ -139,6 +146,12 @@ pub enum Rule {
     TooLong,
     Empty,
     BadValue,
+    /// A string (or an object key) anywhere in the body holds U+0000, which PostgreSQL's text and
+    /// jsonb cannot store.
+    NulCharacter,
+    /// Not a contract rule: PostgreSQL refused to store the message for a reason the contract
+    /// does not check. Recorded with the database's reason so the contract can learn it.
+    Unstorable,
 }
 
 impl Rule {
@@ -155,6 +168,8 @@ impl Rule {
             Rule::TooLong => "too_long",
             Rule::Empty => "empty",
             Rule::BadValue => "bad_value",
+            Rule::NulCharacter => "nul_character",
+            Rule::Unstorable => "unstorable",
         }
     }
 }
@@ -215,10 +230,22 @@ impl Verdict {
         let Value::Object(mut obj) = value else {
             return Err(body_err(Rule::NotObject, format!("body must be a JSON object, got {}", json_type(&value))));
         };
+        // Before anything names a field: a key itself may hold the NUL.
+        for (key, v) in &obj {
+            if key.contains('\0') || holds_nul(v) {
+                return Err(err(
+                    &key.replace('\0', "\\u0000"),
+                    Rule::NulCharacter,
+                    "must not contain U+0000 (\\u0000) in any string or key; it cannot be stored",
+                ));
+            }
+        }
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(err(unknown, Rule::UnknownField, "is not part of the verdict contract (version 1)"));
         }
+        // `null` means absent, as for every optional field.
         if let Some(v) = obj.get("contract_version")
+            && !v.is_null()
             && v.as_u64() != Some(1)
         {
             return Err(err("contract_version", Rule::BadValue, "must be 1 when given"));
@@ -345,9 +372,28 @@ fn parse_time(v: &Value) -> Result<DateTime<Utc>, ContractError> {
     let Value::String(s) = v else {
         return Err(wrong_type("detected_at", "an RFC 3339 timestamp string", v));
     };
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| err("detected_at", Rule::BadValue, format!("must be an RFC 3339 timestamp ({e}), got {s:?}")))
+        .map_err(|e| err("detected_at", Rule::BadValue, format!("must be an RFC 3339 timestamp ({e}), got {s:?}")))?;
+    let bound = |b: &str| DateTime::parse_from_rfc3339(b).map(|b| b.with_timezone(&Utc)).ok();
+    match (bound(EARLIEST_DETECTION), bound(LATEST_DETECTION)) {
+        (Some(lo), Some(hi)) if (lo..=hi).contains(&t) => Ok(t),
+        _ => Err(err(
+            "detected_at",
+            Rule::OutOfRange,
+            format!("must be between {EARLIEST_DETECTION} and {LATEST_DETECTION} in UTC, got {s:?}"),
+        )),
+    }
+}
+
+/// Whether any string or key inside `v` holds U+0000.
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -564,5 +610,41 @@ mod tests {
         assert_eq!(parse(&v.to_json()).unwrap(), v);
         let n = parse(&good()).unwrap();
         assert_eq!(parse(&n.to_json()).unwrap(), n);
+    }
+
+    #[test]
+    fn what_postgresql_cannot_store_is_refused_with_a_named_rule() {
+        let nul = |v: Value| {
+            let e = parse(&v).expect_err("a NUL must be refused");
+            assert_eq!(e.rule, Rule::NulCharacter, "{e}");
+            e.field
+        };
+        assert_eq!(nul(with("user_ids", json!(["a\u{0}b"]))).as_deref(), Some("user_ids"));
+        for field in ["verdict_id", "room_id", "reason", "source"] {
+            assert_eq!(nul(with(field, json!("x\u{0}"))).as_deref(), Some(field));
+        }
+        assert_eq!(nul(with("evidence", json!({"k\u{0}": 1}))).as_deref(), Some("evidence"));
+        assert_eq!(nul(with("evidence", json!({"k": ["deep", {"v": "\u{0}"}]}))).as_deref(), Some("evidence"));
+        // An unknown key holding a NUL is named escaped, so the name itself can be stored.
+        assert_eq!(nul(with("x\u{0}y", json!(1))).as_deref(), Some("x\\u0000y"));
+        // The escape as text (a backslash, a `u`, four digits) is an ordinary string.
+        assert!(
+            Verdict::parse(br#"{"verdict_id":"v","vendor":"zego","app_id":1,"room_id":"r","user_ids":["a\\u0000b"]}"#)
+                .is_ok()
+        );
+
+        for t in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59", "1900-01-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
+            rejects(with("detected_at", json!(t)), Some("detected_at"), Rule::OutOfRange);
+        }
+        for t in ["1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2026-11-24T08:00:00+08:00"] {
+            assert!(parse(&with("detected_at", json!(t))).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_null_contract_version_means_absent() {
+        assert!(parse(&with("contract_version", Value::Null)).is_ok());
+        assert!(parse(&with("contract_version", json!(1))).is_ok());
+        rejects(with("contract_version", json!("1")), Some("contract_version"), Rule::BadValue);
     }
 }

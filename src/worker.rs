@@ -83,17 +83,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     }
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
     // Leases and wake-ups on connections of their own: a busy main pool must not cost a renewal.
-    let reserved = loop {
-        match audit::connect_reserved(&config.postgres, 3, Duration::from_secs(5)).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::error!(error = %e, "PostgreSQL not ready");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let Some(reserved) = reserved_pool(&config, 3, &shutdown).await else { return };
+    // Intake too: new verdicts are recorded without queueing behind enforcement's fetches and
+    // result writes for a connection.
+    let Some(intake_pool) = reserved_pool(&config, crate::intake::PIPELINE_DEPTH as u32, &shutdown).await else {
+        return;
     };
     // Vendor calls run on a thread of their own: a call is charged to its quota right before it is
     // sent, and intake's or the audit writer's bursts of work on the main runtime must not sit in
@@ -146,7 +140,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     );
     let elector = tokio::spawn(elector.run(shutdown.clone()));
 
-    let intake = Intake { pool: pool.clone(), apps, wakers, me, amqp: config.amqp.clone(), status };
+    let intake = Intake { pool: intake_pool.clone(), apps, wakers, me, amqp: config.amqp.clone(), status };
     let stopped = async {
         shutdown.cancelled().await;
         tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: intake ends, quotas are handed over");
@@ -167,5 +161,22 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     drop(audit);
     writer_tasks.iter().for_each(|t| t.abort());
     pool.close().await;
+    intake_pool.close().await;
     tracing::info!("stopped");
+}
+
+/// A pool of `size` connections of its own, retried until PostgreSQL answers or shutdown.
+async fn reserved_pool(config: &Config, size: u32, shutdown: &CancellationToken) -> Option<PgPool> {
+    loop {
+        match audit::connect_reserved(&config.postgres, size, Duration::from_secs(5)).await {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "PostgreSQL not ready");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
 }

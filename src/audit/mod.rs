@@ -36,6 +36,21 @@ pub enum AuditError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl AuditError {
+    /// The database refused the data itself (SQLSTATE classes 22 data exception, 23 integrity
+    /// constraint violation, 54 program limit exceeded, or a value sqlx could not encode): trying
+    /// again cannot help, while any other error (connection, pool, shutdown, serialisation) can.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            AuditError::Db(sqlx::Error::Encode(_)) => true,
+            AuditError::Db(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+            }
+            _ => false,
+        }
+    }
+}
+
 fn options(cfg: &PostgresConfig) -> Result<PgConnectOptions, sqlx::Error> {
     let opts: PgConnectOptions = cfg.url.expose_secret().parse()?;
     // Statement logging would put user ids into logs at INFO; keep it for slow statements only.

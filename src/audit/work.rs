@@ -36,7 +36,10 @@ impl DueKick {
 pub async fn due(pool: &PgPool, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
     Ok(sqlx::query_as(
         "SELECT k.verdict_id, k.user_id, v.room_id, v.room_id_numeric, v.reason,
-                COALESCE(v.detected_at, v.received_at) AS origin, k.next_attempt_at, k.first_attempt_at,
+                -- Latency counts from detection when the publisher's clock is plausible: within a week
+                -- before receipt (or five minutes after, for skew); otherwise from receipt.
+                CASE WHEN v.detected_at BETWEEN v.received_at - interval '7 days' AND v.received_at + interval '5 minutes'
+                     THEN v.detected_at ELSE v.received_at END AS origin, k.next_attempt_at, k.first_attempt_at,
                 k.scheduled_retries, k.last_error
          FROM kicks k JOIN verdicts v USING (verdict_id)
          WHERE k.status = 'pending' AND k.vendor = $1 AND k.app_id = $2 AND k.next_attempt_at <= now()

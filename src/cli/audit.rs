@@ -73,15 +73,17 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: i64 = n.parse().map_err(|_| format!("{s:?} is neither a duration like 2h nor an RFC 3339 time"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 604_800,
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
         _ => return Err(format!("{s:?}: unit must be s, m, h, d or w")),
     };
-    Ok(Utc::now() - chrono::Duration::seconds(secs))
+    let too_far = || format!("{s:?} reaches before the earliest time this tool can show");
+    let secs = n.checked_mul(unit_secs).ok_or_else(too_far)?;
+    chrono::Duration::try_seconds(secs).and_then(|d| Utc::now().checked_sub_signed(d)).ok_or_else(too_far)
 }
 
 impl Tabular for AuditRow {
@@ -199,17 +201,18 @@ async fn summary(pool: &sqlx::PgPool, filter: &Filter, format: Format) -> Result
 pub fn print_story(s: &Story) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let v = &s.verdict;
-    writeln!(out, "verdict {}  [{}]", v.verdict_id, v.status)?;
+    let esc = |s: &str| crate::text::single_line(s).into_owned();
+    writeln!(out, "verdict {}  [{}]", esc(&v.verdict_id), v.status)?;
     writeln!(
         out,
         "  {} app {}, room {}{}",
         v.vendor,
         v.app_id,
-        v.room_id,
+        esc(&v.room_id),
         if v.room_id_numeric { " (numeric)" } else { "" }
     )?;
-    writeln!(out, "  reason:   {}", opt(&v.reason))?;
-    writeln!(out, "  source:   {}", opt(&v.source))?;
+    writeln!(out, "  reason:   {}", esc(&opt(&v.reason)))?;
+    writeln!(out, "  source:   {}", esc(&opt(&v.source)))?;
     writeln!(out, "  detected: {}", v.detected_at.as_ref().map(time).unwrap_or_default())?;
     writeln!(
         out,
@@ -290,5 +293,9 @@ mod tests {
         assert!(parse_when("yesterday").is_err());
         let week = parse_when("7d").unwrap();
         assert!(((Utc::now() - week).num_seconds() - 7 * 86_400).abs() <= 2);
+        // Too far back is an error naming the value, not a panic.
+        for far in ["99999999999999d", "9223372036854775807w", "9999999999999s"] {
+            assert!(parse_when(far).unwrap_err().contains(far), "{far}");
+        }
     }
 }

@@ -55,8 +55,13 @@ pub fn print<T: Tabular>(rows: &[T], format: Format) -> std::io::Result<()> {
 pub fn table(out: &mut impl Write, headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     const MAX: usize = 60;
     let cut = |s: &str| -> String {
-        let s = s.replace('\n', " ");
-        if s.chars().count() > MAX { format!("{}…", s.chars().take(MAX - 1).collect::<String>()) } else { s }
+        // Cells hold data written about abusive users: escaped, they cannot drive the terminal.
+        let s = crate::text::single_line(s);
+        if s.chars().count() > MAX {
+            format!("{}…", s.chars().take(MAX - 1).collect::<String>())
+        } else {
+            s.into_owned()
+        }
     };
     let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -1,7 +1,9 @@
 //! Intake: consume verdicts, record each with its pending kicks, and ack right after the commit.
 //!
-//! Deliveries are taken in batches (whatever the broker has already sent, up to [`MAX_BATCH`])
-//! and recorded in one transaction; only then is anything acked or rejected. Intake never waits
+//! Deliveries are taken in batches (whatever the broker has already sent, up to half the
+//! prefetch and at most [`MAX_BATCH`]) and recorded in one transaction; only then is anything
+//! acked or rejected. Up to [`PIPELINE_DEPTH`] batches are recorded at once, so the broker refills
+//! the prefetch window while the database works instead of after it. Intake never waits
 //! on a vendor, so the prefetch only bounds intake batches: enforcement reads its work from
 //! PostgreSQL ([`crate::lane`]). Every replica runs intake (competing consumers on one queue).
 
@@ -9,9 +11,10 @@ pub mod topology;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
@@ -24,12 +27,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
 use crate::config::{AmqpConfig, redact_url};
-use crate::states::VerdictStatus;
-use crate::verdict::{ContractError, Vendor, Verdict};
+use crate::states::{KickStatus, VerdictStatus};
+use crate::verdict::{ContractError, Rule, Vendor, Verdict};
 use crate::wake::{self, Wakers};
 
 /// Most deliveries recorded in one transaction.
 pub const MAX_BATCH: usize = 512;
+/// Batches being recorded at once. Two overlap one batch's commit and acks with the next one's
+/// inserts; each batch's verdict rows are written in `verdict_id` order, so two transactions that
+/// share a verdict wait for each other instead of deadlocking.
+pub const PIPELINE_DEPTH: usize = 2;
 
 /// What `/readyz` reports about the broker side.
 #[derive(Default)]
@@ -38,6 +45,22 @@ pub struct BrokerStatus {
     pub connected: AtomicBool,
     /// The verdict consumer is registered and its stream is open.
     pub consuming: AtomicBool,
+    /// Since when (Unix ms) intake has held deliveries it cannot record; 0 when it is not.
+    pub holding_since_ms: AtomicU64,
+}
+
+impl BrokerStatus {
+    /// How long intake has held deliveries without recording them (zero when it is not).
+    pub fn holding_for(&self) -> Duration {
+        match self.holding_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(unix_ms().saturating_sub(since)),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Everything intake needs; shared by every broker session of the process.
@@ -50,6 +73,15 @@ pub struct Intake {
     pub me: String,
     pub amqp: AmqpConfig,
     pub status: Arc<BrokerStatus>,
+}
+
+/// How recording a batch ended.
+enum Recording {
+    Recorded(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>),
+    /// Shutdown came while PostgreSQL was away; nothing was settled.
+    Stopped,
+    /// PostgreSQL refused the data (see [`crate::audit::AuditError::is_data_error`]).
+    Refused(crate::audit::AuditError),
 }
 
 /// Why a broker session ended.
@@ -114,23 +146,28 @@ impl Intake {
         tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, "consuming verdicts");
         let mut watchdog = tokio::time::interval(Duration::from_secs(2));
         let mut disconnected_for = 0u32;
+        let batch_cap = (usize::from(self.amqp.prefetch) / PIPELINE_DEPTH).clamp(1, MAX_BATCH);
+        let mut recording = FuturesUnordered::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
+                    // Batches being recorded finish (or give up at once if they are holding).
+                    while recording.next().await.is_some() {}
                     let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     self.status.consuming.store(false, Ordering::Relaxed);
                     return Ok(conn);
                 }
-                next = consumer.next() => match next {
+                Some(()) = recording.next(), if !recording.is_empty() => {}
+                next = consumer.next(), if recording.len() < PIPELINE_DEPTH => match next {
                     Some(Ok(first)) => {
                         let mut batch = vec![first];
-                        while batch.len() < MAX_BATCH {
+                        while batch.len() < batch_cap {
                             match consumer.next().now_or_never() {
                                 Some(Some(Ok(d))) => batch.push(d),
                                 _ => break,
                             }
                         }
-                        self.handle_batch(batch, shutdown).await;
+                        recording.push(self.handle_batch(batch, shutdown));
                     }
                     Some(Err(e)) => {
                         self.status.consuming.store(false, Ordering::Relaxed);
@@ -139,7 +176,10 @@ impl Intake {
                         self.status.consuming.store(true, Ordering::Relaxed);
                         tracing::info!("connection recovered; consuming again");
                     }
-                    None => return Err(SessionError::ConsumerEnded),
+                    None => {
+                        while recording.next().await.is_some() {}
+                        return Err(SessionError::ConsumerEnded);
+                    }
                 },
                 _ = watchdog.tick() => {
                     // A consumer can stop silently if recovery stalls: give it a minute, then
@@ -155,7 +195,8 @@ impl Intake {
         }
     }
 
-    /// Records a batch, then settles every delivery in it.
+    /// Records a batch, then settles every delivery in it. A batch the database refuses for its
+    /// data is recorded message by message, so one message nobody can store costs only itself.
     async fn handle_batch(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
         let mut rejected: Vec<(Delivery, ContractError)> = Vec::new();
         let mut arrivals: Vec<(Delivery, Verdict)> = Vec::new();
@@ -165,35 +206,112 @@ impl Intake {
                 Err(e) => rejected.push((d, e)),
             }
         }
+        match self.record_held(&arrivals, &rejected, shutdown).await {
+            Recording::Recorded(recorded, woken) => self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Stopped => {}
+            Recording::Refused(e) => {
+                tracing::warn!(error = %e, deliveries = arrivals.len() + rejected.len(),
+                    "PostgreSQL refused a batch's data; recording its messages one by one");
+                for (d, v) in arrivals {
+                    self.record_alone(vec![(d, v)], vec![], shutdown).await;
+                }
+                for (d, e) in rejected {
+                    self.record_alone(vec![], vec![(d, e)], shutdown).await;
+                }
+            }
+        }
+    }
 
-        // Record first. If PostgreSQL is away, keep trying: nothing is settled without it, and
-        // while we wait no new deliveries are taken.
+    /// One message on its own. If the database refuses even that, the message is the offender:
+    /// it is recorded as rejected (its body as bytes, which always store) and dead-lettered.
+    async fn record_alone(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+        rejected: Vec<(Delivery, ContractError)>,
+        shutdown: &CancellationToken,
+    ) {
+        let e = match self.record_held(&arrivals, &rejected, shutdown).await {
+            Recording::Recorded(recorded, woken) => return self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Stopped => return,
+            Recording::Refused(e) => e,
+        };
+        let Some(d) = arrivals.into_iter().map(|(d, _)| d).chain(rejected.into_iter().map(|(d, _)| d)).next() else {
+            return;
+        };
+        let why = ContractError {
+            field: None,
+            rule: Rule::Unstorable,
+            message: crate::text::single_line(&format!("PostgreSQL cannot store this message: {e}")).into_owned(),
+        };
+        let unstorable = vec![(d, why)];
+        match self.record_held(&[], &unstorable, shutdown).await {
+            Recording::Recorded(recorded, woken) => self.settle(vec![], unstorable, recorded, woken).await,
+            Recording::Stopped => {}
+            Recording::Refused(e) => {
+                // Nothing of it could be written; keep it in the dead-letter queue at least.
+                metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
+                tracing::error!(error = %e, "a message could not be recorded even as rejected; dead-lettering it");
+                for (d, _) in unstorable {
+                    let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                }
+            }
+        }
+    }
+
+    /// Records, holding on while PostgreSQL is away: nothing is settled without it, and while we
+    /// wait no new deliveries are taken. Gives up at once on a data error.
+    async fn record_held(
+        &self,
+        arrivals: &[(Delivery, Verdict)],
+        rejected: &[(Delivery, ContractError)],
+        shutdown: &CancellationToken,
+    ) -> Recording {
         let mut wait = Duration::from_millis(100);
         let started = std::time::Instant::now();
-        let (recorded, woken) = loop {
-            match self.record(&arrivals, &rejected).await {
-                Ok(r) => break r,
+        loop {
+            match self.record(arrivals, rejected).await {
+                Ok((recorded, woken)) => {
+                    self.status.holding_since_ms.store(0, Ordering::Relaxed);
+                    tracing::debug!(
+                        deliveries = arrivals.len() + rejected.len(),
+                        record_ms = started.elapsed().as_millis() as u64,
+                        "intake batch recorded"
+                    );
+                    return Recording::Recorded(recorded, woken);
+                }
+                Err(e) if e.is_data_error() => return Recording::Refused(e),
                 Err(e) => {
+                    let _ = self.status.holding_since_ms.compare_exchange(
+                        0,
+                        unix_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record deliveries; holding them");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {},
                         // Unsettled deliveries go back to the broker when the connection closes.
-                        () = shutdown.cancelled() => return,
+                        () = shutdown.cancelled() => return Recording::Stopped,
                     }
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
-        };
+        }
+    }
+
+    /// Settles a recorded batch: malformed messages dead-lettered, the rest acked.
+    async fn settle(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+        rejected: Vec<(Delivery, ContractError)>,
+        recorded: HashMap<String, Recorded>,
+        woken: BTreeSet<(Vendor, u32)>,
+    ) {
         // Lanes of this process learn of their new work at once; other replicas by NOTIFY.
         for (vendor, app_id) in &woken {
             self.wakers.wake(*vendor, *app_id);
         }
-        tracing::debug!(
-            deliveries = arrivals.len() + rejected.len(),
-            record_ms = started.elapsed().as_millis() as u64,
-            "intake batch recorded"
-        );
 
         for (d, e) in rejected {
             metrics::counter!("bouncer_rejected_messages_total", "rule" => e.rule.as_str()).increment(1);
@@ -202,8 +320,7 @@ impl Intake {
             let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
         }
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut unacked = 0usize;
-        for (d, v) in &arrivals {
+        for (_, v) in &arrivals {
             let first_in_batch = seen.insert(v.verdict_id.as_str());
             if let Some(r) = recorded.get(&v.verdict_id) {
                 let outcome = outcome(r, first_in_batch, self.serves(v));
@@ -211,12 +328,13 @@ impl Intake {
                 tracing::debug!(verdict_id = %v.verdict_id, vendor = %v.vendor, app_id = v.app_id, room_id = %v.room_id,
                     status = %r.status, deliveries = r.deliveries, outcome, "verdict recorded");
             }
-            // `Ok(false)`: the delivery predates a reconnect and was not acked. The broker sends the
-            // message again; recording it again only counts the delivery.
-            if !matches!(d.acker.ack(BasicAckOptions::default()).await, Ok(true)) {
-                unacked += 1;
-            }
         }
+        // `Ok(false)`: the delivery predates a reconnect and was not acked. The broker sends the
+        // message again; recording it again only counts the delivery. Acks are sent together
+        // rather than one awaited after another.
+        let acks =
+            futures_util::future::join_all(arrivals.iter().map(|(d, _)| d.acker.ack(BasicAckOptions::default()))).await;
+        let unacked = acks.iter().filter(|a| !matches!(a, Ok(true))).count();
         if unacked > 0 {
             tracing::warn!(
                 unacked,
@@ -244,7 +362,8 @@ impl Intake {
                 field: e.field.as_deref(),
                 rule: e.rule.as_str(),
                 payload: &d.data,
-                headers: headers_json(&d.properties),
+                // An unstorable message may owe that to its headers: keep only its body.
+                headers: if e.rule == Rule::Unstorable { serde_json::json!({}) } else { headers_json(&d.properties) },
             })
             .collect();
         // One row per verdict id; every arrival counts as a delivery.
@@ -257,6 +376,8 @@ impl Intake {
             });
             entry.1 += 1;
         }
+        // Rows locked in one order by every batch: concurrent batches never deadlock.
+        order.sort_unstable();
         let payloads: Vec<Box<RawValue>> = order
             .iter()
             .map(|id| {
@@ -286,8 +407,15 @@ impl Intake {
             .collect();
         let note = (!woken.is_empty()).then(|| wake::payload(&self.me, &woken));
         let recorded = record::record(&self.pool, &new, &rejections, note.as_deref()).await?;
-        for r in recorded.values().filter(|r| r.inserted && r.status == VerdictStatus::Failed) {
-            metrics::counter!("bouncer_verdicts_finished_total", "status" => r.status.as_str()).increment(1);
+        // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
+        // so the failure alerts see them.
+        for n in new.iter().filter(|n| n.unconfigured.is_some()) {
+            let v = n.verdict;
+            if let Some(r) = recorded.get(&v.verdict_id).filter(|r| r.inserted && r.status == VerdictStatus::Failed) {
+                metrics::counter!("bouncer_verdicts_finished_total", "status" => r.status.as_str()).increment(1);
+                metrics::counter!("bouncer_kicks_total", "vendor" => v.vendor.as_str(), "outcome" => KickStatus::Failed.as_str())
+                    .increment(v.user_ids.len() as u64);
+            }
         }
         Ok((recorded, woken))
     }
@@ -304,9 +432,33 @@ fn outcome(r: &Recorded, first_in_batch: bool, served: bool) -> &'static str {
     }
 }
 
-/// AMQP headers as JSON for the audit trail.
+/// Largest header document stored with a rejected message (serialised JSON).
+pub const MAX_HEADERS_BYTES: usize = 8 * 1024;
+
+/// AMQP headers as JSON for the audit trail: U+0000 (which jsonb cannot hold) written as the
+/// text `\u0000`, and at most [`MAX_HEADERS_BYTES`]; larger ones are replaced by a note of their
+/// size, so a publisher cannot make a tiny message cost megabytes of audit.
 fn headers_json(props: &BasicProperties) -> serde_json::Value {
-    props.headers().as_ref().and_then(|h| serde_json::to_value(h.inner()).ok()).unwrap_or_else(|| serde_json::json!({}))
+    let Some(value) = props.headers().as_ref().and_then(|h| serde_json::to_value(h.inner()).ok()) else {
+        return serde_json::json!({});
+    };
+    let value = without_nul(value);
+    let size = serde_json::to_string(&value).map(|s| s.len()).unwrap_or(usize::MAX);
+    if size > MAX_HEADERS_BYTES {
+        return serde_json::json!({"bouncer_headers_omitted": {"bytes": size, "limit": MAX_HEADERS_BYTES}});
+    }
+    value
+}
+
+fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let clean = |s: String| if s.contains('\0') { s.replace('\0', "\\u0000") } else { s };
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (clean(k), without_nul(v))).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,13 @@ fn table() -> Vec<(Value, bool)> {
         (with("verdict_id", Value::Null), false),
         (with("extra", json!(1)), false),
         (json!({"verdict_id": "z", "vendor": "zego", "app_id": 1, "room_id": -4, "user_ids": ["u"]}), false),
+        (with("contract_version", Value::Null), true),
+        // PostgreSQL cannot store U+0000 in text or jsonb.
+        (with("user_ids", json!(["a\u{0}b"])), false),
+        (with("verdict_id", json!("v\u{0}")), false),
+        (with("room_id", json!("r\u{0}")), false),
+        (with("reason", json!("\u{0}")), false),
+        (with("source", json!("s\u{0}")), false),
     ]
 }
 
@@ -111,6 +118,10 @@ fn where_the_schema_cannot_express_a_rule_the_parser_is_stricter() {
         with("user_ids", json!(["违".repeat(43)])),
         with("reason", json!("违".repeat(1400))), // 4200 bytes
         with("app_id", json!(1.0)),
+        // Instants PostgreSQL cannot store, and NULs below the top level.
+        with("detected_at", json!("0000-01-01T00:00:00Z")),
+        with("detected_at", json!("9999-12-31T23:59:59-23:59")),
+        with("evidence", json!({"k": "\u{0}"})),
     ];
     for example in stricter {
         assert!(schema.is_valid(&example), "schema accepts {example}");

@@ -57,8 +57,13 @@ fn prometheus_alerts_parse_and_use_metrics_bouncer_exports() {
     let docs = yaml("deploy/prometheus/alerts.yml");
     let rules = docs[0]["groups"][0]["rules"].as_vec().expect("rules");
     let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
-    for want in ["BouncerConsumerDown", "BouncerFailedVerdictsRising", "BouncerVendorConfigError", "BouncerBacklogOld"]
-    {
+    for want in [
+        "BouncerConsumerDown",
+        "BouncerIntakeStalled",
+        "BouncerFailedVerdictsRising",
+        "BouncerVendorConfigError",
+        "BouncerBacklogOld",
+    ] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
     let exported = [
@@ -66,12 +71,24 @@ fn prometheus_alerts_parse_and_use_metrics_bouncer_exports() {
         "bouncer_verdicts_finished_total",
         "bouncer_vendor_config_errors_total",
         "bouncer_oldest_pending_verdict_seconds",
+        "bouncer_intake_stalled_seconds",
     ];
     let src: String = ["src/http.rs", "src/audit/writer.rs", "src/call.rs"].iter().map(|f| file(f)).collect();
     for m in exported {
         assert!(rules.iter().any(|r| r["expr"].as_str().unwrap_or_default().contains(m)), "an alert uses {m}");
         assert!(src.contains(&format!("\"{m}\"")), "{m} is exported by the code");
     }
+}
+
+#[test]
+fn the_systemd_unit_raises_the_descriptor_limit() {
+    let unit = file("deploy/systemd/bouncer.service");
+    let limit: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("LimitNOFILE set");
+    assert!(limit >= 4 * bouncer::http::MAX_CONNECTIONS as u64, "{limit}");
 }
 
 #[test]

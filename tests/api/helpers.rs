@@ -303,6 +303,11 @@ impl TestEnv {
 
     /// Publishes one raw body to the verdict queue and waits for the broker's confirm.
     pub async fn publish(&self, body: &[u8]) {
+        self.publish_with(body, lapin::types::FieldTable::default()).await;
+    }
+
+    /// Publishes one raw body with AMQP headers (any a publisher could set).
+    pub async fn publish_with(&self, body: &[u8], headers: lapin::types::FieldTable) {
         let (_, ch) = self.publisher.as_ref().expect("publisher");
         let confirm = ch
             .basic_publish(
@@ -310,7 +315,10 @@ impl TestEnv {
                 self.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_headers(headers),
             )
             .await
             .expect("publish");

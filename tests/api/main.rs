@@ -5,6 +5,7 @@ mod cli;
 mod contract;
 mod deploy;
 mod helpers;
+mod hostile;
 mod ops;
 mod pipeline;
 mod vendors;

@@ -1,0 +1,199 @@
+//! Hostile input: no message, header or connection stops the enforcement of other verdicts, and
+//! every message is accounted for.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde_json::json;
+
+use crate::helpers::{Apps, EnvOptions, TestEnv, parse_prometheus, verdict};
+
+fn header(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), AMQPValue::LongString(LongString::from(*v)));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_poison_is_recorded_and_dead_lettered_with_a_named_rule_and_the_verdict_after_it_finishes() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let _worker = env.worker();
+    let app = env.apps.zego[0].0;
+    let base = |id: &str| verdict(id, "zego", app, json!("r"), &["u1"]);
+    let with = |id: &str, field: &str, value: serde_json::Value| {
+        let mut v = base(id);
+        v[field] = value;
+        v.to_string().into_bytes()
+    };
+    // (body, headers, the rule it is recorded under)
+    let poisons: Vec<(Vec<u8>, FieldTable, &str)> = vec![
+        (with("p1", "user_ids", json!(["a\u{0}b"])), FieldTable::default(), "nul_character"),
+        (with("p2", "reason", json!("r\u{0}")), FieldTable::default(), "nul_character"),
+        (with("p3\u{0}", "reason", json!("x")), FieldTable::default(), "nul_character"),
+        (with("p4", "room_id", json!("r\u{0}")), FieldTable::default(), "nul_character"),
+        (with("p5", "source", json!("\u{0}")), FieldTable::default(), "nul_character"),
+        (with("p6", "evidence", json!({"k\u{0}": 1})), FieldTable::default(), "nul_character"),
+        (with("p7", "evidence", json!({"k": ["\u{0}"]})), FieldTable::default(), "nul_character"),
+        (with("p8", "unknown\u{0}key", json!(1)), FieldTable::default(), "nul_character"),
+        (with("p9", "detected_at", json!("0000-01-01T00:00:00Z")), FieldTable::default(), "out_of_range"),
+        (with("p10", "detected_at", json!("9999-12-31T23:59:59-23:59")), FieldTable::default(), "out_of_range"),
+        (b"not json".to_vec(), header(&[("key\u{0}with-nul", "v\u{0}")]), "not_json"),
+        // Headers must fit one AMQP frame (128 KiB here): 100 KB of them on a 8-byte body.
+        (b"not json".to_vec(), header(&[("big", &"h".repeat(100_000))]), "not_json"),
+    ];
+    let count = poisons.len() as i64;
+    for (i, (body, headers, _)) in poisons.iter().enumerate() {
+        env.publish_with(body, headers.clone()).await;
+        env.publish_json(&base(&format!("good-{i}"))).await;
+    }
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", count, Duration::from_secs(30)).await;
+    env.wait_for_count("SELECT count(*) FROM rejected_messages", count, Duration::from_secs(10)).await;
+
+    let pool = env.pool().await;
+    let rules: Vec<String> =
+        sqlx::query_scalar("SELECT rule FROM rejected_messages ORDER BY id").fetch_all(&pool).await.unwrap();
+    let want: Vec<&str> = poisons.iter().map(|(_, _, rule)| *rule).collect();
+    assert_eq!(rules, want);
+    // Headers are stored without the NUL, and a huge header set as a note of its size.
+    let headers: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT headers FROM rejected_messages WHERE rule = 'not_json' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(headers[0].get("key\\u0000with-nul").is_some(), "{}", headers[0]);
+    assert!(headers[1].to_string().len() < 1_000, "headers stored capped: {} bytes", headers[1].to_string().len());
+    assert!(headers[1]["bouncer_headers_omitted"]["bytes"].as_u64().unwrap() > 100_000);
+    let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&pool).await.unwrap();
+    assert_eq!(verdicts, count, "only the good verdicts were recorded");
+    let started = std::time::Instant::now();
+    while env.queue_depth(".rejected").await < count as u32 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.queue_depth(".rejected").await, count as u32, "every poison dead-lettered");
+    assert_eq!(env.queue_depth("").await, 0);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_the_database_refuses_costs_only_itself_and_its_batch_is_recorded_one_by_one() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let app = env.apps.zego[0].0;
+    {
+        // Let a worker create the schema, then make PostgreSQL refuse one verdict for its data
+        // (SQLSTATE 22023, as it would for a value it cannot store) whatever the contract says.
+        let _worker = env.worker();
+        env.wait_for_count("SELECT count(*) FROM verdicts", 0, Duration::from_secs(30)).await;
+    }
+    let pool = env.pool().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.verdict_id LIKE 'poison%' THEN
+             RAISE EXCEPTION 'test: this value cannot be stored' USING ERRCODE = '22023';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON verdicts FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Published before the worker starts, so they arrive together in one batch.
+    let mut all: Vec<serde_json::Value> =
+        (0..10).map(|i| verdict(&format!("good-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])).collect();
+    all.push(verdict("poison-1", "zego", app, json!("r"), &["p"]));
+    all.extend((10..20).map(|i| verdict(&format!("good-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])));
+    env.publish_all(&all).await;
+    let worker = env.worker();
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 20, Duration::from_secs(30)).await;
+    env.wait_for_count("SELECT count(*) FROM rejected_messages", 1, Duration::from_secs(10)).await;
+    let (rule, reason, payload): (String, String, Vec<u8>) =
+        sqlx::query_as("SELECT rule, reason, payload FROM rejected_messages").fetch_one(&pool).await.unwrap();
+    assert_eq!(rule, "unstorable");
+    assert!(reason.contains("cannot be stored"), "{reason}");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["verdict_id"], "poison-1");
+    let started = std::time::Instant::now();
+    while env.queue_depth(".rejected").await < 1 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.queue_depth(".rejected").await, 1);
+    assert_eq!(env.queue_depth("").await, 0);
+    let deliveries: i64 = sqlx::query_scalar("SELECT sum(deliveries) FROM verdicts").fetch_one(&pool).await.unwrap();
+    assert_eq!(deliveries, 20, "each good verdict recorded once");
+    assert!(worker.log_text().contains("recording its messages one by one"));
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_idle_http_connections_neither_stop_enforcement_nor_exhaust_descriptors() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let worker = env.worker();
+    let addr = worker.http_addr();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", worker.child.id())).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    // Half-open requests: a request line, never the end of the headers.
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+            idle.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = fds();
+    assert!(
+        during <= before + bouncer::http::MAX_CONNECTIONS + 16,
+        "descriptors {before} → {during} with {} idle clients",
+        idle.len()
+    );
+    env.publish_json(&verdict("while-idle", "zego", env.apps.zego[0].0, json!("r"), &["u"])).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 1, Duration::from_secs(20)).await;
+    // The idle clients are dropped after the header timeout; probes answer again.
+    tokio::time::sleep(bouncer::http::HEADER_READ_TIMEOUT + Duration::from_secs(1)).await;
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.expect("readyz answers");
+    assert_eq!(ready.status(), 200);
+    assert!(fds() <= before + 16, "descriptors released: {before} → {}", fds());
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verdicts_for_an_unconfigured_app_are_counted_as_failed_once() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let worker = env.worker();
+    env.publish_json(&verdict("nobody-serves", "zego", 4_000_000_007, json!("r"), &["a", "b", "c"])).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'failed'", 1, Duration::from_secs(20)).await;
+    let addr = worker.http_addr();
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let samples = parse_prometheus(&text);
+    let value = |name: &str, label: (&str, &str)| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.get(label.0).map(String::as_str) == Some(label.1))
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    assert_eq!(value("bouncer_verdicts_finished_total", ("status", "failed")), 1.0);
+    assert_eq!(value("bouncer_kicks_total", ("outcome", "failed")), 3.0);
+    assert_eq!(value("bouncer_verdicts_received_total", ("outcome", "unconfigured_app")), 1.0);
+    let received: f64 =
+        samples.iter().filter(|(n, _, _)| n == "bouncer_verdicts_received_total").map(|(_, _, v)| v).sum();
+    assert_eq!(received, 1.0, "one arrival, counted once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_set_bouncer_header_changes_nothing_that_is_recorded() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let _worker = env.worker();
+    let v = verdict("with-headers", "zego", env.apps.zego[0].0, json!("r"), &["u"]);
+    env.publish_with(v.to_string().as_bytes(), header(&[("x-bouncer-deferrals", "5"), ("x-delivery-count", "9")]))
+        .await;
+    env.wait_for_count(
+        "SELECT count(*) FROM verdicts WHERE status = 'done' AND deliveries = 1 AND deferrals = 0",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+}
