@@ -149,6 +149,10 @@ pub enum Rule {
     /// A string (or an object key) anywhere in the body holds U+0000, which PostgreSQL's text and
     /// jsonb cannot store.
     NulCharacter,
+    /// A `verdict_id` already names another verdict (vendor, app, room or users differ): the
+    /// id is the idempotency key, so the new message is kept as rejected rather than dropped as a
+    /// duplicate or enforced under another verdict's name.
+    VerdictIdReused,
     /// Not a contract rule: PostgreSQL refused to store the message for a reason the contract
     /// does not check. Recorded with the database's reason so the contract can learn it.
     Unstorable,
@@ -170,6 +174,7 @@ impl Rule {
             Rule::BadValue => "bad_value",
             Rule::NulCharacter => "nul_character",
             Rule::Unstorable => "unstorable",
+            Rule::VerdictIdReused => "verdict_id_reused",
         }
     }
 }
@@ -278,6 +283,16 @@ impl Verdict {
         };
 
         Ok(Verdict { verdict_id, vendor, app_id, room_id, user_ids, reason, source, detected_at, evidence })
+    }
+
+    /// Whether `other` asks for the same enforcement: vendor, app, room and set of users (reason,
+    /// source and evidence are descriptions, not identity).
+    pub fn same_enforcement(&self, other: &Verdict) -> bool {
+        let mut a: Vec<&String> = self.user_ids.iter().collect();
+        let mut b: Vec<&String> = other.user_ids.iter().collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        self.vendor == other.vendor && self.app_id == other.app_id && self.room_id == other.room_id && a == b
     }
 
     /// The verdict as a contract-v1 message body (used by `kick` and `replay` to publish).
@@ -646,5 +661,91 @@ mod tests {
         assert!(parse(&with("contract_version", Value::Null)).is_ok());
         assert!(parse(&with("contract_version", json!(1))).is_ok());
         rejects(with("contract_version", json!("1")), Some("contract_version"), Rule::BadValue);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            // Any Unicode scalar but U+0000 (refused by rule); at most four bytes a character, so
+            // max / 4 characters always fit the byte budget.
+            proptest::collection::vec(any::<char>().prop_map(|c| if c == '\0' { '0' } else { c }), 1..=max / 4)
+                .prop_map(|cs| cs.into_iter().collect::<String>())
+        }
+
+        fn verdicts() -> impl Strategy<Value = Verdict> {
+            let room = prop_oneof![
+                text(MAX_ID_BYTES).prop_map(RoomId::Text),
+                (1u32..=u32::MAX - 1).prop_map(RoomId::Numeric),
+            ];
+            (
+                text(MAX_ID_BYTES),
+                any::<bool>(),
+                1u32..,
+                room,
+                proptest::collection::vec(text(MAX_ID_BYTES), 1..=MAX_USERS),
+                proptest::option::of(text(200)),
+                proptest::option::of(text(50)),
+                proptest::option::of(0i64..253_402_300_799),
+                proptest::option::of(proptest::collection::btree_map(text(20), text(20), 0..4)),
+            )
+                .prop_map(|(verdict_id, zego, app_id, room_id, users, reason, source, secs, evidence)| {
+                    let vendor = if zego { Vendor::Zego } else { Vendor::Trtc };
+                    // ZEGO rooms are strings: a numeric one is its digits.
+                    let room_id = match (vendor, room_id) {
+                        (Vendor::Zego, RoomId::Numeric(n)) => RoomId::Text(n.to_string()),
+                        (_, r) => r,
+                    };
+                    let mut user_ids: Vec<String> = Vec::new();
+                    for u in users {
+                        if !user_ids.contains(&u) {
+                            user_ids.push(u);
+                        }
+                    }
+                    Verdict {
+                        verdict_id,
+                        vendor,
+                        app_id,
+                        room_id,
+                        user_ids,
+                        reason,
+                        source,
+                        detected_at: secs.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        evidence: evidence.map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_parse_or_are_refused_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Verdict::parse(&body);
+            }
+
+            #[test]
+            fn any_json_object_parses_or_is_refused_with_a_rule(
+                pairs in proptest::collection::vec((prop_oneof![Just("verdict_id".to_owned()), Just("user_ids".to_owned()),
+                    Just("room_id".to_owned()), Just("app_id".to_owned()), Just("vendor".to_owned()), ".{0,12}"],
+                    prop_oneof![any::<i64>().prop_map(Value::from), ".{0,20}".prop_map(Value::from),
+                        Just(Value::Null), Just(json!(["a", "b"])), Just(json!({"k": "\u{0}"}))]), 0..8)
+            ) {
+                let obj: Map<String, Value> = pairs.into_iter().collect();
+                if let Err(e) = Verdict::parse(Value::Object(obj).to_string().as_bytes()) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+
+            #[test]
+            fn a_parsed_verdict_serialised_again_parses_equal(v in verdicts()) {
+                let body = v.to_json().to_string();
+                prop_assume!(body.len() <= MAX_BODY_BYTES);
+                let parsed = Verdict::parse(body.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+                prop_assert_eq!(&parsed, &v);
+                prop_assert_eq!(Verdict::parse(parsed.to_json().to_string().as_bytes()).ok(), Some(parsed));
+            }
+        }
     }
 }

@@ -70,6 +70,23 @@ pub struct Recorded {
     pub inserted: bool,
 }
 
+/// What is recorded under each of `ids`: (vendor, app id, room id, numeric room, users).
+pub async fn stored_identities(
+    pool: &PgPool,
+    ids: &[&str],
+) -> Result<HashMap<String, (String, i64, String, bool, Vec<String>)>, AuditError> {
+    let rows: Vec<(String, String, i64, String, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids FROM verdicts WHERE verdict_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, vendor, app, room, numeric, users)| (id, (vendor, app, room, numeric, users)))
+        .collect())
+}
+
 /// Records one batch in one transaction and returns where each verdict stands. `wake`, if any,
 /// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch).
 pub async fn record(

@@ -98,11 +98,13 @@ enum SessionError {
 impl Intake {
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
     pub async fn run(&self, shutdown: &CancellationToken) {
-        let mut wait = Duration::from_millis(200);
+        // Halved here so the first failure waits the first step.
+        let mut wait = Duration::from_millis(100);
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
+            let started = std::time::Instant::now();
             match self.session(shutdown).await {
                 Ok(conn) => {
                     // Unacked deliveries (none once a batch is settled) go back to the broker.
@@ -110,6 +112,7 @@ impl Intake {
                     return;
                 }
                 Err(e) => {
+                    wait = reconnect_wait(wait, started.elapsed());
                     self.status.connected.store(false, Ordering::Relaxed);
                     self.status.consuming.store(false, Ordering::Relaxed);
                     tracing::error!(error = %e, url = %redact_url(self.amqp.url.expose_secret()), retry_in_ms = wait.as_millis() as u64,
@@ -118,7 +121,6 @@ impl Intake {
                         () = tokio::time::sleep(wait) => {},
                         () = shutdown.cancelled() => return,
                     }
-                    wait = (wait * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -206,6 +208,8 @@ impl Intake {
                 Err(e) => rejected.push((d, e)),
             }
         }
+        let (arrivals, reused) = self.split_reused(arrivals).await;
+        rejected.extend(reused);
         match self.record_held(&arrivals, &rejected, shutdown).await {
             Recording::Recorded(recorded, woken) => self.settle(arrivals, rejected, recorded, woken).await,
             Recording::Stopped => {}
@@ -220,6 +224,51 @@ impl Intake {
                 }
             }
         }
+    }
+
+    /// Takes out arrivals whose `verdict_id` already names a different verdict, in the database or
+    /// earlier in the batch. (Two batches recorded at once can each carry a different verdict under
+    /// one new id; the second then counts as a delivery of the first. The check is for publisher
+    /// bugs, not a guarantee.) If the database cannot be asked, nothing is taken out: recording
+    /// will hold the batch anyway.
+    async fn split_reused(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+    ) -> (Vec<(Delivery, Verdict)>, Vec<(Delivery, ContractError)>) {
+        let ids: Vec<&str> = arrivals.iter().map(|(_, v)| v.verdict_id.as_str()).collect();
+        let stored = match record::stored_identities(&self.pool, &ids).await {
+            Ok(s) => s,
+            Err(_) => return (arrivals, Vec::new()),
+        };
+        let mut first: HashMap<String, Verdict> = HashMap::new();
+        let (mut kept, mut reused) = (Vec::new(), Vec::new());
+        for (d, v) in arrivals {
+            let differs_from_stored = stored.get(&v.verdict_id).is_some_and(|(vendor, app, room, numeric, users)| {
+                let stored = Verdict {
+                    vendor: Vendor::parse(vendor).unwrap_or(v.vendor),
+                    app_id: u32::try_from(*app).unwrap_or(0),
+                    room_id: crate::verdict::RoomId::from_parts(room, *numeric).unwrap_or_else(|| v.room_id.clone()),
+                    user_ids: users.clone(),
+                    ..v.clone()
+                };
+                !stored.same_enforcement(&v)
+            });
+            let differs_in_batch = first.get(&v.verdict_id).is_some_and(|f| !f.same_enforcement(&v));
+            if differs_from_stored || differs_in_batch {
+                let e = ContractError {
+                    field: Some("verdict_id".into()),
+                    rule: Rule::VerdictIdReused,
+                    message: "already names a different verdict (vendor, app, room or users differ); this one was not \
+                              enforced"
+                        .into(),
+                };
+                reused.push((d, e));
+            } else {
+                first.entry(v.verdict_id.clone()).or_insert_with(|| v.clone());
+                kept.push((d, v));
+            }
+        }
+        (kept, reused)
     }
 
     /// One message on its own. If the database refuses even that, the message is the offender:
@@ -421,6 +470,14 @@ impl Intake {
     }
 }
 
+/// The wait before reconnecting after a session that lasted `lasted`: doubling up to 30 s while
+/// sessions fail at once, back to the first step after one that worked for a while (a broker
+/// restart tomorrow should not wait as long as the outage last week ended at).
+fn reconnect_wait(previous: Duration, lasted: Duration) -> Duration {
+    const FIRST: Duration = Duration::from_millis(200);
+    if lasted >= Duration::from_secs(30) { FIRST } else { (previous * 2).clamp(FIRST, Duration::from_secs(30)) }
+}
+
 /// The `bouncer_verdicts_received_total` outcome of one arrival.
 fn outcome(r: &Recorded, first_in_batch: bool, served: bool) -> &'static str {
     match (r.inserted, r.status) {
@@ -467,6 +524,20 @@ mod tests {
 
     fn r(inserted: bool, status: VerdictStatus) -> Recorded {
         Recorded { status, deliveries: 1, inserted }
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_while_sessions_fail_and_resets_after_one_that_worked() {
+        let ms = Duration::from_millis;
+        let mut wait = ms(100);
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            wait = reconnect_wait(wait, ms(5));
+            seen.push(wait.as_millis());
+        }
+        assert_eq!(seen, [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+        assert_eq!(reconnect_wait(Duration::from_secs(30), Duration::from_secs(3600)), ms(200));
+        assert_eq!(reconnect_wait(Duration::from_secs(30), Duration::from_secs(29)), Duration::from_secs(30));
     }
 
     #[test]

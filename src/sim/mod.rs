@@ -75,6 +75,10 @@ pub struct Record {
     pub rejection: Option<String>,
 }
 
+/// The quota shown for calls naming an AppId, SecretId or action the simulator does not know.
+const UNKNOWN_ZEGO_QUOTA: &str = "zego:unknown";
+const UNKNOWN_TRTC_QUOTA: &str = "trtc:unknown";
+
 /// Counters for one quota.
 #[derive(Debug, Default)]
 struct QuotaState {
@@ -302,11 +306,16 @@ impl Sim {
         }
         let app = get("AppId").unwrap_or_default();
         call.app_id = app.parse().map_err(|_| zego_no(100_000_002, "AppId missing or not a uint32", "bad_params"))?;
-        call.quota = format!("zego:{}", call.app_id);
+        // Only a configured AppId has a quota: anybody can send any AppId, and counters or metric
+        // labels keyed by unauthenticated values would grow without bound.
+        let known = self.zego_secrets.contains_key(&call.app_id);
+        call.quota = if known { format!("zego:{}", call.app_id) } else { UNKNOWN_ZEGO_QUOTA.to_owned() };
         let f = self.faults_for("zego", call.app_id);
         let at = self.arrival(&f, received).await;
         call.arrived = Some(at);
-        self.arrive(&call.quota, self.zego_rate, at);
+        if known {
+            self.arrive(&call.quota, self.zego_rate, at);
+        }
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
         }
@@ -381,11 +390,17 @@ impl Sim {
         let auth = verify::parse_authorization(header("authorization"))
             .map_err(|e| trtc_no("AuthFailure.InvalidAuthorization", format!("{e:?}"), "signature"))?;
         call.nonce = Some(auth.signature.clone());
-        call.quota = format!("trtc:{}:{}", auth.secret_id, call.action);
+        // As for ZEGO: a quota only for a configured SecretId and a known action.
+        let known = self.trtc_keys.contains_key(&auth.secret_id)
+            && [trtc::ACTION_NUMERIC, trtc::ACTION_STRING].contains(&call.action.as_str());
+        call.quota =
+            if known { format!("trtc:{}:{}", auth.secret_id, call.action) } else { UNKNOWN_TRTC_QUOTA.to_owned() };
         let f = self.faults_for("trtc", call.app_id);
         let at = self.arrival(&f, received).await;
         call.arrived = Some(at);
-        self.arrive(&call.quota, self.trtc_rate, at);
+        if known {
+            self.arrive(&call.quota, self.trtc_rate, at);
+        }
         if let Some(r) = self.transport_faults(&f).await {
             return Err(r);
         }

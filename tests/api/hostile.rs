@@ -197,3 +197,48 @@ async fn a_publisher_set_bouncer_header_changes_nothing_that_is_recorded() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verdict_id_reused_for_other_users_is_kept_as_rejected_not_swallowed_as_a_duplicate() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let _worker = env.worker();
+    let app = env.apps.zego[0].0;
+    env.publish_json(&verdict("v-1", "zego", app, json!("r"), &["a", "b"])).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 1, Duration::from_secs(20)).await;
+    // The same verdict again (users in another order) is a duplicate; other users or another room
+    // under the same id are not.
+    env.publish_json(&verdict("v-1", "zego", app, json!("r"), &["b", "a"])).await;
+    env.publish_json(&verdict("v-1", "zego", app, json!("r"), &["c"])).await;
+    env.publish_json(&verdict("v-1", "zego", app, json!("elsewhere"), &["a", "b"])).await;
+    env.wait_for_count(
+        "SELECT count(*) FROM rejected_messages WHERE rule = 'verdict_id_reused' AND field = 'verdict_id'",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    let pool = env.pool().await;
+    let (deliveries, users): (i32, Vec<String>) =
+        sqlx::query_as("SELECT deliveries, user_ids FROM verdicts WHERE verdict_id = 'v-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((deliveries, users), (2, vec!["a".to_owned(), "b".to_owned()]));
+    let kept: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM rejected_messages ORDER BY id").fetch_all(&pool).await.unwrap();
+    // Two batches may be recorded at once, so the rows are not necessarily in publishing order.
+    let mut kept: Vec<String> =
+        kept.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()).map(|v| v.to_string()).collect();
+    kept.sort();
+    let mut want = vec![
+        verdict("v-1", "zego", app, json!("r"), &["c"]).to_string(),
+        verdict("v-1", "zego", app, json!("elsewhere"), &["a", "b"]).to_string(),
+    ];
+    want.sort();
+    assert_eq!(kept, want, "both messages kept as received");
+    let started = std::time::Instant::now();
+    while env.queue_depth(".rejected").await < 2 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.queue_depth(".rejected").await, 2);
+    pool.close().await;
+}

@@ -8,4 +8,5 @@ mod helpers;
 mod hostile;
 mod ops;
 mod pipeline;
+mod secrets;
 mod vendors;

@@ -183,6 +183,31 @@ async fn the_sim_rate_limits_a_burst_of_60_zego_calls_to_exactly_50() {
 }
 
 #[tokio::test]
+async fn calls_naming_apps_or_secret_ids_the_sim_does_not_know_create_no_quota_and_no_metric_label() {
+    let apps = Apps::random(1, 1);
+    let sim = start_sim(&apps).await;
+    let mut strangers = Vec::new();
+    for _ in 0..20 {
+        let other = Apps::random(1, 1);
+        let (zego, trtc) = clients(&other.config(&sim.endpoint()));
+        let _ = zego.kick_once(&request(other.zego[0].0, RoomId::Text("r".into()), 1)).await;
+        let _ = trtc.kick_once(&request(other.trtc[0].0, RoomId::Numeric(7), 1)).await;
+        strangers.push(other.zego[0].0.to_string());
+        strangers.push(other.trtc[0].1.clone());
+    }
+    let control = SimControl::new(&sim);
+    let stats = control.stats().await;
+    assert_eq!(stats["quotas"].as_object().map(|q| q.len()), Some(0), "{stats}");
+    let metrics = control.metrics().await;
+    for s in &strangers {
+        assert!(!metrics.contains(s.as_str()), "{s} became a label: {metrics}");
+    }
+    let records = control.requests().await;
+    assert_eq!(records.len(), 40);
+    assert!(records.iter().all(|r| r.quota.ends_with(":unknown")), "{records:?}");
+}
+
+#[tokio::test]
 async fn injected_faults_map_to_the_documented_classes() {
     let apps = Apps::random(1, 1);
     let sim = start_sim(&apps).await;
