@@ -70,6 +70,19 @@ pub struct Recorded {
     pub inserted: bool,
 }
 
+/// A delivery the AMQP client could not parse: no bytes to keep, only why (the message itself
+/// reaches `<queue>.rejected` when the broker's delivery limit is hit).
+pub async fn record_unparseable(pool: &PgPool, reason: &str) -> Result<(), AuditError> {
+    sqlx::query(
+        "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
+         VALUES ($1, NULL, 'unparseable_frame', ''::bytea, 0, '{}'::jsonb)",
+    )
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// What is recorded under each of `ids`: (vendor, app id, room id, numeric room, users).
 pub async fn stored_identities(
     pool: &PgPool,

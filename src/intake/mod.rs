@@ -93,23 +93,61 @@ enum SessionError {
     ConsumerEnded,
     #[error("disconnected for over a minute without recovering")]
     Stalled,
+    #[error("a delivery could not be parsed by the AMQP client: {0}")]
+    Unparseable(String),
 }
+
+/// After a frame the AMQP client cannot parse, sessions take one delivery at a time until this
+/// many have arrived cleanly (see [`Intake::run`]).
+const QUARANTINE_DELIVERIES: usize = 50;
+/// The wait before reconnecting after an unparseable frame: the broker is fine, a message is not.
+const QUARANTINE_RECONNECT: Duration = Duration::from_millis(500);
 
 impl Intake {
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    ///
+    /// A message whose frame lapin cannot parse (a property or header that is not UTF-8, which
+    /// RabbitMQ passes on) kills the connection, and comes back first on every reconnect. Every
+    /// other unacked delivery comes back too, each time one delivery nearer the queue's delivery
+    /// limit. So after such a failure intake is *quarantined*: it takes one delivery at a time
+    /// (prefetch 1), so only the poison is in flight when the connection dies, and reconnects
+    /// after half a second; the broker dead-letters the poison once it reaches the delivery
+    /// limit, and the prefetch is restored after [`QUARANTINE_DELIVERIES`] clean deliveries.
     pub async fn run(&self, shutdown: &CancellationToken) {
         // Halved here so the first failure waits the first step.
         let mut wait = Duration::from_millis(100);
+        let mut quarantined = false;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             let started = std::time::Instant::now();
-            match self.session(shutdown).await {
+            match self.session(shutdown, &mut quarantined).await {
                 Ok(conn) => {
                     // Unacked deliveries (none once a batch is settled) go back to the broker.
                     let _ = conn.close(200, "bouncer shutting down".into()).await;
                     return;
+                }
+                Err(SessionError::Unparseable(detail)) => {
+                    metrics::counter!("bouncer_unparseable_deliveries_total").increment(1);
+                    self.status.connected.store(false, Ordering::Relaxed);
+                    self.status.consuming.store(false, Ordering::Relaxed);
+                    if !quarantined {
+                        // One row per episode: the bytes never reached us, the broker keeps them.
+                        let reason = format!(
+                            "a delivery the AMQP client could not parse ({detail}); taking one delivery at a time \
+                             until RabbitMQ dead-letters it to {}.rejected at the delivery limit ({})",
+                            self.amqp.queue, self.amqp.delivery_limit
+                        );
+                        let _ = record::record_unparseable(&self.pool, &crate::text::single_line(&reason)).await;
+                    }
+                    quarantined = true;
+                    tracing::error!(error = %detail, queue = %self.amqp.queue, delivery_limit = self.amqp.delivery_limit,
+                        "a delivery could not be parsed; quarantined: one delivery at a time until the broker dead-letters it");
+                    tokio::select! {
+                        () = tokio::time::sleep(QUARANTINE_RECONNECT) => {},
+                        () = shutdown.cancelled() => return,
+                    }
                 }
                 Err(e) => {
                     wait = reconnect_wait(wait, started.elapsed());
@@ -126,14 +164,50 @@ impl Intake {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> Result<Connection, SessionError> {
+    async fn session(&self, shutdown: &CancellationToken, quarantined: &mut bool) -> Result<Connection, SessionError> {
         let props = ConnectionProperties::default()
             .with_connection_name(self.amqp.connection_name.clone().into())
             .enable_auto_recover();
         let conn = Connection::connect(self.amqp.url.expose_secret(), props).await?;
+        // lapin reports a frame it cannot parse as a connection event, then ends the consumer.
+        let (unparseable_tx, mut unparseable) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut events = conn.events_listener();
+        let watcher = tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event
+                    && matches!(e.kind(), lapin::ErrorKind::ParsingError(_))
+                {
+                    let _ = unparseable_tx.send(e.to_string());
+                }
+            }
+        });
+        let result = self.consume(&conn, shutdown, quarantined, &mut unparseable).await;
+        // The event may trail the consumer's end by a moment.
+        let result = match result {
+            Err(e) if !matches!(e, SessionError::Unparseable(_)) => {
+                match tokio::time::timeout(Duration::from_millis(100), unparseable.recv()).await {
+                    Ok(Some(d)) => Err(SessionError::Unparseable(d)),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        };
+        watcher.abort();
+        result.map(|()| conn)
+    }
+
+    async fn consume(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+        quarantined: &mut bool,
+        unparseable: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> Result<(), SessionError> {
         let consume = conn.create_channel().await?;
         topology::declare(&consume, &self.amqp).await?;
-        consume.basic_qos(self.amqp.prefetch, BasicQosOptions::default()).await?;
+        let prefetch = if *quarantined { 1 } else { self.amqp.prefetch };
+        consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let mut clean = 0usize;
         let tag = format!("{}-{}", self.amqp.connection_name, uuid::Uuid::new_v4().simple());
         let mut consumer = consume
             .basic_consume(
@@ -145,7 +219,7 @@ impl Intake {
             .await?;
         self.status.connected.store(true, Ordering::Relaxed);
         self.status.consuming.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, "consuming verdicts");
+        tracing::info!(queue = %self.amqp.queue, prefetch, quarantined = *quarantined, "consuming verdicts");
         let mut watchdog = tokio::time::interval(Duration::from_secs(2));
         let mut disconnected_for = 0u32;
         let batch_cap = (usize::from(self.amqp.prefetch) / PIPELINE_DEPTH).clamp(1, MAX_BATCH);
@@ -157,7 +231,11 @@ impl Intake {
                     while recording.next().await.is_some() {}
                     let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     self.status.consuming.store(false, Ordering::Relaxed);
-                    return Ok(conn);
+                    return Ok(());
+                }
+                Some(detail) = unparseable.recv() => {
+                    while recording.next().await.is_some() {}
+                    return Err(SessionError::Unparseable(detail));
                 }
                 Some(()) = recording.next(), if !recording.is_empty() => {}
                 next = consumer.next(), if recording.len() < PIPELINE_DEPTH => match next {
@@ -167,6 +245,14 @@ impl Intake {
                             match consumer.next().now_or_never() {
                                 Some(Some(Ok(d))) => batch.push(d),
                                 _ => break,
+                            }
+                        }
+                        if *quarantined {
+                            clean += batch.len();
+                            if clean >= QUARANTINE_DELIVERIES {
+                                consume.basic_qos(self.amqp.prefetch, BasicQosOptions::default()).await?;
+                                *quarantined = false;
+                                tracing::info!(prefetch = self.amqp.prefetch, "quarantine over: deliveries parse again");
                             }
                         }
                         recording.push(self.handle_batch(batch, shutdown));

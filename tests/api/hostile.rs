@@ -242,3 +242,54 @@ async fn a_verdict_id_reused_for_other_users_is_kept_as_rejected_not_swallowed_a
     assert_eq!(env.queue_depth(".rejected").await, 2);
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_the_client_cannot_parse_among_twenty_verdicts_cost_none_of_them() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let app = env.apps.zego[0].0;
+    let good: Vec<serde_json::Value> =
+        (0..10).map(|i| verdict(&format!("g-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])).collect();
+    env.publish_all(&good).await;
+    let poison = verdict("poison-frame", "zego", app, json!("r"), &["p"]).to_string();
+    crate::helpers::publish_raw(&env.queue, b"\xff\xfe", None, poison.as_bytes()).await;
+    let more: Vec<serde_json::Value> =
+        (10..15).map(|i| verdict(&format!("g-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])).collect();
+    env.publish_all(&more).await;
+    // A header key that is not UTF-8 does the same.
+    let poison = verdict("poison-header", "zego", app, json!("r"), &["q"]).to_string();
+    crate::helpers::publish_raw(&env.queue, b"application/json", Some(b"\xff\xfe"), poison.as_bytes()).await;
+    let rest: Vec<serde_json::Value> =
+        (15..20).map(|i| verdict(&format!("g-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])).collect();
+    env.publish_all(&rest).await;
+    let worker = env.worker();
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 20, Duration::from_secs(90)).await;
+    // The broker dead-letters the poison at the delivery limit, and nothing else.
+    let started = std::time::Instant::now();
+    while env.queue_depth(".rejected").await < 2 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.queue_depth(".rejected").await, 2, "only the two poisons dead-lettered");
+    assert_eq!(env.queue_depth("").await, 0, "the poison left the queue");
+    let pool = env.pool().await;
+    let most: i32 = sqlx::query_scalar("SELECT max(deliveries) FROM verdicts").fetch_one(&pool).await.unwrap();
+    assert!(most <= 3, "innocent verdicts were redelivered up to {most} times");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_messages WHERE rule = 'unparseable_frame'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!((1..=2).contains(&rows), "each episode is in the audit trail: {rows}");
+    let text = reqwest::get(format!("http://{}/metrics", worker.http_addr())).await.unwrap().text().await.unwrap();
+    let failures: f64 = parse_prometheus(&text)
+        .iter()
+        .filter(|(n, _, _)| n == "bouncer_unparseable_deliveries_total")
+        .map(|(_, _, v)| v)
+        .sum();
+    assert!(failures >= 1.0, "counted: {failures}");
+    // Intake takes its full prefetch again once the poison is gone.
+    let fresh: Vec<serde_json::Value> =
+        (20..100).map(|i| verdict(&format!("g-{i}"), "zego", app, json!("r"), &[&format!("u{i}")])).collect();
+    env.publish_all(&fresh).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 100, Duration::from_secs(30)).await;
+    assert!(worker.log_text().contains("quarantine over"), "prefetch restored");
+    pool.close().await;
+}
