@@ -293,3 +293,85 @@ async fn frames_the_client_cannot_parse_among_twenty_verdicts_cost_none_of_them(
     assert!(worker.log_text().contains("quarantine over"), "prefetch restored");
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_hostile_bodies_among_valid_verdicts_are_all_accounted_for_and_the_worker_keeps_running() {
+    let env = TestEnv::new(Apps::random(1, 1), EnvOptions { prefetch: 300, ..EnvOptions::default() }).await;
+    let mut worker = env.worker();
+    let zego = env.apps.zego[0].0;
+    let trtc = env.apps.trtc[0].0;
+    let kinds = |i: usize| -> Vec<u8> {
+        let good = verdict(&format!("h-{i}"), "zego", zego, json!("r"), &["u"]);
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            v.to_string().into_bytes()
+        };
+        match i % 16 {
+            0 => (0..(i % 97)).map(|k| (k * 31 + i) as u8).collect(),
+            1 => good.to_string().into_bytes()[..(i % 40)].to_vec(),
+            2 => with("user_ids", json!([format!("a\u{0}{i}")])),
+            3 => with("detected_at", json!("0000-01-01T00:00:00Z")),
+            4 => with("evidence", json!({"deep": [[[[{"k\u{0}": 1}]]]]})),
+            5 => with(&format!("unknown-{i}\u{202e}\n"), json!(1)),
+            6 => with("room_id", json!(-1)),
+            7 => with("user_ids", json!((0..101).map(|k| format!("u{k}")).collect::<Vec<_>>())),
+            8 => with("reason", json!("\u{1b}[2J".repeat(2000))),
+            9 => vec![b'['; 5000],
+            10 => with("app_id", json!(1e300)),
+            11 => format!("{{\"verdict_id\":\"x{i}\",\"verdict_id\":\"dup-key\"}}").into_bytes(),
+            12 => with("contract_version", json!("one")),
+            13 => with("vendor", json!("agora")),
+            14 => "\u{feff}{}".as_bytes().to_vec(),
+            _ => with("detected_at", json!("9999-12-31T23:59:59-23:59")),
+        }
+    };
+    let mut published = 0usize;
+    let mut valid = 0usize;
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for i in 0..3000 {
+        bodies.push(kinds(i));
+        if i % 6 == 0 {
+            let v = if i % 12 == 0 {
+                verdict(&format!("ok-{i}"), "zego", zego, json!("r"), &[&format!("u{i}")])
+            } else {
+                verdict(&format!("ok-{i}"), "trtc", trtc, json!(1000 + i % 7), &[&format!("u{i}")])
+            };
+            bodies.push(v.to_string().into_bytes());
+            valid += 1;
+        }
+    }
+    let publisher =
+        bouncer::publisher::Publisher::connect(&env.parsed_config().amqp, "hostile").await.expect("publisher");
+    for chunk in bodies.chunks(1000) {
+        assert!(publisher.publish_all(chunk, &[]).await.iter().all(|ok| *ok));
+        published += chunk.len();
+    }
+    publisher.close().await;
+
+    let pool = env.pool().await;
+    let started = std::time::Instant::now();
+    let mut accounted = 0i64;
+    while started.elapsed() < Duration::from_secs(90) {
+        accounted = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM rejected_messages) + (SELECT COALESCE(sum(deliveries), 0) FROM verdicts)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if accounted == published as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(accounted, published as i64, "rejected rows + verdict deliveries = published");
+    env.wait_for_count(
+        "SELECT count(*) FROM verdicts WHERE verdict_id LIKE 'ok-%' AND status = 'done'",
+        valid as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(worker.child.try_wait().expect("status").is_none(), "the worker never exited");
+    assert_eq!(env.queue_depth("").await, 0);
+    pool.close().await;
+}
