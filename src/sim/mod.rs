@@ -367,13 +367,26 @@ impl Sim {
         Ok(())
     }
 
-    /// A TRTC `RemoveUser` / `RemoveUserByStrRoomId` call.
-    async fn trtc(&self, headers: &HeaderMap, query: &str, body: &[u8], call: &mut Call) -> Result<(), Refusal> {
+    /// A TRTC `RemoveUser` / `RemoveUserByStrRoomId` call: POST with a JSON body (what Bouncer
+    /// sends), or GET with the parameters in the query string (what the official SDKs send when
+    /// asked to), TC3-signed either way.
+    async fn trtc(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        query: &str,
+        body: &[u8],
+        call: &mut Call,
+    ) -> Result<(), Refusal> {
         let received = Instant::now();
         call.vendor = "trtc";
         let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
         call.action = header("x-tc-action").to_owned();
-        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let parsed: Value = if method == Method::GET {
+            get_parameters(&call.action, query)
+        } else {
+            serde_json::from_slice(body).unwrap_or(Value::Null)
+        };
         call.app_id = parsed["SdkAppId"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         call.room_numeric = parsed["RoomId"].is_number();
         call.room_id = match &parsed["RoomId"] {
@@ -422,7 +435,9 @@ impl Sim {
         if auth.service != trtc::SERVICE || auth.date != trtc::utc_date(ts) {
             return Err(trtc_no("AuthFailure.SignatureFailure", "credential scope mismatch", "signature"));
         }
-        verify::tc3_check(&auth, key.expose_secret(), "POST", query, headers, body, ts_raw)
+        // The canonical query string is empty for POST and the query exactly as sent for GET.
+        let (signed_method, signed_query) = if method == Method::GET { ("GET", query) } else { ("POST", "") };
+        verify::tc3_check(&auth, key.expose_secret(), signed_method, signed_query, headers, body, ts_raw)
             .map_err(|e| trtc_no("AuthFailure.SignatureFailure", format!("signature mismatch ({e:?})"), "signature"))?;
         if (chrono::Utc::now().timestamp() - ts).abs() > trtc::MAX_SKEW_SECS || self.take_expired("trtc", call.app_id) {
             return Err(trtc_no("AuthFailure.SignatureExpire", "signature expired", "expired"));
@@ -594,8 +609,9 @@ async fn vendor_api(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     let mut call = Call::default();
-    let (result, success) = if method == Method::POST && headers.contains_key("x-tc-action") {
-        (sim.trtc(&headers, query, &body, &mut call).await, Answer::Trtc { error: None })
+    let (result, success) = if headers.contains_key("x-tc-action") && (method == Method::POST || method == Method::GET)
+    {
+        (sim.trtc(&method, &headers, query, &body, &mut call).await, Answer::Trtc { error: None })
     } else if method == Method::GET && query.contains("Action=") {
         (sim.zego(query, &mut call).await, Answer::Zego { code: 0, message: "success".into() })
     } else {
@@ -607,6 +623,30 @@ async fn vendor_api(
     };
     sim.record(call, &answer, rejection);
     render(answer)
+}
+
+/// A TRTC GET's query parameters as the JSON body a POST would carry: `SdkAppId`, `RoomId` (an
+/// integer for `RemoveUser`, a string otherwise) and `UserIds.0`, `UserIds.1`, … in index order.
+fn get_parameters(action: &str, query: &str) -> Value {
+    let mut app = Value::Null;
+    let mut room = Value::Null;
+    let mut users: Vec<(usize, String)> = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "SdkAppId" => app = v.parse::<u64>().map(Value::from).unwrap_or(Value::String(v.into_owned())),
+            "RoomId" if action == trtc::ACTION_NUMERIC => {
+                room = v.parse::<u64>().map(Value::from).unwrap_or(Value::String(v.into_owned()))
+            }
+            "RoomId" => room = Value::String(v.into_owned()),
+            other => {
+                if let Some(i) = other.strip_prefix("UserIds.").and_then(|i| i.parse().ok()) {
+                    users.push((i, v.into_owned()));
+                }
+            }
+        }
+    }
+    users.sort_by_key(|(i, _)| *i);
+    serde_json::json!({"SdkAppId": app, "RoomId": room, "UserIds": users.into_iter().map(|(_, u)| u).collect::<Vec<_>>()})
 }
 
 async fn put_faults(State(sim): State<Arc<Sim>>, Json(f): Json<Faults>) -> Response {
