@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// Give up waiting for the workload after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Network jitter the simulator adds to every call's arrival (0..=N ms, uniform): how the
+    /// pacing holds the vendor's limit when arrivals wander.
+    #[arg(long, default_value_t = 0)]
+    arrival_jitter_ms: u64,
 }
 
 /// One app's share of a workload.
@@ -390,8 +394,12 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         sim_rt.handle(),
     )
     .map_err(|e| format!("simulator: {e}"))?;
-    if w.http_502_rate > 0.0 {
-        running.sim.set_faults(Faults { http_502_rate: w.http_502_rate, ..Faults::default() });
+    if w.http_502_rate > 0.0 || args.arrival_jitter_ms > 0 {
+        running.sim.set_faults(Faults {
+            http_502_rate: w.http_502_rate,
+            arrival_jitter_ms: args.arrival_jitter_ms,
+            ..Faults::default()
+        });
     }
     if w.stuck {
         running.sim.set_faults(Faults {
