@@ -1,6 +1,16 @@
 //! Bouncer: consumes content-moderation verdicts from RabbitMQ, kicks the offending users out of
 //! ZEGO and Tencent TRTC rooms within each vendor's limits, and keeps an audit trail in
 //! PostgreSQL. `main.rs` only calls [`cli::main`]; everything else lives here.
+//!
+//! Words used throughout: a *verdict* names users of one room of one app; each user of a verdict
+//! is a *kick*; one vendor call carries a *chunk* of kicks of one room (≤ 5 ZEGO, ≤ 10 TRTC) and is
+//! recorded as an *attempt*; a *quota* is what a vendor limits per second (a ZEGO AppID, a TRTC
+//! SecretId and action) and a *quota group* the quotas owned together (a ZEGO AppID; a TRTC
+//! SecretId); its *owner* is the one replica that calls for it, through one *lane* per app.
+//!
+//! A verdict's path, stage by stage: [`verdict`] (the contract) → [`intake`] → [`audit`] (all
+//! SQL) → [`wake`] → [`ownership`] (the elector) → [`lane`] → [`batch`] → [`quota`] → [`call`] →
+//! [`vendor`] → [`retry`], with [`states`] naming every status.
 
 pub mod app;
 pub mod audit;

@@ -666,6 +666,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_cannot_forge_a_log_line_through_the_error_message() {
+        let e = parse(&with("x\nlevel=ERROR forged", json!(1))).unwrap_err();
+        assert_eq!(e.rule, Rule::UnknownField);
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(e.to_string().contains("x\\nlevel=ERROR forged"), "{e}");
+    }
+
+    #[test]
     fn a_null_contract_version_means_absent() {
         assert!(parse(&with("contract_version", Value::Null)).is_ok());
         assert!(parse(&with("contract_version", json!(1))).is_ok());

@@ -80,3 +80,21 @@ pub fn table(out: &mut impl Write, headers: &[&str], rows: Vec<Vec<String>>) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_shows_control_and_bidi_characters_from_data_as_escapes() {
+        let mut out = Vec::new();
+        let hostile = vec![vec!["\u{1b}[2Jwiped".to_owned(), "a\rb".to_owned(), "evil\u{202e}gnp.exe".to_owned()]];
+        table(&mut out, &["user_id", "reason", "room"], hostile).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.chars().any(|c| c == '\u{1b}' || c == '\r' || c == '\u{202e}'), "{text:?}");
+        assert!(
+            text.contains("\\u{1b}[2Jwiped") && text.contains("a\\rb") && text.contains("evil\\u{202e}gnp.exe"),
+            "{text}"
+        );
+    }
+}

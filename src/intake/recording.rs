@@ -1,0 +1,358 @@
+//! Recording a batch of deliveries in one transaction, isolating any message PostgreSQL refuses
+//! for its data, and settling every delivery once its record is committed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::{Intake, unix_ms};
+use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
+use crate::states::{KickStatus, VerdictStatus};
+use crate::verdict::{ContractError, Rule, Vendor, Verdict};
+use crate::wake;
+
+/// How recording a batch ended.
+enum Recording {
+    Recorded(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>),
+    /// Shutdown came while PostgreSQL was away; nothing was settled.
+    Stopped,
+    /// PostgreSQL refused the data (see [`crate::audit::AuditError::is_data_error`]).
+    Refused(crate::audit::AuditError),
+}
+
+impl Intake {
+    /// data is recorded message by message, so one message nobody can store costs only itself.
+    pub(super) async fn handle_batch(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
+        let mut rejected: Vec<(Delivery, ContractError)> = Vec::new();
+        let mut arrivals: Vec<(Delivery, Verdict)> = Vec::new();
+        for d in deliveries {
+            match Verdict::parse(&d.data) {
+                Ok(verdict) => arrivals.push((d, verdict)),
+                Err(e) => rejected.push((d, e)),
+            }
+        }
+        let (arrivals, reused) = self.split_reused(arrivals).await;
+        rejected.extend(reused);
+        match self.record_held(&arrivals, &rejected, shutdown).await {
+            Recording::Recorded(recorded, woken) => self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Stopped => {}
+            Recording::Refused(e) => {
+                tracing::warn!(error = %e, deliveries = arrivals.len() + rejected.len(),
+                    "PostgreSQL refused a batch's data; recording its messages one by one");
+                for (d, v) in arrivals {
+                    self.record_alone(vec![(d, v)], vec![], shutdown).await;
+                }
+                for (d, e) in rejected {
+                    self.record_alone(vec![], vec![(d, e)], shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Takes out arrivals whose `verdict_id` already names a different verdict, in the database or
+    /// earlier in the batch. (Two batches recorded at once can each carry a different verdict under
+    /// one new id; the second then counts as a delivery of the first. The check is for publisher
+    /// bugs, not a guarantee.) If the database cannot be asked, nothing is taken out: recording
+    /// will hold the batch anyway.
+    async fn split_reused(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+    ) -> (Vec<(Delivery, Verdict)>, Vec<(Delivery, ContractError)>) {
+        let ids: Vec<&str> = arrivals.iter().map(|(_, v)| v.verdict_id.as_str()).collect();
+        let stored = match record::stored_identities(&self.pool, &ids).await {
+            Ok(s) => s,
+            Err(_) => return (arrivals, Vec::new()),
+        };
+        let mut first: HashMap<String, Verdict> = HashMap::new();
+        let (mut kept, mut reused) = (Vec::new(), Vec::new());
+        for (d, v) in arrivals {
+            let differs_from_stored = stored.get(&v.verdict_id).is_some_and(|(vendor, app, room, numeric, users)| {
+                let stored = Verdict {
+                    vendor: Vendor::parse(vendor).unwrap_or(v.vendor),
+                    app_id: u32::try_from(*app).unwrap_or(0),
+                    room_id: crate::verdict::RoomId::from_parts(room, *numeric).unwrap_or_else(|| v.room_id.clone()),
+                    user_ids: users.clone(),
+                    ..v.clone()
+                };
+                !stored.same_enforcement(&v)
+            });
+            let differs_in_batch = first.get(&v.verdict_id).is_some_and(|f| !f.same_enforcement(&v));
+            if differs_from_stored || differs_in_batch {
+                let e = ContractError {
+                    field: Some("verdict_id".into()),
+                    rule: Rule::VerdictIdReused,
+                    message: "already names a different verdict (vendor, app, room or users differ); this one was not \
+                              enforced"
+                        .into(),
+                };
+                reused.push((d, e));
+            } else {
+                first.entry(v.verdict_id.clone()).or_insert_with(|| v.clone());
+                kept.push((d, v));
+            }
+        }
+        (kept, reused)
+    }
+
+    /// One message on its own. If the database refuses even that, the message is the offender:
+    /// it is recorded as rejected (its body as bytes, which always store) and dead-lettered.
+    async fn record_alone(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+        rejected: Vec<(Delivery, ContractError)>,
+        shutdown: &CancellationToken,
+    ) {
+        let e = match self.record_held(&arrivals, &rejected, shutdown).await {
+            Recording::Recorded(recorded, woken) => return self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Stopped => return,
+            Recording::Refused(e) => e,
+        };
+        let Some(d) = arrivals.into_iter().map(|(d, _)| d).chain(rejected.into_iter().map(|(d, _)| d)).next() else {
+            return;
+        };
+        let why = ContractError {
+            field: None,
+            rule: Rule::Unstorable,
+            message: crate::text::single_line(&format!("PostgreSQL cannot store this message: {e}")).into_owned(),
+        };
+        let unstorable = vec![(d, why)];
+        match self.record_held(&[], &unstorable, shutdown).await {
+            Recording::Recorded(recorded, woken) => self.settle(vec![], unstorable, recorded, woken).await,
+            Recording::Stopped => {}
+            Recording::Refused(e) => {
+                // Nothing of it could be written; keep it in the dead-letter queue at least.
+                metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
+                tracing::error!(error = %e, "a message could not be recorded even as rejected; dead-lettering it");
+                for (d, _) in unstorable {
+                    let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                }
+            }
+        }
+    }
+
+    /// Records, holding on while PostgreSQL is away: nothing is settled without it, and while we
+    /// wait no new deliveries are taken. Gives up at once on a data error.
+    async fn record_held(
+        &self,
+        arrivals: &[(Delivery, Verdict)],
+        rejected: &[(Delivery, ContractError)],
+        shutdown: &CancellationToken,
+    ) -> Recording {
+        let mut wait = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        loop {
+            match self.record(arrivals, rejected).await {
+                Ok((recorded, woken)) => {
+                    self.status.holding_since_ms.store(0, Ordering::Relaxed);
+                    tracing::debug!(
+                        deliveries = arrivals.len() + rejected.len(),
+                        record_ms = started.elapsed().as_millis() as u64,
+                        "intake batch recorded"
+                    );
+                    return Recording::Recorded(recorded, woken);
+                }
+                Err(e) if e.is_data_error() => return Recording::Refused(e),
+                Err(e) => {
+                    let _ = self.status.holding_since_ms.compare_exchange(
+                        0,
+                        unix_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record deliveries; holding them");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {},
+                        // Unsettled deliveries go back to the broker when the connection closes.
+                        () = shutdown.cancelled() => return Recording::Stopped,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Settles a recorded batch: malformed messages dead-lettered, the rest acked.
+    async fn settle(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+        rejected: Vec<(Delivery, ContractError)>,
+        recorded: HashMap<String, Recorded>,
+        woken: BTreeSet<(Vendor, u32)>,
+    ) {
+        // Lanes of this process learn of their new work at once; other replicas by NOTIFY.
+        for (vendor, app_id) in &woken {
+            self.wakers.wake(*vendor, *app_id);
+        }
+
+        for (d, e) in rejected {
+            metrics::counter!("bouncer_rejected_messages_total", "rule" => e.rule.as_str()).increment(1);
+            metrics::counter!("bouncer_verdicts_received_total", "outcome" => "rejected").increment(1);
+            tracing::warn!(reason = %e, "malformed message recorded and dead-lettered");
+            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (_, v) in &arrivals {
+            let first_in_batch = seen.insert(v.verdict_id.as_str());
+            if let Some(r) = recorded.get(&v.verdict_id) {
+                let outcome = outcome(r, first_in_batch, self.serves(v));
+                metrics::counter!("bouncer_verdicts_received_total", "outcome" => outcome).increment(1);
+                tracing::debug!(verdict_id = %v.verdict_id, vendor = %v.vendor, app_id = v.app_id, room_id = %v.room_id,
+                    status = %r.status, deliveries = r.deliveries, outcome, "verdict recorded");
+            }
+        }
+        // `Ok(false)`: the delivery predates a reconnect and was not acked. The broker sends the
+        // message again; recording it again only counts the delivery. Acks are sent together
+        // rather than one awaited after another.
+        let acks =
+            futures_util::future::join_all(arrivals.iter().map(|(d, _)| d.acker.ack(BasicAckOptions::default()))).await;
+        let unacked = acks.iter().filter(|a| !matches!(a, Ok(true))).count();
+        if unacked > 0 {
+            tracing::warn!(
+                unacked,
+                "deliveries from before a reconnect could not be acked; the broker redelivers them"
+            );
+        }
+    }
+
+    fn serves(&self, v: &Verdict) -> bool {
+        self.apps.contains(&(v.vendor, v.app_id))
+    }
+
+    /// One transaction for the batch. Returns where each verdict stands and the apps with new work.
+    async fn record(
+        &self,
+        arrivals: &[(Delivery, Verdict)],
+        rejected: &[(Delivery, ContractError)],
+    ) -> Result<(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>), crate::audit::AuditError> {
+        let reasons: Vec<String> = rejected.iter().map(|(_, e)| e.to_string()).collect();
+        let rejections: Vec<Rejection<'_>> = rejected
+            .iter()
+            .zip(&reasons)
+            .map(|((d, e), reason)| Rejection {
+                reason,
+                field: e.field.as_deref(),
+                rule: e.rule.as_str(),
+                payload: &d.data,
+                // An unstorable message may owe that to its headers: keep only its body.
+                headers: if e.rule == Rule::Unstorable { serde_json::json!({}) } else { headers_json(&d.properties) },
+            })
+            .collect();
+        // One row per verdict id; every arrival counts as a delivery.
+        let mut order: Vec<&str> = Vec::new();
+        let mut rows: HashMap<&str, (usize, i32)> = HashMap::new();
+        for (i, (_, v)) in arrivals.iter().enumerate() {
+            let entry = rows.entry(v.verdict_id.as_str()).or_insert_with(|| {
+                order.push(v.verdict_id.as_str());
+                (i, 0)
+            });
+            entry.1 += 1;
+        }
+        // Rows locked in one order by every batch: concurrent batches never deadlock.
+        order.sort_unstable();
+        let payloads: Vec<Box<RawValue>> = order
+            .iter()
+            .map(|id| {
+                let body = &arrivals[rows[id].0].0.data;
+                // The body parsed as a verdict, so it is UTF-8 JSON.
+                RawValue::from_string(String::from_utf8_lossy(body).into_owned())
+                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+            })
+            .collect();
+        let mut woken = BTreeSet::new();
+        let new: Vec<NewVerdict<'_>> = order
+            .iter()
+            .zip(&payloads)
+            .map(|(id, payload)| {
+                let (i, deliveries) = rows[id];
+                let v = &arrivals[i].1;
+                let unconfigured = if self.serves(v) {
+                    woken.insert((v.vendor, v.app_id));
+                    None
+                } else {
+                    tracing::error!(verdict_id = %id, vendor = %v.vendor, app_id = v.app_id,
+                        "verdict for an app not configured here recorded as failed");
+                    Some(format!("{} app {} is not configured in this worker; replay once it is", v.vendor, v.app_id))
+                };
+                NewVerdict { verdict: v, payload, deliveries, unconfigured }
+            })
+            .collect();
+        let note = (!woken.is_empty()).then(|| wake::payload(&self.me, &woken));
+        let recorded = record::record(&self.pool, &new, &rejections, note.as_deref()).await?;
+        // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
+        // so the failure alerts see them.
+        for n in new.iter().filter(|n| n.unconfigured.is_some()) {
+            let v = n.verdict;
+            if let Some(r) = recorded.get(&v.verdict_id).filter(|r| r.inserted && r.status == VerdictStatus::Failed) {
+                metrics::counter!("bouncer_verdicts_finished_total", "status" => r.status.as_str()).increment(1);
+                metrics::counter!("bouncer_kicks_total", "vendor" => v.vendor.as_str(), "outcome" => KickStatus::Failed.as_str())
+                    .increment(v.user_ids.len() as u64);
+            }
+        }
+        Ok((recorded, woken))
+    }
+}
+
+/// The `bouncer_verdicts_received_total` outcome of one arrival.
+fn outcome(r: &Recorded, first_in_batch: bool, served: bool) -> &'static str {
+    match (r.inserted, r.status) {
+        _ if !first_in_batch => "duplicate",
+        (true, _) if !served => "unconfigured_app",
+        (true, _) => "new",
+        (false, VerdictStatus::Pending) => "duplicate",
+        (false, _) => "already_finished",
+    }
+}
+
+/// Largest header document stored with a rejected message (serialised JSON).
+pub const MAX_HEADERS_BYTES: usize = 8 * 1024;
+
+/// AMQP headers as JSON for the audit trail: U+0000 (which jsonb cannot hold) written as the
+/// text `\u0000`, and at most [`MAX_HEADERS_BYTES`]; larger ones are replaced by a note of their
+/// size, so a publisher cannot make a tiny message cost megabytes of audit.
+fn headers_json(props: &BasicProperties) -> serde_json::Value {
+    let Some(value) = props.headers().as_ref().and_then(|h| serde_json::to_value(h.inner()).ok()) else {
+        return serde_json::json!({});
+    };
+    let value = without_nul(value);
+    let size = serde_json::to_string(&value).map(|s| s.len()).unwrap_or(usize::MAX);
+    if size > MAX_HEADERS_BYTES {
+        return serde_json::json!({"bouncer_headers_omitted": {"bytes": size, "limit": MAX_HEADERS_BYTES}});
+    }
+    value
+}
+
+fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let clean = |s: String| if s.contains('\0') { s.replace('\0', "\\u0000") } else { s };
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (clean(k), without_nul(v))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(inserted: bool, status: VerdictStatus) -> Recorded {
+        Recorded { status, deliveries: 1, inserted }
+    }
+
+    #[test]
+    fn each_arrival_is_counted_once_under_one_outcome() {
+        assert_eq!(outcome(&r(true, VerdictStatus::Pending), true, true), "new");
+        assert_eq!(outcome(&r(true, VerdictStatus::Pending), false, true), "duplicate");
+        assert_eq!(outcome(&r(true, VerdictStatus::Failed), true, false), "unconfigured_app");
+        assert_eq!(outcome(&r(false, VerdictStatus::Pending), true, true), "duplicate");
+        assert_eq!(outcome(&r(false, VerdictStatus::Done), true, true), "already_finished");
+    }
+}
