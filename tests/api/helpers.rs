@@ -388,6 +388,15 @@ impl TestEnv {
         q.message_count()
     }
 
+    /// Waits until the dead-letter queue holds `want` messages (at most `timeout`), then asserts it.
+    pub async fn wait_for_dead_letters(&self, want: u32, timeout: Duration) {
+        let started = Instant::now();
+        while self.queue_depth(".rejected").await < want && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(self.queue_depth(".rejected").await, want, "messages in the dead-letter queue");
+    }
+
     /// Waits until `count(sql)` returns `want`, or fails after `timeout` showing the last value.
     pub async fn wait_for_count(&self, sql: &'static str, want: i64, timeout: Duration) {
         let pool = self.pool().await;
@@ -589,6 +598,15 @@ impl Drop for CuttableProxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// The sum of a metric's samples whose label `label.0` is `label.1`.
+pub fn metric_sum(samples: &[Sample], name: &str, label: (&str, &str)) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && l.get(label.0).map(String::as_str) == Some(label.1))
+        .map(|(_, _, v)| v)
+        .sum()
 }
 
 /// One sample of Prometheus text: name, labels, value.

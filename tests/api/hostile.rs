@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::json;
 
-use crate::helpers::{Apps, EnvOptions, TestEnv, parse_prometheus, verdict};
+use crate::helpers::{Apps, EnvOptions, TestEnv, metric_sum, parse_prometheus, verdict};
 
 fn header(pairs: &[(&str, &str)]) -> FieldTable {
     let mut t = FieldTable::default();
@@ -67,11 +67,7 @@ async fn each_poison_is_recorded_and_dead_lettered_with_a_named_rule_and_the_ver
     assert!(headers[1]["bouncer_headers_omitted"]["bytes"].as_u64().unwrap() > 100_000);
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&pool).await.unwrap();
     assert_eq!(verdicts, count, "only the good verdicts were recorded");
-    let started = std::time::Instant::now();
-    while env.queue_depth(".rejected").await < count as u32 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(env.queue_depth(".rejected").await, count as u32, "every poison dead-lettered");
+    env.wait_for_dead_letters(count as u32, Duration::from_secs(10)).await;
     assert_eq!(env.queue_depth("").await, 0);
     pool.close().await;
 }
@@ -114,11 +110,7 @@ async fn a_message_the_database_refuses_costs_only_itself_and_its_batch_is_recor
     assert_eq!(rule, "unstorable");
     assert!(reason.contains("cannot be stored"), "{reason}");
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["verdict_id"], "poison-1");
-    let started = std::time::Instant::now();
-    while env.queue_depth(".rejected").await < 1 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(env.queue_depth(".rejected").await, 1);
+    env.wait_for_dead_letters(1, Duration::from_secs(10)).await;
     assert_eq!(env.queue_depth("").await, 0);
     let deliveries: i64 = sqlx::query_scalar("SELECT sum(deliveries) FROM verdicts").fetch_one(&pool).await.unwrap();
     assert_eq!(deliveries, 20, "each good verdict recorded once");
@@ -168,13 +160,7 @@ async fn verdicts_for_an_unconfigured_app_are_counted_as_failed_once() {
     let addr = worker.http_addr();
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     let samples = parse_prometheus(&text);
-    let value = |name: &str, label: (&str, &str)| -> f64 {
-        samples
-            .iter()
-            .filter(|(n, l, _)| n == name && l.get(label.0).map(String::as_str) == Some(label.1))
-            .map(|(_, _, v)| v)
-            .sum()
-    };
+    let value = |name: &str, label: (&str, &str)| metric_sum(&samples, name, label);
     assert_eq!(value("bouncer_verdicts_finished_total", ("status", "failed")), 1.0);
     assert_eq!(value("bouncer_kicks_total", ("outcome", "failed")), 3.0);
     assert_eq!(value("bouncer_verdicts_received_total", ("outcome", "unconfigured_app")), 1.0);
@@ -235,11 +221,7 @@ async fn a_verdict_id_reused_for_other_users_is_kept_as_rejected_not_swallowed_a
     ];
     want.sort();
     assert_eq!(kept, want, "both messages kept as received");
-    let started = std::time::Instant::now();
-    while env.queue_depth(".rejected").await < 2 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(env.queue_depth(".rejected").await, 2);
+    env.wait_for_dead_letters(2, Duration::from_secs(10)).await;
     pool.close().await;
 }
 
@@ -264,11 +246,7 @@ async fn frames_the_client_cannot_parse_among_twenty_verdicts_cost_none_of_them(
     let worker = env.worker();
     env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 20, Duration::from_secs(90)).await;
     // The broker dead-letters the poison at the delivery limit, and nothing else.
-    let started = std::time::Instant::now();
-    while env.queue_depth(".rejected").await < 2 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(env.queue_depth(".rejected").await, 2, "only the two poisons dead-lettered");
+    env.wait_for_dead_letters(2, Duration::from_secs(60)).await;
     assert_eq!(env.queue_depth("").await, 0, "the poison left the queue");
     let pool = env.pool().await;
     let most: i32 = sqlx::query_scalar("SELECT max(deliveries) FROM verdicts").fetch_one(&pool).await.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Apps, CuttableProxy, EnvOptions, SimControl, TestEnv, amqp_url, parse_prometheus, stderr, stdout, verdict,
+    Apps, CuttableProxy, EnvOptions, SimControl, TestEnv, amqp_url, metric_sum, parse_prometheus, stderr, stdout,
+    verdict,
 };
 
 type Pairs = BTreeSet<(String, String)>;
@@ -154,13 +155,7 @@ async fn after_a_mixed_run_audit_metrics_and_logs_tell_the_same_story() {
     // /metrics parses, and its counters match the audit tables.
     let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr())).await.unwrap().text().await.unwrap();
     let samples = parse_prometheus(&metrics);
-    let total = |name: &str, label: (&str, &str)| -> f64 {
-        samples
-            .iter()
-            .filter(|(n, l, _)| n == name && l.get(label.0).map(String::as_str) == Some(label.1))
-            .map(|(_, _, v)| v)
-            .sum()
-    };
+    let total = |name: &str, label: (&str, &str)| metric_sum(&samples, name, label);
     for status in ["kicked", "gone", "failed"] {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM kicks WHERE status = $1")
             .bind(status)
