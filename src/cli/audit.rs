@@ -1,12 +1,11 @@
 //! `bouncer audit`: who was kicked, when, why, by which verdict, did it work, and if not why.
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
 use super::output::{self, Format, Tabular, opt, time};
-use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use super::{Cli, CliError, CliResult};
 use crate::audit::query::{self, AuditRow, Filter, Story, SummaryRow};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -153,11 +152,8 @@ impl Tabular for SummaryRow {
     }
 }
 
-pub async fn run(cli: &Cli, args: &AuditArgs) -> ExitCode {
-    let pool = match cli.audit_pool().await {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
+    let pool = cli.audit_pool().await?;
     let filter = args.filter.filter();
     let format = output::resolve(args.format);
     let result = if args.summary {
@@ -166,8 +162,8 @@ pub async fn run(cli: &Cli, args: &AuditArgs) -> ExitCode {
         match query::story(&pool, &filter.verdicts[0]).await {
             Ok(Some(s)) => print_story(&s).map_err(|e| e.to_string()),
             Ok(None) => {
-                eprintln!("no verdict {:?} in the audit trail", filter.verdicts[0]);
-                return ExitCode::from(EXIT_USAGE);
+                pool.close().await;
+                return Err(CliError::usage(format!("no verdict {:?} in the audit trail", filter.verdicts[0])));
             }
             Err(e) => Err(e.to_string()),
         }
@@ -178,13 +174,7 @@ pub async fn run(cli: &Cli, args: &AuditArgs) -> ExitCode {
         }
     };
     pool.close().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("audit failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    result.map_err(|e| CliError::failed(format!("audit failed: {e}")))
 }
 
 async fn summary(pool: &sqlx::PgPool, filter: &Filter, format: Format) -> Result<(), String> {

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -216,8 +215,8 @@ fn preset_name(p: Preset) -> &'static str {
     }
 }
 
-pub async fn run(args: &BenchArgs) -> ExitCode {
-    super::exit_code("bench", bench_main(args).await)
+pub(crate) async fn run(args: &BenchArgs) -> super::CliResult {
+    bench_main(args).await.map_err(|e| super::CliError::failed(format!("bench failed: {e}")))
 }
 
 async fn bench_main(args: &BenchArgs) -> Result<(), String> {

@@ -1,11 +1,10 @@
 //! `bouncer check`: is this configuration valid, and do the services it names answer?
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Cli, EXIT_FAILURE};
+use super::{Cli, CliError, CliResult};
 use crate::config::redact_url;
 
 #[derive(clap::Args, Debug)]
@@ -18,11 +17,8 @@ pub struct CheckArgs {
     timeout: u64,
 }
 
-pub async fn run(cli: &Cli, args: &CheckArgs) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub(crate) async fn run(cli: &Cli, args: &CheckArgs) -> CliResult {
+    let config = cli.load_config()?;
     println!(
         "config: ok ({} ZEGO app(s), {} TRTC app(s), queue {:?})",
         config.zego.len(),
@@ -33,7 +29,7 @@ pub async fn run(cli: &Cli, args: &CheckArgs) -> ExitCode {
         println!("  note: {w}");
     }
     if args.offline {
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     let timeout = Duration::from_secs(args.timeout);
     let mut ok = true;
@@ -80,5 +76,6 @@ pub async fn run(cli: &Cli, args: &CheckArgs) -> ExitCode {
             println!("postgres: FAILED ({}): {e}", redact_url(pg_url));
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
+    // Each service's line above says what failed.
+    if ok { Ok(()) } else { Err(CliError::Reported) }
 }

@@ -4,7 +4,6 @@
 //! and malformed messages included), then shows what happened from the audit trail.
 
 use std::collections::HashMap;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
@@ -120,8 +119,8 @@ fn stream() -> Vec<Vec<u8>> {
     out
 }
 
-pub async fn run(args: &DemoArgs) -> ExitCode {
-    super::exit_code("demo", demo(args).await)
+pub(crate) async fn run(args: &DemoArgs) -> super::CliResult {
+    demo(args).await.map_err(|e| super::CliError::failed(format!("demo failed: {e}")))
 }
 
 async fn demo(args: &DemoArgs) -> Result<(), String> {

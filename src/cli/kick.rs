@@ -1,12 +1,11 @@
 //! `bouncer kick`: a manual verdict from the command line, published through the same queue and
 //! contract as the pipelines' verdicts, so it is enforced and audited the same way.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use super::{Cli, CliError, CliResult};
 use crate::publisher::Publisher;
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
@@ -39,19 +38,14 @@ pub struct KickArgs {
     wait: Option<u64>,
 }
 
-pub async fn run(cli: &Cli, args: &KickArgs) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub(crate) async fn run(cli: &Cli, args: &KickArgs) -> CliResult {
+    let config = cli.load_config()?;
     let room = if args.numeric_room {
-        match args.room.parse::<u64>() {
-            Ok(n) => json!(n),
-            Err(_) => {
-                eprintln!("--numeric-room: {:?} is not a number", args.room);
-                return ExitCode::from(EXIT_USAGE);
-            }
-        }
+        let n = args
+            .room
+            .parse::<u64>()
+            .map_err(|_| CliError::usage(format!("--numeric-room: {:?} is not a number", args.room)))?;
+        json!(n)
     } else {
         json!(args.room)
     };
@@ -66,47 +60,30 @@ pub async fn run(cli: &Cli, args: &KickArgs) -> ExitCode {
     }
     // The same contract as every publisher: refuse here what the worker would dead-letter.
     let bytes = body.to_string().into_bytes();
-    if let Err(e) = Verdict::parse(&bytes) {
-        eprintln!("not a valid verdict: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let publisher = match Publisher::connect(&config.amqp, "kick").await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot reach RabbitMQ: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    Verdict::parse(&bytes).map_err(|e| CliError::usage(format!("not a valid verdict: {e}")))?;
+    let publisher = Publisher::connect(&config.amqp, "kick")
+        .await
+        .map_err(|e| CliError::failed(format!("cannot reach RabbitMQ: {e}")))?;
     let confirmed = publisher.publish_all(&[bytes], &[("x-bouncer-manual-by", actor.as_str())]).await;
     publisher.close().await;
     if confirmed != [true] {
-        eprintln!("the broker did not confirm the verdict; nothing was queued");
-        return ExitCode::from(EXIT_FAILURE);
+        return Err(CliError::failed("the broker did not confirm the verdict; nothing was queued"));
     }
     println!("queued verdict {verdict_id}");
-    let Some(wait) = args.wait else { return ExitCode::SUCCESS };
+    let Some(wait) = args.wait else { return Ok(()) };
     let started = Instant::now();
     // The worker may still be creating the database on a first run: keep trying within `wait`.
-    let pool = match crate::audit::connect_within(&config.postgres, Duration::from_secs(wait)).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot reach the audit database: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(wait))
+        .await
+        .map_err(|e| CliError::failed(format!("cannot reach the audit database: {e}")))?;
     while started.elapsed() < Duration::from_secs(wait) {
         if let Ok(Some(story)) = crate::audit::query::story(&pool, &verdict_id).await
             && story.verdict.status != VerdictStatus::Pending
         {
             let _ = super::audit::print_story(&story);
-            return if story.verdict.status == VerdictStatus::Done {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            };
+            return if story.verdict.status == VerdictStatus::Done { Ok(()) } else { Err(CliError::Reported) };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("verdict {verdict_id} not finished after {wait}s (is a worker running?)");
-    ExitCode::from(EXIT_FAILURE)
+    Err(CliError::failed(format!("verdict {verdict_id} not finished after {wait}s (is a worker running?)")))
 }

@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod check;
 mod demo;
+mod error;
 mod kick;
 mod output;
 mod replay;
@@ -58,35 +59,37 @@ enum Command {
     Sim(sim::SimArgs),
 }
 
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
+use error::{CliError, CliResult};
+pub use error::{EXIT_FAILURE, EXIT_USAGE};
 
 impl Cli {
     /// Loads the configuration the flags point at, printing every problem on failure.
-    fn load_config(&self) -> Result<Config, ExitCode> {
+    fn load_config(&self) -> Result<Config, CliError> {
         let (path, required) = match &self.config {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("bouncer.toml"), false),
         };
-        Config::load(&path, required).map_err(|e| {
-            eprintln!("{}: invalid configuration", path.display());
-            for p in &e.0 {
-                eprintln!("  error: {p}");
-            }
-            ExitCode::from(EXIT_USAGE)
-        })
+        Config::load(&path, required).map_err(|e| invalid_config(&path, &e))
     }
 }
 
 impl Cli {
     /// A pool to the configured audit database, for commands that only read or change it.
-    async fn audit_pool(&self) -> Result<sqlx::PgPool, ExitCode> {
+    async fn audit_pool(&self) -> Result<sqlx::PgPool, CliError> {
         let config = self.load_config()?;
-        crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5)).await.map_err(|e| {
-            eprintln!("cannot reach the audit database: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        })
+        crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| CliError::failed(format!("cannot reach the audit database: {e}")))
     }
+}
+
+/// Every problem of a configuration, each with its key.
+fn invalid_config(path: &std::path::Path, e: &crate::config::ConfigError) -> CliError {
+    let mut text = format!("{}: invalid configuration", path.display());
+    for p in &e.0 {
+        text.push_str(&format!("\n  error: {p}"));
+    }
+    CliError::usage(text)
 }
 
 /// Entry point of the binary.
@@ -106,7 +109,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    match &cli.command {
+    error::exit(match &cli.command {
         Command::Check(args) => check::run(&cli, args).await,
         Command::Migrate => migrate(&cli).await,
         Command::Sim(args) => sim::run(&cli, args).await,
@@ -117,34 +120,23 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Kick(args) => kick::run(&cli, args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-    }
+    })
 }
 
-async fn migrate(cli: &Cli) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match crate::audit::migrate(&config.postgres, std::time::Duration::from_secs(10)).await {
-        Ok(r) => {
-            if r.created_database {
-                println!("created the database");
-            }
-            println!("applied {} migration(s); {} in all; schema is up to date", r.applied, r.total);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("migrate failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+async fn migrate(cli: &Cli) -> CliResult {
+    let config = cli.load_config()?;
+    let r = crate::audit::migrate(&config.postgres, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| CliError::failed(format!("migrate failed: {e}")))?;
+    if r.created_database {
+        println!("created the database");
     }
+    println!("applied {} migration(s); {} in all; schema is up to date", r.applied, r.total);
+    Ok(())
 }
 
-async fn run_worker(cli: &Cli) -> ExitCode {
-    let config = match cli.load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+async fn run_worker(cli: &Cli) -> CliResult {
+    let config = cli.load_config()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -157,16 +149,13 @@ async fn run_worker(cli: &Cli) -> ExitCode {
     match crate::http::serve(config.http.listen, metrics, health_rx).await {
         // Tests and scripts read the bound port from this line (useful with port 0).
         Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz and /readyz"),
-        Err(e) => {
-            eprintln!("cannot listen on http.listen = {}: {e}", config.http.listen);
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(e) => return Err(CliError::failed(format!("cannot listen on http.listen = {}: {e}", config.http.listen))),
     }
     crate::worker::run(config, shutdown, move |h| {
         let _ = health_tx.send(Some(h));
     })
     .await;
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 async fn reachable(url: &str, default_port: u16) -> bool {
@@ -189,15 +178,4 @@ pub(crate) async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), St
     println!("starting local services (deploy/services.sh)…");
     let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
     if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
-}
-
-/// Prints a command's error, if any, and turns the result into the process exit code.
-pub(crate) fn exit_code(command: &str, result: Result<(), String>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{command} failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
 }

@@ -3,11 +3,9 @@
 //! deadline), who asked is recorded in `replays`, and the owners of the quotas are woken. Users
 //! already kicked are not kicked again; RabbitMQ is not involved.
 
-use std::process::ExitCode;
-
 use super::audit::FilterArgs;
 use super::output::{self, Format, Tabular};
-use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use super::{Cli, CliError, CliResult};
 use crate::audit::query::{self, ReplayCandidate};
 
 const CHUNK: usize = 500;
@@ -52,49 +50,38 @@ pub fn os_user() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub async fn run(cli: &Cli, args: &ReplayArgs) -> ExitCode {
+pub(crate) async fn run(cli: &Cli, args: &ReplayArgs) -> CliResult {
     if args.filter.status.as_deref().is_some_and(|s| s == "done" || s == "kicked" || s == "gone") {
-        eprintln!("--status must be failed or pending: done verdicts are never enforced twice");
-        return ExitCode::from(EXIT_USAGE);
+        return Err(CliError::usage("--status must be failed or pending: done verdicts are never enforced twice"));
     }
-    let pool = match cli.audit_pool().await {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    let pool = cli.audit_pool().await?;
     let mut filter = args.filter.filter();
     if args.filter.limit == 1000 {
         filter.limit = None; // the audit default does not cap a replay
     }
-    let candidates = match query::replay_candidates(&pool, &filter).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot select verdicts: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let candidates = query::replay_candidates(&pool, &filter)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot select verdicts: {e}")))?;
     if args.dry_run {
         let _ = output::print(&candidates, output::resolve(args.format));
         eprintln!("{} verdict(s) would be replayed (dry run: nothing changed)", candidates.len());
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     if candidates.is_empty() {
         eprintln!("nothing to replay");
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     let actor = args.actor.clone().unwrap_or_else(os_user);
     let mut done = 0usize;
     for chunk in candidates.chunks(CHUNK) {
         let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
-        match query::reopen_for_replay(&pool, &ids, &actor).await {
-            Ok(reopened) => done += reopened.len(),
-            Err(e) => {
-                eprintln!("cannot reopen verdicts: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        }
+        let reopened = query::reopen_for_replay(&pool, &ids, &actor)
+            .await
+            .map_err(|e| CliError::failed(format!("cannot reopen verdicts: {e}")))?;
+        done += reopened.len();
         eprintln!("replayed {done}/{} verdict(s)", candidates.len());
     }
     pool.close().await;
     println!("replayed {done} verdict(s) as {actor}");
-    ExitCode::SUCCESS
+    Ok(())
 }

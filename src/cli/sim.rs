@@ -1,9 +1,8 @@
 //! `bouncer sim`: serve the vendor simulator until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 
-use super::{Cli, EXIT_FAILURE, EXIT_USAGE};
+use super::{Cli, CliError, CliResult};
 use crate::config::Config;
 use crate::sim::{self, SimSettings};
 use crate::vendor::{trtc, zego};
@@ -21,32 +20,19 @@ pub struct SimArgs {
     trtc_rate: u32,
 }
 
-pub async fn run(cli: &Cli, args: &SimArgs) -> ExitCode {
+pub(crate) async fn run(cli: &Cli, args: &SimArgs) -> CliResult {
     // The sim reads only the [[zego]] and [[trtc]] sections, so one file can serve both.
     let path = cli.config.clone().unwrap_or_else(|| "bouncer.toml".into());
-    let config = match Config::load_vendors_only(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}: invalid configuration", path.display());
-            for p in &e.0 {
-                eprintln!("  error: {p}");
-            }
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    let config = Config::load_vendors_only(&path).map_err(|e| super::invalid_config(&path, &e))?;
     let settings =
         SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: args.zego_rate, trtc_rate: args.trtc_rate };
-    let running = match sim::start(settings, args.listen).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let running = sim::start(settings, args.listen)
+        .await
+        .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;
     // Scripts wait for this line to know the port (useful with --listen 127.0.0.1:0).
     println!("bouncer sim listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, zego_rate = args.zego_rate, trtc_rate = args.trtc_rate, "simulator ready");
     crate::shutdown::signal().await;
     tracing::info!("simulator stopping");
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -2,10 +2,8 @@
 //! live replicas, and pending users with the oldest pending verdict per app; read from
 //! PostgreSQL, so it works from any host with database access.
 
-use std::process::ExitCode;
-
 use super::output::{self, Format, Tabular};
-use super::{Cli, EXIT_FAILURE};
+use super::{Cli, CliError, CliResult};
 use crate::audit::leases::{self, OwnerRow, WorkerRow};
 use crate::audit::work::{self, PendingByApp};
 
@@ -57,11 +55,8 @@ impl Tabular for PendingByApp {
     }
 }
 
-pub async fn run(cli: &Cli, args: &StatusArgs) -> ExitCode {
-    let pool = match cli.audit_pool().await {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> CliResult {
+    let pool = cli.audit_pool().await?;
     let result = async {
         let owners = leases::owners(&pool).await?;
         let workers = leases::workers(&pool).await?;
@@ -70,13 +65,7 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> ExitCode {
     }
     .await;
     pool.close().await;
-    let (owners, workers, pending) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("status failed: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let (owners, workers, pending) = result.map_err(|e| CliError::failed(format!("status failed: {e}")))?;
     let printed = match output::resolve(args.format) {
         Format::Json => {
             let doc = serde_json::json!({"quota_owners": owners, "workers": workers, "pending": pending});
@@ -92,11 +81,5 @@ pub async fn run(cli: &Cli, args: &StatusArgs) -> ExitCode {
             output::print(&pending, format)
         })(),
     };
-    match printed {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("status failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    printed.map_err(|e| CliError::failed(format!("status failed: {e}")))
 }
