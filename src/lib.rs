@@ -12,27 +12,27 @@
 //! SQL) → [`wake`] → [`ownership`] (the elector) → [`lane`] → [`batch`] → [`quota`] → [`call`] →
 //! [`vendor`] → [`retry`], with [`states`] naming every status.
 
-pub mod app;
-pub mod audit;
+pub(crate) mod app;
+pub(crate) mod audit;
 pub mod batch;
-pub mod bench;
-pub mod call;
+pub(crate) mod bench;
+pub(crate) mod call;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod intake;
-pub mod lane;
-pub mod lease;
-pub mod ownership;
+pub(crate) mod lane;
+pub(crate) mod lease;
+pub(crate) mod ownership;
 pub mod publisher;
-pub mod quota;
-pub mod retry;
-pub mod shutdown;
+pub(crate) mod quota;
+pub(crate) mod retry;
+pub(crate) mod shutdown;
 pub mod sim;
-pub mod states;
-pub mod telemetry;
-pub mod text;
+pub(crate) mod states;
+pub(crate) mod telemetry;
+pub(crate) mod text;
 pub mod vendor;
 pub mod verdict;
-pub mod wake;
-pub mod worker;
+pub(crate) mod wake;
+pub(crate) mod worker;

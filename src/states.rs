@@ -28,6 +28,8 @@ macro_rules! text_enum {
         }
 
         impl $name {
+            /// Every value, in declaration order (the tests check them against the columns).
+            #[cfg(test)]
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The column value.
@@ -115,13 +117,6 @@ text_enum!(
         Permanent => "permanent",
     }
 );
-
-impl KickStatus {
-    /// Whether the kick has ended (nothing more will be attempted unless it is replayed).
-    pub fn is_final(self) -> bool {
-        self != KickStatus::Pending
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -253,14 +253,6 @@ impl Client {
         }
     }
 
-    /// The action a request for `room` calls.
-    pub fn action(&self, room: &RoomId) -> &'static str {
-        match self {
-            Client::Zego(_) => zego::ACTION,
-            Client::Trtc(_) => trtc::action_for(room),
-        }
-    }
-
     /// One attempt: signs afresh (new timestamp and nonce) and sends.
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         match self {
