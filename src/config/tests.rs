@@ -1,0 +1,191 @@
+use super::*;
+
+const GOOD: &str = r#"
+    [amqp]
+    queue = "q"
+    [[zego]]
+    app_id = 1234567890
+    server_secret = "abcdefghijklmnopqrstuvwxyz012345"
+    [[trtc]]
+    sdk_app_id = 1400000001
+    secret_id = "AKID"
+    secret_key = "key"
+    region = "ap-guangzhou"
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    Config::from_toml(text).expect_err("should be invalid").0
+}
+
+fn keys(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.key).collect()
+}
+
+#[test]
+fn good_config_loads_with_defaults() {
+    let c = Config::from_toml(GOOD).unwrap();
+    assert_eq!(c.amqp.queue, "q");
+    assert_eq!(c.amqp.prefetch, 500);
+    assert_eq!(c.batch.linger_ms, 25);
+    assert_eq!(c.zego[0].rate_per_second, 50);
+    assert_eq!(c.zego[0].chunk_size, 5);
+    assert_eq!(c.trtc[0].rate_per_second, 20);
+    assert_eq!(c.trtc[0].chunk_size, 10);
+    assert_eq!(c.zego[0].endpoint.as_str(), "https://rtc-api.zego.im/");
+    assert_eq!(c.retry.deadline, Duration::from_secs(600));
+    assert_eq!(c.trtc[0].timeouts.total, Duration::from_secs(5));
+}
+
+#[test]
+fn empty_file_is_a_valid_config_with_no_apps() {
+    let c = Config::from_toml("").unwrap();
+    assert!(c.zego.is_empty() && c.trtc.is_empty());
+}
+
+#[test]
+fn rate_and_chunk_above_vendor_limits_are_refused_by_key() {
+    let text = GOOD.replace("server_secret =", "rate_per_second = 51\nchunk_size = 6\nserver_secret =");
+    assert_eq!(keys(&text), ["zego[0].rate_per_second", "zego[0].chunk_size"]);
+    let text = GOOD.replace("region =", "rate_per_second = 21\nchunk_size = 11\nregion =");
+    assert_eq!(keys(&text), ["trtc[0].rate_per_second", "trtc[0].chunk_size"]);
+}
+
+#[test]
+fn unknown_region_duplicate_app_and_missing_secret_are_all_reported() {
+    let text = format!("{}\n[[zego]]\napp_id = 1234567890\n", GOOD.replace("ap-guangzhou", "mars-1"));
+    let ps = problems(&text);
+    let ks: Vec<_> = ps.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(ks, ["zego[1].app_id", "zego[1].server_secret", "trtc[0].region"], "{ps:?}");
+    assert!(ps[0].reason.contains("already configured at zego[0]"));
+    assert!(ps[1].reason.starts_with("missing"));
+    assert!(ps[2].reason.contains("ap-beijing"));
+}
+
+#[test]
+fn type_errors_and_unknown_keys_name_their_path() {
+    let ps = problems(&GOOD.replace("app_id = 1234567890", "app_id = \"x\""));
+    assert_eq!(ps[0].key, "zego[0].app_id", "{ps:?}");
+    let ps = problems("[batch]\nlingr_ms = 5\n");
+    assert_eq!(ps[0].key, "batch.lingr_ms", "{ps:?}");
+    assert!(ps[0].reason.contains("lingr_ms"), "{ps:?}");
+    let ps = problems("[bogus]\n");
+    assert!(ps[0].reason.contains("bogus"), "{ps:?}");
+    let ps = problems("not toml at all = = =");
+    assert_eq!(ps[0].key, "(file)");
+}
+
+#[test]
+fn secrets_come_inline_from_env_or_file_never_two() {
+    let env: HashMap<String, String> = [("MY_SECRET".to_string(), "from-env".to_string())].into();
+    let text = GOOD.replace("server_secret = ", "server_secret_env = \"MY_SECRET\"\n#");
+    let c = Config::from_toml_with_env(&text, &env).unwrap();
+    assert_eq!(c.zego[0].server_secret.expose_secret(), "from-env");
+
+    let ps = problems(&text);
+    assert_eq!(ps[0].key, "zego[0].server_secret_env");
+    assert!(ps[0].reason.contains("MY_SECRET is not set"));
+
+    let dir = std::env::temp_dir().join(format!("bouncer-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&dir, "from-file\n").unwrap();
+    let text = GOOD.replace("secret_key = \"key\"", &format!("secret_key_file = {:?}", dir.display().to_string()));
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.trtc[0].secret_key.expose_secret(), "from-file");
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(keys(&text), ["trtc[0].secret_key_file"]);
+
+    let text = GOOD.replace("secret_key = \"key\"", "secret_key = \"key\"\nsecret_key_env = \"X\"");
+    assert_eq!(keys(&text), ["trtc[0].secret_key"]);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = Config::from_toml(GOOD).unwrap();
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("abcdefghijklmnopqrstuvwxyz012345"));
+    assert!(!dump.contains("guest:guest"));
+}
+
+#[test]
+fn env_overrides_replace_and_add_keys_with_the_right_types() {
+    let env: HashMap<String, String> = [
+        ("BOUNCER_AMQP__PREFETCH", "7"),
+        ("BOUNCER_BATCH__LINGER_MS", "40"),
+        ("BOUNCER_ZEGO__0__SERVER_SECRET", "12345"),
+        ("BOUNCER_TRTC__1__SDK_APP_ID", "1400000002"),
+        ("BOUNCER_TRTC__1__SECRET_ID", "999"),
+        ("BOUNCER_TRTC__1__SECRET_KEY", "k2"),
+        ("BOUNCER_TRTC__1__REGION", "ap-beijing"),
+        ("BOUNCER_LOG_FORMAT", "json"),
+        ("UNRELATED", "x"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = Config::from_toml_with_env(GOOD, &env).unwrap();
+    assert_eq!(c.amqp.prefetch, 7);
+    assert_eq!(c.batch.linger_ms, 40);
+    assert_eq!(c.zego[0].server_secret.expose_secret(), "12345");
+    assert_eq!(c.trtc[1].secret_id, "999");
+    assert_eq!(c.trtc[1].region, "ap-beijing");
+}
+
+#[test]
+fn bad_env_override_names_the_variable() {
+    let env: HashMap<String, String> = [("BOUNCER_AMQP__PREFETCH".to_string(), "lots".to_string())].into();
+    let e = Config::from_toml_with_env("[amqp]\nprefetch = 5\n", &env).unwrap_err();
+    assert_eq!(e.0[0].key, "BOUNCER_AMQP__PREFETCH");
+    let env: HashMap<String, String> = [("BOUNCER_ZEGO__3__APP_ID".to_string(), "1".to_string())].into();
+    let e = Config::from_toml_with_env("", &env).unwrap_err();
+    assert!(e.0[0].reason.contains("skips"), "{e}");
+}
+
+#[test]
+fn trtc_apps_sharing_credentials_must_share_a_rate() {
+    let text = format!(
+        "{GOOD}\n[[trtc]]\nsdk_app_id = 1400000002\nsecret_id = \"AKID\"\nsecret_key = \"k\"\nregion = \"ap-beijing\"\nrate_per_second = 10\n"
+    );
+    assert_eq!(keys(&text), ["trtc[1].rate_per_second"]);
+}
+
+#[test]
+fn obsolete_keys_still_load_with_a_warning_naming_each() {
+    let text = GOOD.replace("queue = \"q\"", "queue = \"q\"\ndefer_ms = 500\nmax_unacked_per_app = 3")
+        + "\n[batch]\nhold_secs = 4\n";
+    let c = Config::from_toml(&text).unwrap();
+    let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["amqp.defer_ms", "amqp.max_unacked_per_app", "batch.hold_secs"]);
+    assert!(c.warnings[0].reason.contains("obsolete"));
+    assert!(Config::from_toml(GOOD).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn ownership_and_pacing_have_safe_defaults_and_limits() {
+    let c = Config::from_toml(GOOD).unwrap();
+    assert_eq!(c.ownership.lease, Duration::from_secs(3));
+    assert_eq!(c.ownership.heartbeat, Duration::from_millis(500));
+    assert_eq!(c.pacing.jitter, Duration::from_millis(25));
+    assert_eq!(keys("[ownership]\nlease_ms = 2000\nheartbeat_ms = 1500\n"), ["ownership.heartbeat_ms"]);
+    assert_eq!(keys("[pacing]\njitter_ms = 900\n"), ["pacing.jitter_ms"]);
+}
+
+#[test]
+fn redact_url_hides_passwords() {
+    assert_eq!(redact_url("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+    assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+    assert_eq!(
+        redact_url("postgres://u@h/db?password=hunter2&sslmode=require"),
+        "postgres://u@h/db?password=***&sslmode=require"
+    );
+    assert!(!redact_url("postgres://u:pw1@h/db?sslpassword=pw2").contains("pw"));
+}
+
+#[test]
+fn config_errors_name_the_key_and_never_echo_a_secret() {
+    let secret = "s3cr3t-value-that-must-not-leak";
+    let syntax = format!("[[zego]]\napp_id = 1\nserver_secret = \"{secret}\" junk\n");
+    let e = Config::from_toml(&syntax).unwrap_err().to_string();
+    assert!(!e.contains(secret) && e.contains("line 3"), "{e}");
+    let typed = "[[zego]]\napp_id = 1\nserver_secret = 98765432123\n";
+    let e = Config::from_toml(typed).unwrap_err().to_string();
+    assert!(!e.contains("98765432123") && e.contains("server_secret") && e.contains("string"), "{e}");
+}
