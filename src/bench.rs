@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::sim::Record;
-use crate::vendor::{trtc, zego};
+use crate::vendor::{QuotaKey, trtc};
 
 /// p50/p95/p99/max of a sample, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -72,7 +72,7 @@ pub fn quota_reports(records: &[Record], max_in_1s: &HashMap<String, (u64, u32)>
         .into_iter()
         .map(|(quota, mut calls)| {
             calls.sort_by_key(|r| (r.at_unix_ms, r.seq));
-            let max_users = if quota.starts_with("zego") { zego::MAX_USERS_PER_CALL } else { trtc::MAX_USERS_PER_CALL };
+            let max_users = QuotaKey::parse(quota).map_or(trtc::MAX_USERS_PER_CALL, |q| q.max_users_per_call());
             let (max_window, limit) = max_in_1s.get(quota).copied().unwrap_or((0, 0));
             let span = match (calls.first(), calls.last()) {
                 (Some(a), Some(b)) => (b.at_unix_ms.saturating_sub(a.at_unix_ms)) as f64 / 1000.0,
@@ -146,10 +146,7 @@ fn bench_verdict_of(user: &str) -> Option<usize> {
 /// The quota group a simulator quota counts against: `zego:<app>` as is, `trtc:<id>:<action>` →
 /// `trtc:<id>` (the name in `quota_owners`).
 pub fn quota_group(quota: &str) -> String {
-    match quota.strip_prefix("trtc:").and_then(|r| r.split_once(':')) {
-        Some((secret_id, _action)) => format!("trtc:{secret_id}"),
-        None => quota.to_owned(),
-    }
+    QuotaKey::parse(quota).map_or_else(|| quota.to_owned(), |q| q.group())
 }
 
 /// How long a quota group of a killed or stopped replica went without calls.

@@ -36,9 +36,9 @@ use crate::lane::{self, LaneLimits};
 use crate::lease::Lease;
 use crate::quota::{Quota, WINDOW};
 use crate::retry::RetrySchedule;
-use crate::vendor::Client;
 use crate::vendor::trtc::TrtcClient;
 use crate::vendor::zego::ZegoClient;
+use crate::vendor::{Client, QuotaKey};
 use crate::verdict::Vendor;
 use crate::wake::Wakers;
 
@@ -53,10 +53,10 @@ pub struct QuotaGroup(String);
 
 impl QuotaGroup {
     pub fn zego(app_id: u32) -> QuotaGroup {
-        QuotaGroup(format!("zego:{app_id}"))
+        QuotaGroup(QuotaKey::zego_group(app_id))
     }
     pub fn trtc(secret_id: &str) -> QuotaGroup {
-        QuotaGroup(format!("trtc:{secret_id}"))
+        QuotaGroup(QuotaKey::trtc_group(secret_id))
     }
     pub fn as_str(&self) -> &str {
         &self.0

@@ -17,7 +17,7 @@ use crate::bench::{self, Latency, Machine, Report};
 use crate::config::Config;
 use crate::publisher::Publisher;
 use crate::sim::{self, SimSettings, faults::Faults};
-use crate::vendor::{trtc, zego};
+use crate::vendor::QuotaKey;
 use crate::verdict::Vendor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -585,8 +585,7 @@ async fn run_workload(args: &BenchArgs, w: &Workload) -> Result<Report, String> 
         .map(|m| {
             m.iter()
                 .map(|(k, q)| {
-                    let limit =
-                        if k.starts_with("zego") { zego::MAX_CALLS_PER_SECOND } else { trtc::MAX_CALLS_PER_SECOND };
+                    let limit = QuotaKey::parse(k).map_or(0, |q| q.max_calls_per_second());
                     (k.clone(), (q["max_calls_in_1s"].as_u64().unwrap_or(0), limit))
                 })
                 .collect()

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::config::{TrtcApp, ZegoApp};
-use crate::vendor::{trtc, zego};
+use crate::vendor::{QuotaKey, trtc, zego};
 use faults::{Faults, Scope, chance};
 use window::SlidingWindow;
 
@@ -309,7 +309,8 @@ impl Sim {
         // Only a configured AppId has a quota: anybody can send any AppId, and counters or metric
         // labels keyed by unauthenticated values would grow without bound.
         let known = self.zego_secrets.contains_key(&call.app_id);
-        call.quota = if known { format!("zego:{}", call.app_id) } else { UNKNOWN_ZEGO_QUOTA.to_owned() };
+        call.quota =
+            if known { QuotaKey::Zego { app_id: call.app_id }.to_string() } else { UNKNOWN_ZEGO_QUOTA.to_owned() };
         let f = self.faults_for("zego", call.app_id);
         let at = self.arrival(&f, received).await;
         call.arrived = Some(at);
@@ -406,8 +407,11 @@ impl Sim {
         // As for ZEGO: a quota only for a configured SecretId and a known action.
         let known = self.trtc_keys.contains_key(&auth.secret_id)
             && [trtc::ACTION_NUMERIC, trtc::ACTION_STRING].contains(&call.action.as_str());
-        call.quota =
-            if known { format!("trtc:{}:{}", auth.secret_id, call.action) } else { UNKNOWN_TRTC_QUOTA.to_owned() };
+        call.quota = if known {
+            QuotaKey::Trtc { secret_id: auth.secret_id.clone(), action: call.action.clone() }.to_string()
+        } else {
+            UNKNOWN_TRTC_QUOTA.to_owned()
+        };
         let f = self.faults_for("trtc", call.app_id);
         let at = self.arrival(&f, received).await;
         call.arrived = Some(at);

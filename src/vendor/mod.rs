@@ -2,8 +2,11 @@
 //! typed [`Outcome`] comes out. Everything vendor-specific (signing, wire format, error codes)
 //! stays in [`zego`] and [`trtc`].
 
+mod quota_key;
 pub mod trtc;
 pub mod zego;
+
+pub use quota_key::QuotaKey;
 
 use std::time::Duration;
 
