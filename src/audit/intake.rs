@@ -83,24 +83,9 @@ pub async fn record_unparseable(pool: &PgPool, reason: &str) -> Result<(), Audit
     Ok(())
 }
 
-/// What is recorded under each of `ids`: (vendor, app id, room id, numeric room, users).
-pub async fn stored_identities(
-    pool: &PgPool,
-    ids: &[&str],
-) -> Result<HashMap<String, (String, i64, String, bool, Vec<String>)>, AuditError> {
-    let rows: Vec<(String, String, i64, String, bool, Vec<String>)> = sqlx::query_as(
-        "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids FROM verdicts WHERE verdict_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, vendor, app, room, numeric, users)| (id, (vendor, app, room, numeric, users)))
-        .collect())
-}
-
-/// Records one batch in one transaction and returns where each verdict stands. `wake`, if any,
+/// Records one batch in one transaction and returns where each verdict stands. A verdict whose
+/// `verdict_id` is already recorded with another vendor, app, room or set of users is not
+/// touched and has no entry in the result. `wake`, if any,
 /// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch).
 pub async fn record(
     pool: &PgPool,
@@ -160,6 +145,12 @@ pub async fn record(
              ON CONFLICT (verdict_id) DO UPDATE
                 SET deliveries = v.deliveries + EXCLUDED.deliveries,
                     last_delivery_at = now()
+                -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
+                -- room or set of users differs is left alone and not returned (the caller keeps
+                -- that message as rejected, rule verdict_id_reused).
+                WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
+                  AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
+                  AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
              RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
         )
         .bind(&doc)

@@ -17,6 +17,10 @@ use crate::states::{KickStatus, VerdictStatus};
 use crate::verdict::{ContractError, Rule, Vendor, Verdict};
 use crate::wake;
 
+/// Deliveries that parsed as verdicts, and deliveries kept as rejected with why.
+type Arrivals = Vec<(Delivery, Verdict)>;
+type Rejected = Vec<(Delivery, ContractError)>;
+
 /// How recording a batch ended.
 enum Recording {
     Recorded(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>),
@@ -27,6 +31,7 @@ enum Recording {
 }
 
 impl Intake {
+    /// Records a batch, then settles every delivery in it. A batch the database refuses for its
     /// data is recorded message by message, so one message nobody can store costs only itself.
     pub(super) async fn handle_batch(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
         let mut rejected: Vec<(Delivery, ContractError)> = Vec::new();
@@ -37,10 +42,12 @@ impl Intake {
                 Err(e) => rejected.push((d, e)),
             }
         }
-        let (arrivals, reused) = self.split_reused(arrivals).await;
+        let (arrivals, reused) = reused_in_batch(arrivals);
         rejected.extend(reused);
         match self.record_held(&arrivals, &rejected, shutdown).await {
-            Recording::Recorded(recorded, woken) => self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Recorded(recorded, woken) => {
+                self.settle_recorded(arrivals, rejected, recorded, woken, shutdown).await;
+            }
             Recording::Stopped => {}
             Recording::Refused(e) => {
                 tracing::warn!(error = %e, deliveries = arrivals.len() + rejected.len(),
@@ -55,53 +62,8 @@ impl Intake {
         }
     }
 
-    /// Takes out arrivals whose `verdict_id` already names a different verdict, in the database or
-    /// earlier in the batch. (Two batches recorded at once can each carry a different verdict under
-    /// one new id; the second then counts as a delivery of the first. The check is for publisher
-    /// bugs, not a guarantee.) If the database cannot be asked, nothing is taken out: recording
-    /// will hold the batch anyway.
-    async fn split_reused(
-        &self,
-        arrivals: Vec<(Delivery, Verdict)>,
-    ) -> (Vec<(Delivery, Verdict)>, Vec<(Delivery, ContractError)>) {
-        let ids: Vec<&str> = arrivals.iter().map(|(_, v)| v.verdict_id.as_str()).collect();
-        let stored = match record::stored_identities(&self.pool, &ids).await {
-            Ok(s) => s,
-            Err(_) => return (arrivals, Vec::new()),
-        };
-        let mut first: HashMap<String, Verdict> = HashMap::new();
-        let (mut kept, mut reused) = (Vec::new(), Vec::new());
-        for (d, v) in arrivals {
-            let differs_from_stored = stored.get(&v.verdict_id).is_some_and(|(vendor, app, room, numeric, users)| {
-                let stored = Verdict {
-                    vendor: Vendor::parse(vendor).unwrap_or(v.vendor),
-                    app_id: u32::try_from(*app).unwrap_or(0),
-                    room_id: crate::verdict::RoomId::from_parts(room, *numeric).unwrap_or_else(|| v.room_id.clone()),
-                    user_ids: users.clone(),
-                    ..v.clone()
-                };
-                !stored.same_enforcement(&v)
-            });
-            let differs_in_batch = first.get(&v.verdict_id).is_some_and(|f| !f.same_enforcement(&v));
-            if differs_from_stored || differs_in_batch {
-                let e = ContractError {
-                    field: Some("verdict_id".into()),
-                    rule: Rule::VerdictIdReused,
-                    message: "already names a different verdict (vendor, app, room or users differ); this one was not \
-                              enforced"
-                        .into(),
-                };
-                reused.push((d, e));
-            } else {
-                first.entry(v.verdict_id.clone()).or_insert_with(|| v.clone());
-                kept.push((d, v));
-            }
-        }
-        (kept, reused)
-    }
-
     /// One message on its own. If the database refuses even that, the message is the offender:
-    /// it is recorded as rejected (its body as bytes, which always store) and dead-lettered.
+    /// it is kept as rejected (its body as bytes, which always store) and dead-lettered.
     async fn record_alone(
         &self,
         arrivals: Vec<(Delivery, Verdict)>,
@@ -109,27 +71,51 @@ impl Intake {
         shutdown: &CancellationToken,
     ) {
         let e = match self.record_held(&arrivals, &rejected, shutdown).await {
-            Recording::Recorded(recorded, woken) => return self.settle(arrivals, rejected, recorded, woken).await,
+            Recording::Recorded(recorded, woken) => {
+                return self.settle_recorded(arrivals, rejected, recorded, woken, shutdown).await;
+            }
             Recording::Stopped => return,
             Recording::Refused(e) => e,
         };
-        let Some(d) = arrivals.into_iter().map(|(d, _)| d).chain(rejected.into_iter().map(|(d, _)| d)).next() else {
-            return;
-        };
-        let why = ContractError {
-            field: None,
-            rule: Rule::Unstorable,
-            message: crate::text::single_line(&format!("PostgreSQL cannot store this message: {e}")).into_owned(),
-        };
-        let unstorable = vec![(d, why)];
-        match self.record_held(&[], &unstorable, shutdown).await {
-            Recording::Recorded(recorded, woken) => self.settle(vec![], unstorable, recorded, woken).await,
+        if let Some(d) = arrivals.into_iter().map(|(d, _)| d).chain(rejected.into_iter().map(|(d, _)| d)).next() {
+            let why = ContractError {
+                field: None,
+                rule: Rule::Unstorable,
+                message: crate::text::single_line(&format!("PostgreSQL cannot store this message: {e}")).into_owned(),
+            };
+            self.keep_as_rejected(d, why, shutdown).await;
+        }
+    }
+
+    /// Settles what was recorded. A verdict the database left out names, under an id already
+    /// recorded, a different verdict: that message is kept as rejected instead of acked.
+    async fn settle_recorded(
+        &self,
+        arrivals: Vec<(Delivery, Verdict)>,
+        rejected: Vec<(Delivery, ContractError)>,
+        recorded: HashMap<String, Recorded>,
+        woken: BTreeSet<(Vendor, u32)>,
+        shutdown: &CancellationToken,
+    ) {
+        let (arrivals, reused): (Vec<_>, Vec<_>) =
+            arrivals.into_iter().partition(|(_, v)| recorded.contains_key(&v.verdict_id));
+        for (d, _) in reused {
+            self.keep_as_rejected(d, reused_id(), shutdown).await;
+        }
+        self.settle(arrivals, rejected, recorded, woken).await;
+    }
+
+    /// Records one message as rejected and dead-letters it. Should the database refuse even that,
+    /// it is dead-lettered all the same.
+    async fn keep_as_rejected(&self, d: Delivery, why: ContractError, shutdown: &CancellationToken) {
+        let one = vec![(d, why)];
+        match self.record_held(&[], &one, shutdown).await {
+            Recording::Recorded(recorded, woken) => self.settle(vec![], one, recorded, woken).await,
             Recording::Stopped => {}
             Recording::Refused(e) => {
-                // Nothing of it could be written; keep it in the dead-letter queue at least.
                 metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
                 tracing::error!(error = %e, "a message could not be recorded even as rejected; dead-lettering it");
-                for (d, _) in unstorable {
+                for (d, _) in one {
                     let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
                 }
             }
@@ -296,6 +282,35 @@ impl Intake {
             }
         }
         Ok((recorded, woken))
+    }
+}
+
+/// Takes out arrivals whose `verdict_id` names, earlier in the same batch, a different verdict.
+/// (One already recorded is found by the database when the batch is recorded.)
+fn reused_in_batch(arrivals: Arrivals) -> (Arrivals, Rejected) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let differs: Vec<bool> = arrivals
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| {
+            let f = *first.entry(v.verdict_id.as_str()).or_insert(i);
+            !arrivals[f].1.same_enforcement(v)
+        })
+        .collect();
+    let (mut kept, mut reused) = (Vec::new(), Vec::new());
+    for ((d, v), differs) in arrivals.into_iter().zip(differs) {
+        if differs { reused.push((d, reused_id())) } else { kept.push((d, v)) }
+    }
+    (kept, reused)
+}
+
+/// Why a message reusing another verdict's id is kept as rejected.
+fn reused_id() -> ContractError {
+    ContractError {
+        field: Some("verdict_id".into()),
+        rule: Rule::VerdictIdReused,
+        message: "already names a different verdict (vendor, app, room or users differ); this one was not enforced"
+            .into(),
     }
 }
 

@@ -327,22 +327,14 @@ async fn thousands_of_hostile_bodies_among_valid_verdicts_are_all_accounted_for_
     }
     publisher.close().await;
 
-    let pool = env.pool().await;
-    let started = std::time::Instant::now();
-    let mut accounted = 0i64;
-    while started.elapsed() < Duration::from_secs(90) {
-        accounted = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM rejected_messages) + (SELECT COALESCE(sum(deliveries), 0) FROM verdicts)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if accounted == published as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(accounted, published as i64, "rejected rows + verdict deliveries = published");
+    // Every message accounted for: rejected rows + verdict deliveries = published. (Polled through
+    // the helper, which also waits for the worker to have created the schema.)
+    env.wait_for_count(
+        "SELECT (SELECT count(*) FROM rejected_messages) + (SELECT COALESCE(sum(deliveries), 0) FROM verdicts)",
+        published as i64,
+        Duration::from_secs(90),
+    )
+    .await;
     env.wait_for_count(
         "SELECT count(*) FROM verdicts WHERE verdict_id LIKE 'ok-%' AND status = 'done'",
         valid as i64,
@@ -351,5 +343,4 @@ async fn thousands_of_hostile_bodies_among_valid_verdicts_are_all_accounted_for_
     .await;
     assert!(worker.child.try_wait().expect("status").is_none(), "the worker never exited");
     assert_eq!(env.queue_depth("").await, 0);
-    pool.close().await;
 }
