@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bouncer::batch::{Claim, RoomBatches};
-use bouncer::vendor::{trtc, zego};
+use bouncer::vendor_api::{trtc, zego};
 use bouncer::verdict::{RoomId, Verdict};
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -14,7 +14,7 @@ use crate::audit::writer::{AuditMsg, AuditSink, Settled};
 use crate::lease::Lease;
 use crate::quota::Quota;
 use crate::retry::RetrySchedule;
-use crate::vendor::Client;
+use crate::vendor_api::Client;
 use crate::verdict::{RoomId, Vendor};
 
 /// Longest pause after repeated configuration failures (bad secret, no permission).

@@ -15,7 +15,7 @@ use crate::audit::results::{AttemptRow, KickChange, KickOutcome};
 use crate::audit::writer::AuditMsg;
 use crate::batch::Entry;
 use crate::states::KickStatus;
-use crate::vendor::{Blame, KickRequest, Outcome};
+use crate::vendor_api::{Blame, KickRequest, Outcome};
 use crate::verdict::RoomId;
 
 /// How a part of the chunk came out.

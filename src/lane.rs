@@ -23,7 +23,7 @@ use crate::audit::work::{self, DueKick};
 use crate::audit::writer::KickKey;
 use crate::batch::{Claim, RoomBatches};
 use crate::states::KickStatus;
-use crate::vendor::Client;
+use crate::vendor_api::Client;
 
 /// The polling fallback: a lane looks for due work at least this often (wake-ups are faster).
 pub const POLL: Duration = Duration::from_secs(1);
@@ -212,8 +212,8 @@ mod tests {
             "[[zego]]\napp_id = 1\nserver_secret = \"s\"\n[[trtc]]\nsdk_app_id = 2\nsecret_id = \"A\"\nsecret_key = \"k\"\nregion = \"ap-guangzhou\"\n",
         )
         .unwrap();
-        let z = Client::Zego(crate::vendor::zego::ZegoClient::new(&zego.zego[0]));
-        let t = Client::Trtc(crate::vendor::trtc::TrtcClient::new(&zego.trtc[0]));
+        let z = Client::Zego(crate::vendor_api::zego::ZegoClient::new(&zego.zego[0]));
+        let t = Client::Trtc(crate::vendor_api::trtc::TrtcClient::new(&zego.trtc[0]));
         assert_eq!(LaneLimits::for_app(&z, 50, Duration::ZERO, 2.0).capacity, 500);
         assert_eq!(LaneLimits::for_app(&z, 50, Duration::ZERO, 2.0).max_in_flight, 100);
         assert_eq!(LaneLimits::for_app(&t, 20, Duration::ZERO, 2.0).capacity, 400);

@@ -10,12 +10,16 @@
 //!
 //! A verdict's path, stage by stage: [`verdict`] (the contract) → [`intake`] → [`audit`] (all
 //! SQL) → [`wake`] → [`ownership`] (the elector) → [`lane`] → [`batch`] → [`quota`] → [`call`] →
-//! [`vendor`] → [`retry`], with [`states`] naming every status.
+//! [`vendor_api`] → [`retry`], with [`states`] naming every status.
+//!
+//! The public modules are what the `bouncer` binary, the `bouncer-tools` crate (demo, bench, test
+//! kit) and `bouncer-sim` use: [`cli`], [`config`], [`verdict`], [`vendor_api`], [`publisher`],
+//! [`intake`] (its topology), [`audit`] (pools, migrations, queries), [`worker`], [`http`],
+//! [`batch`], [`shutdown`] and [`telemetry`]. Everything else is `pub(crate)`.
 
 pub(crate) mod app;
-pub(crate) mod audit;
+pub mod audit;
 pub mod batch;
-pub(crate) mod bench;
 pub(crate) mod call;
 pub mod cli;
 pub mod config;
@@ -27,12 +31,11 @@ pub(crate) mod ownership;
 pub mod publisher;
 pub(crate) mod quota;
 pub(crate) mod retry;
-pub(crate) mod shutdown;
-pub mod sim;
+pub mod shutdown;
 pub(crate) mod states;
-pub(crate) mod telemetry;
+pub mod telemetry;
 pub(crate) mod text;
-pub mod vendor;
+pub mod vendor_api;
 pub mod verdict;
 pub(crate) mod wake;
-pub(crate) mod worker;
+pub mod worker;

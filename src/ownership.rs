@@ -36,9 +36,9 @@ use crate::lane::{self, LaneLimits};
 use crate::lease::Lease;
 use crate::quota::{Quota, WINDOW};
 use crate::retry::RetrySchedule;
-use crate::vendor::trtc::TrtcClient;
-use crate::vendor::zego::ZegoClient;
-use crate::vendor::{Client, QuotaKey};
+use crate::vendor_api::trtc::TrtcClient;
+use crate::vendor_api::zego::ZegoClient;
+use crate::vendor_api::{Client, QuotaKey};
 use crate::verdict::Vendor;
 use crate::wake::Wakers;
 

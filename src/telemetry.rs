@@ -9,6 +9,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The flag's value (`--log-format`, `BOUNCER_LOG_FORMAT`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Crates that log credentials at trace level.
 const SECRET_LOGGING_TARGETS: [&str; 4] = ["lapin", "amq_protocol", "amq_protocol_types", "amq_protocol_tcp"];
 

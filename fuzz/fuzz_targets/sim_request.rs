@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use bouncer::config::Config;
-use bouncer::sim::{self, Sim, SimSettings};
+use bouncer_sim::{self as sim, Sim, SimSettings};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bouncer::vendor::{trtc, zego};
+use bouncer::vendor_api::{trtc, zego};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

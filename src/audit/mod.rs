@@ -6,12 +6,12 @@
 //! - [`leases`]: live replicas and who owns which vendor quota;
 //! - [`query`]: reading the trail for ops, and replays.
 
-pub mod intake;
-pub mod leases;
+pub(crate) mod intake;
+pub(crate) mod leases;
 pub mod query;
-pub mod results;
-pub mod work;
-pub mod writer;
+pub(crate) mod results;
+pub(crate) mod work;
+pub(crate) mod writer;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Why a command failed. The text is printed on stderr as it is.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CliError {
+pub enum CliError {
     /// Bad usage or an invalid configuration (exit 2); the text says what to change.
     Usage(String),
     /// The command could not do its work (exit 1).
@@ -19,14 +19,14 @@ pub(crate) enum CliError {
     Reported,
 }
 
-pub(crate) type CliResult = Result<(), CliError>;
+pub type CliResult = Result<(), CliError>;
 
 impl CliError {
-    pub(crate) fn usage(text: impl Into<String>) -> CliError {
+    pub fn usage(text: impl Into<String>) -> CliError {
         CliError::Usage(text.into())
     }
 
-    pub(crate) fn failed(text: impl Into<String>) -> CliError {
+    pub fn failed(text: impl Into<String>) -> CliError {
         CliError::Failed(text.into())
     }
 
@@ -39,7 +39,7 @@ impl CliError {
 }
 
 /// Prints a failed command's message and turns its result into the process exit code.
-pub(crate) fn exit(result: CliResult) -> ExitCode {
+pub fn exit(result: CliResult) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,14 +3,12 @@
 //! did not finish), 2 bad usage or invalid configuration.
 
 mod audit;
-mod bench;
 mod check;
-mod demo;
+mod delegated;
 mod error;
 mod kick;
-mod output;
+pub mod output;
 mod replay;
-mod sim;
 mod status;
 
 use std::path::PathBuf;
@@ -51,16 +49,22 @@ enum Command {
     Status(status::StatusArgs),
     /// Publish a manual verdict through the same queue and contract.
     Kick(kick::KickArgs),
-    /// Run the whole system on this machine for under a minute and show what happened.
-    Demo(demo::DemoArgs),
-    /// Load-test a worker against the simulator and report utilisation, fill and latency.
-    Bench(bench::BenchArgs),
-    /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes.
-    Sim(sim::SimArgs),
+    /// Run the whole system on this machine for under a minute and show what happened
+    /// (bouncer-tools demo; `bouncer demo --help` for its flags).
+    #[command(disable_help_flag = true)]
+    Demo(delegated::Args),
+    /// Load-test a worker against the simulator and report utilisation, fill and latency
+    /// (bouncer-tools bench).
+    #[command(disable_help_flag = true)]
+    Bench(delegated::Args),
+    /// Run a vendor simulator (ZEGO KickoutUser and TRTC RemoveUser*) for tests and sandboxes
+    /// (bouncer-tools sim).
+    #[command(disable_help_flag = true)]
+    Sim(delegated::Args),
 }
 
-use error::{CliError, CliResult};
-pub use error::{EXIT_FAILURE, EXIT_USAGE};
+pub use audit::print_story;
+pub use error::{CliError, CliResult, EXIT_FAILURE, EXIT_USAGE, exit};
 
 impl Cli {
     /// Loads the configuration the flags point at, printing every problem on failure.
@@ -84,7 +88,7 @@ impl Cli {
 }
 
 /// Every problem of a configuration, each with its key.
-fn invalid_config(path: &std::path::Path, e: &crate::config::ConfigError) -> CliError {
+pub fn invalid_config(path: &std::path::Path, e: &crate::config::ConfigError) -> CliError {
     let mut text = format!("{}: invalid configuration", path.display());
     for p in &e.0 {
         text.push_str(&format!("\n  error: {p}"));
@@ -96,8 +100,14 @@ fn invalid_config(path: &std::path::Path, e: &crate::config::ConfigError) -> Cli
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its worker only speaks up about problems.
-    let default_level = if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) { "warn" } else { "info" };
-    telemetry::init(cli.log_format, default_level);
+    // The tools' commands replace this process with `bouncer-tools` before anything else runs.
+    match &cli.command {
+        Command::Sim(args) => return delegated::exec(&cli, "sim", args),
+        Command::Demo(args) => return delegated::exec(&cli, "demo", args),
+        Command::Bench(args) => return delegated::exec(&cli, "bench", args),
+        _ => {}
+    }
+    telemetry::init(cli.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -112,14 +122,13 @@ async fn run(cli: Cli) -> ExitCode {
     error::exit(match &cli.command {
         Command::Check(args) => check::run(&cli, args).await,
         Command::Migrate => migrate(&cli).await,
-        Command::Sim(args) => sim::run(&cli, args).await,
         Command::Run => run_worker(&cli).await,
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
-        Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        // Handed to bouncer-tools in `main`; never reached.
+        Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => Err(CliError::failed("handed to bouncer-tools")),
     })
 }
 
@@ -167,7 +176,7 @@ async fn reachable(url: &str, default_port: u16) -> bool {
 }
 
 /// Uses running RabbitMQ and PostgreSQL; otherwise runs `deploy/services.sh` when at hand.
-pub(crate) async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), String> {
+pub async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), String> {
     if reachable(amqp, 5672).await && reachable(postgres, 5432).await {
         return Ok(());
     }

@@ -1,44 +1,51 @@
 //! The file format (serde). Defaults live here; meaning and limits are checked in `validate`.
+//! Public so that tools and tests build a configuration as a typed value and serialise it
+//! ([`FileConfig::to_toml`]) instead of assembling TOML text.
+
+use serde::{Serialize, Serializer};
 
 use super::*;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileConfig {
+pub struct FileConfig {
     #[serde(default)]
-    pub(super) amqp: FileAmqp,
+    pub amqp: FileAmqp,
     #[serde(default)]
-    pub(super) postgres: FilePostgres,
+    pub postgres: FilePostgres,
     #[serde(default)]
-    pub(super) http: FileHttp,
+    pub http: FileHttp,
     #[serde(default)]
-    pub(super) batch: FileBatch,
+    pub batch: FileBatch,
     #[serde(default)]
-    pub(super) retry: FileRetry,
+    pub retry: FileRetry,
     #[serde(default)]
-    pub(super) ownership: FileOwnership,
+    pub ownership: FileOwnership,
     #[serde(default)]
-    pub(super) pacing: FilePacing,
+    pub pacing: FilePacing,
     #[serde(default)]
-    pub(super) shutdown: FileShutdown,
+    pub shutdown: FileShutdown,
     #[serde(default)]
-    pub(super) zego: Vec<FileZego>,
+    pub zego: Vec<FileZego>,
     #[serde(default)]
-    pub(super) trtc: Vec<FileTrtc>,
+    pub trtc: Vec<FileTrtc>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileAmqp {
-    pub(super) url: SecretString,
-    pub(super) queue: String,
-    pub(super) prefetch: u32,
-    pub(super) connection_name: String,
-    pub(super) delivery_limit: u32,
+pub struct FileAmqp {
+    #[serde(serialize_with = "expose")]
+    pub url: SecretString,
+    pub queue: String,
+    pub prefetch: u32,
+    pub connection_name: String,
+    pub delivery_limit: u32,
     /// Obsolete since enforcement reads its work from PostgreSQL: accepted, with a warning.
-    pub(super) defer_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defer_ms: Option<u64>,
     /// Obsolete (as above).
-    pub(super) max_unacked_per_app: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unacked_per_app: Option<u32>,
 }
 
 impl Default for FileAmqp {
@@ -55,11 +62,12 @@ impl Default for FileAmqp {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FilePostgres {
-    pub(super) url: SecretString,
-    pub(super) max_connections: u32,
+pub struct FilePostgres {
+    #[serde(serialize_with = "expose")]
+    pub url: SecretString,
+    pub max_connections: u32,
 }
 
 impl Default for FilePostgres {
@@ -68,10 +76,10 @@ impl Default for FilePostgres {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileHttp {
-    pub(super) listen: String,
+pub struct FileHttp {
+    pub listen: String,
 }
 
 impl Default for FileHttp {
@@ -80,14 +88,16 @@ impl Default for FileHttp {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileBatch {
-    pub(super) linger_ms: u64,
+pub struct FileBatch {
+    pub linger_ms: u64,
     /// Obsolete since enforcement reads its work from PostgreSQL: accepted, with a warning.
-    pub(super) max_open_batches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_open_batches: Option<u64>,
     /// Obsolete (as above).
-    pub(super) hold_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<u64>,
 }
 
 impl Default for FileBatch {
@@ -96,12 +106,13 @@ impl Default for FileBatch {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileOwnership {
-    pub(super) lease_ms: u64,
-    pub(super) heartbeat_ms: u64,
-    pub(super) worker_id: Option<String>,
+pub struct FileOwnership {
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
 }
 
 impl Default for FileOwnership {
@@ -110,11 +121,11 @@ impl Default for FileOwnership {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FilePacing {
-    pub(super) jitter_ms: u64,
-    pub(super) buffer_ms: u64,
+pub struct FilePacing {
+    pub jitter_ms: u64,
+    pub buffer_ms: u64,
 }
 
 impl Default for FilePacing {
@@ -123,12 +134,12 @@ impl Default for FilePacing {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileRetry {
-    pub(super) initial_ms: u64,
-    pub(super) max_interval_ms: u64,
-    pub(super) deadline_secs: u64,
+pub struct FileRetry {
+    pub initial_ms: u64,
+    pub max_interval_ms: u64,
+    pub deadline_secs: u64,
 }
 
 impl Default for FileRetry {
@@ -137,10 +148,10 @@ impl Default for FileRetry {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileShutdown {
-    pub(super) grace_secs: u64,
+pub struct FileShutdown {
+    pub grace_secs: u64,
 }
 
 impl Default for FileShutdown {
@@ -151,70 +162,133 @@ impl Default for FileShutdown {
 
 /// A secret given inline, by environment variable name, or by file path: exactly one of the three.
 pub(super) struct FileSecret {
-    pub(super) value: Option<SecretString>,
-    pub(super) env: Option<String>,
-    pub(super) file: Option<PathBuf>,
+    pub value: Option<SecretString>,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileZego {
-    pub(super) app_id: u32,
-    pub(super) server_secret: Option<SecretString>,
-    pub(super) server_secret_env: Option<String>,
-    pub(super) server_secret_file: Option<PathBuf>,
+pub struct FileZego {
+    pub app_id: u32,
+    #[serde(serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub server_secret: Option<SecretString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_secret_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_secret_file: Option<PathBuf>,
     #[serde(default = "zego_endpoint")]
-    pub(super) endpoint: String,
+    pub endpoint: String,
     #[serde(default = "zego_rate")]
-    pub(super) rate_per_second: u32,
+    pub rate_per_second: u32,
     #[serde(default = "zego_chunk")]
-    pub(super) chunk_size: usize,
-    pub(super) is_test: Option<bool>,
+    pub chunk_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_test: Option<bool>,
     #[serde(default = "default_timeout_ms")]
-    pub(super) timeout_ms: u64,
+    pub timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
-    pub(super) connect_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileTrtc {
-    pub(super) sdk_app_id: u32,
-    pub(super) secret_id: String,
-    pub(super) secret_key: Option<SecretString>,
-    pub(super) secret_key_env: Option<String>,
-    pub(super) secret_key_file: Option<PathBuf>,
-    pub(super) region: String,
+pub struct FileTrtc {
+    pub sdk_app_id: u32,
+    pub secret_id: String,
+    #[serde(serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<SecretString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<PathBuf>,
+    pub region: String,
     #[serde(default = "trtc_endpoint")]
-    pub(super) endpoint: String,
+    pub endpoint: String,
     #[serde(default = "trtc_rate")]
-    pub(super) rate_per_second: u32,
+    pub rate_per_second: u32,
     #[serde(default = "trtc_chunk")]
-    pub(super) chunk_size: usize,
+    pub chunk_size: usize,
     #[serde(default = "default_timeout_ms")]
-    pub(super) timeout_ms: u64,
+    pub timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
-    pub(super) connect_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
 }
 
-pub(super) fn zego_endpoint() -> String {
+pub fn zego_endpoint() -> String {
     "https://rtc-api.zego.im".into()
 }
-pub(super) fn zego_rate() -> u32 {
+pub fn zego_rate() -> u32 {
     zego::MAX_CALLS_PER_SECOND
 }
-pub(super) fn zego_chunk() -> usize {
+pub fn zego_chunk() -> usize {
     zego::MAX_USERS_PER_CALL
 }
-pub(super) fn trtc_endpoint() -> String {
+pub fn trtc_endpoint() -> String {
     "https://trtc.tencentcloudapi.com".into()
 }
-pub(super) fn trtc_rate() -> u32 {
+pub fn trtc_rate() -> u32 {
     trtc::MAX_CALLS_PER_SECOND
 }
-pub(super) fn trtc_chunk() -> usize {
+pub fn trtc_chunk() -> usize {
     trtc::MAX_USERS_PER_CALL
 }
-pub(super) fn default_timeout_ms() -> u64 {
+pub fn default_timeout_ms() -> u64 {
     5_000
+}
+
+impl FileConfig {
+    /// The TOML text of this configuration, secrets included (for a file only its owner reads).
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, number, bool, table or array of tables: nothing TOML refuses.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise: {e}"))
+    }
+}
+
+impl FileZego {
+    /// An app with an inline secret and every other key at its default.
+    pub fn new(app_id: u32, server_secret: &str, endpoint: &str) -> FileZego {
+        FileZego {
+            app_id,
+            server_secret: Some(server_secret.into()),
+            server_secret_env: None,
+            server_secret_file: None,
+            endpoint: endpoint.into(),
+            rate_per_second: zego_rate(),
+            chunk_size: zego_chunk(),
+            is_test: None,
+            timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+impl FileTrtc {
+    /// An app with an inline secret key and every other key at its default.
+    pub fn new(sdk_app_id: u32, secret_id: &str, secret_key: &str, region: &str, endpoint: &str) -> FileTrtc {
+        FileTrtc {
+            sdk_app_id,
+            secret_id: secret_id.into(),
+            secret_key: Some(secret_key.into()),
+            secret_key_env: None,
+            secret_key_file: None,
+            region: region.into(),
+            endpoint: endpoint.into(),
+            rate_per_second: trtc_rate(),
+            chunk_size: trtc_chunk(),
+            timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose_secret())
+}
+
+fn expose_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(v) => s.serialize_str(v.expose_secret()),
+        None => s.serialize_none(),
+    }
 }

@@ -20,15 +20,16 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::vendor::{trtc, zego};
+use crate::vendor_api::{trtc, zego};
 
 mod env;
-mod file;
+pub mod file;
 mod secret;
 mod validate;
 
 use env::apply_env_overrides;
 use file::*;
+pub use file::{FileConfig, FileTrtc, FileZego};
 use secret::resolve_secret;
 use validate::*;
 

@@ -136,3 +136,38 @@ fn compose_file_is_valid_yaml_and_docker_compose_accepts_it_where_installed() {
         eprintln!("note: `docker compose` is not installed here; checked the compose file as YAML only");
     }
 }
+
+#[test]
+fn the_dockerfile_copies_everything_the_workspace_build_reads() {
+    let dockerfile = file("deploy/Dockerfile");
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let mut words: Vec<&str> = l.split_whitespace().collect();
+            words.pop(); // the destination
+            words
+        })
+        .collect();
+    let manifest: toml::Table = toml::from_str(&file("Cargo.toml")).unwrap();
+    let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".to_string(), "src".to_string()];
+    needed.extend(
+        ["build.rs", "migrations", "benches"]
+            .into_iter()
+            .filter(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p).exists())
+            .map(String::from),
+    );
+    // Workspace members and [patch] paths, by their first path component.
+    let members = manifest["workspace"]["members"].as_array().unwrap().iter().filter_map(|m| m.as_str());
+    let patches = manifest.get("patch").and_then(|p| p.get("crates-io")).and_then(|p| p.as_table());
+    let patch_paths = patches.into_iter().flat_map(|t| t.values().filter_map(|v| v.get("path")?.as_str()));
+    for path in members.chain(patch_paths).filter(|p| *p != ".") {
+        needed.push(path.split('/').next().unwrap().to_string());
+    }
+    for path in needed {
+        assert!(copied.contains(&path.as_str()), "deploy/Dockerfile does not COPY {path}: the image build needs it");
+    }
+    // The simulator the compose file runs from this image is `bouncer-tools`.
+    assert!(dockerfile.contains("release/bouncer-tools"), "the image must ship bouncer-tools");
+}

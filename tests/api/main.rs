@@ -4,7 +4,7 @@
 mod cli;
 mod contract;
 mod deploy;
-mod helpers;
+use bouncer_tools::testkit as helpers;
 mod hostile;
 mod ops;
 mod pipeline;

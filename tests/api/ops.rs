@@ -44,8 +44,7 @@ async fn mixed_run() -> (TestEnv, crate::helpers::WorkerProcess) {
     let opts = EnvOptions { deadline_secs: 4, retry_max_ms: 300, ..EnvOptions::default() };
     let mut env = TestEnv::new(Apps::random(3, 1), opts).await;
     let (z0, z1, z2, t0) = (env.apps.zego[0].0, env.apps.zego[1].0, env.apps.zego[2].0, env.apps.trtc[0].0);
-    let wrong = env.apps.zego[2].1.clone();
-    env.edit_config(|t| t.replace(&wrong, "wrong-secret-0123456789"));
+    env.edit_config(|c| c.zego[2].server_secret = Some("wrong-secret-0123456789".into()));
     let control = SimControl::new(&env.sim);
     control.set_faults(json!({"vendor": "zego", "app_id": z1, "gone_rooms": ["closed-room"]})).await;
     control.set_faults(json!({"vendor": "trtc", "app_id": t0, "bad_users": ["evil"]})).await;
@@ -307,7 +306,7 @@ async fn readyz_turns_not_ready_while_rabbitmq_is_unreachable_and_ready_again_af
     let proxy = CuttableProxy::start(&target).await;
     let mut env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
     let via_proxy = amqp_url().replace(&target, &format!("127.0.0.1:{}", proxy.port));
-    env.edit_config(|t| t.replace(&amqp_url(), &via_proxy));
+    env.edit_config(|c| c.amqp.url = via_proxy.into());
     let worker = env.worker();
     let url = format!("http://{}/readyz", worker.http_addr());
     let ready = |want: bool| {

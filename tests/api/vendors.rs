@@ -4,13 +4,13 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use bouncer::config::Config;
-use bouncer::vendor::trtc::TrtcClient;
-use bouncer::vendor::zego::ZegoClient;
-use bouncer::vendor::{Blame, Client, KickRequest, Outcome, RequestError};
+use bouncer::vendor_api::trtc::TrtcClient;
+use bouncer::vendor_api::zego::ZegoClient;
+use bouncer::vendor_api::{Blame, Client, KickRequest, Outcome, RequestError};
 use bouncer::verdict::RoomId;
 use serde_json::json;
 
-use crate::helpers::{Apps, SimControl, TempFile, start_sim};
+use crate::helpers::{Apps, SimControl, TempFile, set_vendor_timeouts, start_sim};
 
 fn users(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("user-{i}")).collect()
@@ -141,8 +141,9 @@ async fn a_hanging_vendor_hits_the_timeout_and_is_classified_retry() {
     let apps = Apps::random(1, 1);
     let sim = start_sim(&apps).await;
     SimControl::new(&sim).set_faults(json!({"hang": true})).await;
-    let text = apps.toml(&sim.endpoint()).replace("timeout_ms = 2000", "timeout_ms = 300");
-    let config = Config::from_toml(&text).unwrap();
+    let mut file = apps.file_config(&sim.endpoint());
+    set_vendor_timeouts(&mut file, 300);
+    let config = Config::from_toml(&file.to_toml()).unwrap();
     let (zego, trtc) = clients(&config);
 
     for (client, req) in [
@@ -260,10 +261,10 @@ async fn injected_faults_map_to_the_documented_classes() {
 async fn the_sim_binary_serves_a_config_file_and_stops_on_sigterm() {
     let apps = Apps::random(1, 1);
     // A full worker config: the sim reads only the vendor sections.
-    let file = TempFile::with(&format!(
-        "[amqp]\nqueue = \"ignored\"\n[batch]\nlinger_ms = 5\n{}",
-        apps.toml("https://example.invalid")
-    ));
+    let mut config = apps.file_config("https://example.invalid");
+    config.amqp.queue = "ignored".into();
+    config.batch.linger_ms = 5;
+    let file = TempFile::with(&config.to_toml());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bouncer"))
         .args(["sim", "--listen", "127.0.0.1:0", "--config", file.0.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())

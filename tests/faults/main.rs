@@ -2,8 +2,6 @@
 //! restarted. They run one at a time (a lock, below) and touch only their own resources: the
 //! worker's own connections (by name) and a private PostgreSQL cluster.
 
-#[path = "../api/helpers.rs"]
-mod helpers;
 mod pacing;
 mod private_pg;
 mod replicas;
@@ -12,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use bouncer_tools::testkit as helpers;
 use helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
 
 /// One fault test at a time: they load the machine and restart things.

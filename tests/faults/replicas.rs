@@ -103,7 +103,7 @@ async fn three_replicas_share_six_quotas_and_survive_a_kill_and_a_stop_within_th
     // gets 250 ms of allowance; a 2 s lease keeps the SIGKILL takeover (lease + window + allowance)
     // well inside 5 s all the same.
     let mut env = TestEnv::new(Apps::random(4, 2), EnvOptions { jitter_ms: 250, ..EnvOptions::default() }).await;
-    env.edit_config(|t| format!("{t}\n[ownership]\nlease_ms = 2000\n"));
+    env.edit_config(|c| c.ownership.lease_ms = 2000);
     // About 30 s of work for every quota at its limit.
     let work = backlog(&env, 1500, 25);
     let total = work.len() as i64;
@@ -257,7 +257,9 @@ async fn an_owner_cut_off_from_postgres_stops_calling_within_its_lease_and_anoth
     let pg = url::Url::parse(&env.db.url).unwrap();
     let proxied = env.db.url.replace(&format!(":{}/", pg.port().unwrap_or(5432)), &format!(":{}/", proxy.port));
     assert_ne!(proxied, env.db.url);
-    let cut_config = TempFile::with(&env.config_text.replace(&env.db.url, &proxied));
+    let mut file = env.file.clone();
+    file.postgres.url = proxied.into();
+    let cut_config = TempFile::with(&file.to_toml());
     let a = WorkerProcess::start_with_env(&cut_config.0, &[("BOUNCER_OWNERSHIP__WORKER_ID", "cut-a")]);
     wait_for_owners(&env, "a to own both quotas", Duration::from_secs(30), |o| groups_of(o, "cut-a").len() == 2).await;
     let b = env.replica("direct-b");

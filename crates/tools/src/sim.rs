@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 
-use super::{Cli, CliError, CliResult};
-use crate::config::Config;
-use crate::sim::{self, SimSettings};
-use crate::vendor::{trtc, zego};
+use bouncer::cli::{CliError, CliResult, invalid_config};
+use bouncer::config::Config;
+use bouncer::vendor_api::{trtc, zego};
+use bouncer_sim::{self as sim, SimSettings};
+
+use crate::cli::ToolsCli;
 
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
@@ -20,10 +22,10 @@ pub struct SimArgs {
     trtc_rate: u32,
 }
 
-pub(crate) async fn run(cli: &Cli, args: &SimArgs) -> CliResult {
+pub(crate) async fn run(cli: &ToolsCli, args: &SimArgs) -> CliResult {
     // The sim reads only the [[zego]] and [[trtc]] sections, so one file can serve both.
     let path = cli.config.clone().unwrap_or_else(|| "bouncer.toml".into());
-    let config = Config::load_vendors_only(&path).map_err(|e| super::invalid_config(&path, &e))?;
+    let config = Config::load_vendors_only(&path).map_err(|e| invalid_config(&path, &e))?;
     let settings =
         SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: args.zego_rate, trtc_rate: args.trtc_rate };
     let running = sim::start(settings, args.listen)
@@ -32,7 +34,7 @@ pub(crate) async fn run(cli: &Cli, args: &SimArgs) -> CliResult {
     // Scripts wait for this line to know the port (useful with --listen 127.0.0.1:0).
     println!("bouncer sim listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, zego_rate = args.zego_rate, trtc_rate = args.trtc_rate, "simulator ready");
-    crate::shutdown::signal().await;
+    bouncer::shutdown::signal().await;
     tracing::info!("simulator stopping");
     Ok(())
 }

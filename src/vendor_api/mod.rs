@@ -1,6 +1,7 @@
 //! The vendors' kick APIs behind one boundary: a [`KickRequest`] goes in, a [`CallReport`] with a
 //! typed [`Outcome`] comes out. Everything vendor-specific (signing, wire format, error codes)
-//! stays in [`zego`] and [`trtc`].
+//! stays in [`zego`] and [`trtc`]. (Named `vendor_api`, not `vendor`: a `vendor/` folder is where
+//! vendored sources live, as the patched `vendor/sqlx-core` does at the workspace root.)
 
 mod quota_key;
 pub mod trtc;

@@ -10,11 +10,15 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::output;
-use crate::audit::query::{self, Filter};
-use crate::config::Config;
-use crate::publisher::Publisher;
-use crate::sim::{self, SimSettings, faults::Faults};
+use bouncer::audit::query::{self, Filter};
+use bouncer::cli::output;
+use bouncer::config::Config;
+use bouncer::config::{FileConfig, FileTrtc, FileZego};
+use bouncer::publisher::Publisher;
+use bouncer::vendor_api::{trtc, zego};
+use bouncer_sim::faults::Faults;
+
+use crate::testkit::{Names, delete_queues, drop_database, point_vendors_at, stack_config, start_sim_for};
 
 const ZEGO_OK: u32 = 1_000_001;
 const ZEGO_FLAKY: u32 = 1_000_002;
@@ -33,47 +37,20 @@ pub struct DemoArgs {
     name: String,
 }
 
-fn demo_config(args: &DemoArgs, endpoint: &str) -> Result<Config, String> {
+/// The demo's configuration: the defaults, its own names, quicker retries and three apps.
+fn demo_config(args: &DemoArgs) -> FileConfig {
     let secret = |n: u32| format!("demo-secret-{n}-{}", uuid::Uuid::new_v4().simple());
-    let text = format!(
-        r#"
-        [amqp]
-        url = "{amqp}"
-        queue = "bouncer.{name}"
-        connection_name = "bouncer-{name}"
-        [postgres]
-        url = "{pg}/bouncer_{name}"
-        [batch]
-        linger_ms = 25
-        [retry]
-        initial_ms = 100
-        max_interval_ms = 1000
-        deadline_secs = 20
-        [shutdown]
-        grace_secs = 3
-        [[zego]]
-        app_id = {ZEGO_OK}
-        server_secret = "{s1}"
-        endpoint = "{endpoint}"
-        [[zego]]
-        app_id = {ZEGO_FLAKY}
-        server_secret = "{s2}"
-        endpoint = "{endpoint}"
-        [[trtc]]
-        sdk_app_id = {TRTC}
-        secret_id = "AKIDdemo"
-        secret_key = "{s3}"
-        region = "ap-singapore"
-        endpoint = "{endpoint}"
-        "#,
-        amqp = args.amqp,
-        name = args.name,
-        pg = args.postgres.trim_end_matches('/'),
-        s1 = secret(1),
-        s2 = secret(2),
-        s3 = secret(3),
-    );
-    Config::from_toml(&text).map_err(|e| e.to_string())
+    let mut file = stack_config(&Names::of(&[&args.name]), &args.amqp, &args.postgres);
+    file.batch.linger_ms = 25;
+    file.retry.initial_ms = 100;
+    file.retry.max_interval_ms = 1000;
+    file.retry.deadline_secs = 20;
+    file.shutdown.grace_secs = 3;
+    // The simulator's address is filled in once it listens.
+    let endpoint = "http://127.0.0.1:1";
+    file.zego = vec![FileZego::new(ZEGO_OK, &secret(1), endpoint), FileZego::new(ZEGO_FLAKY, &secret(2), endpoint)];
+    file.trtc = vec![FileTrtc::new(TRTC, "AKIDdemo", &secret(3), "ap-singapore", endpoint)];
+    file
 }
 
 /// A realistic stream: busy rooms, users in several verdicts, republished duplicates, malformed
@@ -119,8 +96,8 @@ fn stream() -> Vec<Vec<u8>> {
     out
 }
 
-pub(crate) async fn run(args: &DemoArgs) -> super::CliResult {
-    demo(args).await.map_err(|e| super::CliError::failed(format!("demo failed: {e}")))
+pub(crate) async fn run(args: &DemoArgs) -> bouncer::cli::CliResult {
+    demo(args).await.map_err(|e| bouncer::cli::CliError::failed(format!("demo failed: {e}")))
 }
 
 async fn demo(args: &DemoArgs) -> Result<(), String> {
@@ -128,19 +105,17 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     if args.name.is_empty() || !args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(format!("--name must be lowercase letters, digits and _, got {:?}", args.name));
     }
-    super::ensure_services(&args.amqp, &args.postgres).await?;
+    bouncer::cli::ensure_services(&args.amqp, &args.postgres).await?;
     // The simulator first: the worker's config points at its port.
-    let placeholder = demo_config(args, "http://127.0.0.1:1")?;
-    let running = sim::start(
-        SimSettings { zego: placeholder.zego.clone(), trtc: placeholder.trtc.clone(), zego_rate: 50, trtc_rate: 20 },
-        "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-    )
-    .await
-    .map_err(|e| format!("cannot start the simulator: {e}"))?;
-    let mut config = placeholder;
-    let endpoint = url::Url::parse(&running.endpoint()).map_err(|e| e.to_string())?;
-    config.zego.iter_mut().for_each(|z| z.endpoint = endpoint.clone());
-    config.trtc.iter_mut().for_each(|t| t.endpoint = endpoint.clone());
+    let mut file = demo_config(args);
+    let running = start_sim_for(
+        &file,
+        zego::MAX_CALLS_PER_SECOND,
+        trtc::MAX_CALLS_PER_SECOND,
+        &tokio::runtime::Handle::current(),
+    )?;
+    point_vendors_at(&mut file, &running.endpoint());
+    let config = Config::from_toml(&file.to_toml()).map_err(|e| e.to_string())?;
     running.sim.set_faults(Faults {
         vendor: Some("zego".into()),
         app_id: Some(ZEGO_FLAKY),
@@ -164,25 +139,18 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
 
     // A clean demo database every run.
     let admin = format!("{}/postgres", args.postgres.trim_end_matches('/'));
-    if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
-        let name = &args.name;
-        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            let sql = format!("DROP DATABASE IF EXISTS bouncer_{name} WITH (FORCE)");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-        }
-        pool.close().await;
-    }
+    drop_database(&admin, &Names::of(&[&args.name]).database).await;
     println!(
         "▶ simulator for ZEGO apps {ZEGO_OK} (healthy) and {ZEGO_FLAKY} (20% HTTP 502, 5% throttled), TRTC {TRTC}"
     );
     println!(
         "▶ worker consuming queue {:?}, auditing to {}",
         config.amqp.queue,
-        crate::config::redact_url(config.postgres.url.expose_secret())
+        bouncer::config::redact_url(config.postgres.url.expose_secret())
     );
 
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(crate::worker::run(config.clone(), shutdown.clone(), |_| {}));
+    let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
     let publisher = Publisher::connect(&config.amqp, "demo-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let bodies = stream();
     let valid = VERDICTS;
@@ -199,7 +167,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     }
     publisher.close().await;
 
-    let pool = crate::audit::connect_within(&config.postgres, Duration::from_secs(20))
+    let pool = bouncer::audit::connect_within(&config.postgres, Duration::from_secs(20))
         .await
         .map_err(|e| format!("audit database: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -293,12 +261,12 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         let Some(id) = id else { continue };
         println!("\n■ {title} (bouncer audit --verdict {id})");
         if let Ok(Some(s)) = query::story(&pool, &id).await {
-            super::audit::print_story(&s).map_err(|e| e.to_string())?;
+            bouncer::cli::print_story(&s).map_err(|e| e.to_string())?;
         }
     }
     pool.close().await;
     drop(running);
-    delete_demo_queues(&config).await;
+    delete_queues(config.amqp.url.expose_secret(), &config.amqp.queue).await;
     println!(
         "\n✔ demo finished in {:.1} s. The audit trail stays in database bouncer_{name}; explore it with\n  \
          BOUNCER_POSTGRES__URL={}/bouncer_{name} bouncer audit --summary",
@@ -307,16 +275,4 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         name = args.name
     );
     Ok(())
-}
-
-async fn delete_demo_queues(config: &Config) {
-    let Ok(conn) =
-        lapin::Connection::connect(config.amqp.url.expose_secret(), lapin::ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        crate::intake::topology::delete(&ch, &config.amqp.queue).await;
-    }
-    let _ = conn.close(200, "demo done".into()).await;
 }

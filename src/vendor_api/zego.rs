@@ -227,7 +227,7 @@ pub fn interpret(body: &[u8], latency: std::time::Duration) -> CallReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vendor::Outcome;
+    use crate::vendor_api::Outcome;
     use std::time::Duration;
 
     #[test]

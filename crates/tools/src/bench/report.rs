@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::sim::Record;
-use crate::vendor::{QuotaKey, trtc};
+use bouncer::vendor_api::{QuotaKey, trtc};
+use bouncer_sim::Record;
 
 /// p50/p95/p99/max of a sample, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

@@ -1,0 +1,81 @@
+//! The workers of a run: `bouncer run` children, each with its own HTTP port and replica name.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use crate::testkit::{bouncer_binary, bouncer_command};
+
+use super::report;
+
+pub(super) struct Workers {
+    children: Vec<Child>,
+    pub(super) ports: Vec<u16>,
+    /// Peak RSS (MiB) and CPU seconds seen per worker.
+    pub(super) usage: Vec<(f64, f64)>,
+}
+
+impl Workers {
+    pub(super) fn start(config: &Path, n: usize, id: &str) -> Result<Workers, String> {
+        let mut w = Workers { children: Vec::new(), ports: Vec::new(), usage: Vec::new() };
+        for k in 0..n {
+            let port = free_port()?;
+            w.children.push(spawn_worker(config, port, &format!("bench-{id}-{k}"))?);
+            w.ports.push(port);
+            w.usage.push((0.0, 0.0));
+        }
+        Ok(w)
+    }
+
+    pub(super) fn sample(&mut self) {
+        for (child, u) in self.children.iter().zip(self.usage.iter_mut()) {
+            if let Some((cpu, rss)) = report::process_usage(child.id()) {
+                *u = (cpu, rss.max(u.1));
+            }
+        }
+    }
+
+    pub(super) fn signal(&self, k: usize, sig: &str) {
+        let _ = std::process::Command::new("kill").args([sig, &self.children[k].id().to_string()]).status();
+    }
+
+    pub(super) async fn stop(mut self) {
+        self.sample();
+        for k in 0..self.children.len() {
+            self.signal(k, "-TERM");
+        }
+        let children = std::mem::take(&mut self.children);
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut c in children {
+                let _ = c.wait();
+            }
+        })
+        .await;
+    }
+}
+
+/// A run that ends early (an error) leaves no worker behind.
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_worker(config: &Path, port: u16, name: &str) -> Result<Child, String> {
+    bouncer_command()
+        .args(["run", "--config", &config.to_string_lossy()])
+        .env("BOUNCER_LOG", std::env::var("BOUNCER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("BOUNCER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BOUNCER_OWNERSHIP__WORKER_ID", name)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the worker ({}): {e}", bouncer_binary().display()))
+}
+
+/// A free port on loopback for a worker's HTTP surface.
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}

@@ -1,0 +1,141 @@
+//! The real binaries as child processes: one-shot `bouncer` commands and `bouncer run` workers.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+/// The `bouncer` binary of this build: `BOUNCER_BIN` if set, else the one beside this executable
+/// (`target/<profile>/` for `bouncer-tools`, its parent for a test binary in `deps/`).
+pub fn bouncer_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BOUNCER_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.ends_with("deps") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir };
+    dir.join(format!("bouncer{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A `bouncer` command with none of this process's `BOUNCER_*` variables.
+pub fn bouncer_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(bouncer_binary());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BOUNCER_")) {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// Runs the real `bouncer` binary with a clean `BOUNCER_*` environment.
+pub fn bouncer(args: &[&str], env: &[(&str, &str)]) -> Output {
+    bouncer_command().args(args).envs(env.iter().copied()).output().expect("run bouncer")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `bouncer run` child process, killed on drop; its log is kept in a temp file.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &Path) -> WorkerProcess {
+        Self::start_with_env(config, &[])
+    }
+
+    /// A worker with extra environment (`BOUNCER_*` overrides: a replica's own name, say).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("bouncer-worker-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = bouncer_command()
+            .args(["run", "--config", config.to_str().expect("utf-8 path"), "--log-format", "json"])
+            .env("BOUNCER_LOG", "info,bouncer=debug")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn bouncer run");
+        WorkerProcess { child, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- worker log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+                    .lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl WorkerProcess {
+    /// The worker's HTTP address, read from its log once it is serving.
+    pub fn http_addr(&self) -> String {
+        let started = Instant::now();
+        loop {
+            for line in self.log_text().lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                    && v["message"].as_str().is_some_and(|m| m.starts_with("serving /metrics"))
+                {
+                    return v["addr"].as_str().expect("addr field").to_owned();
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "worker never served HTTP");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Waits (at most 30 s) for a worker's `/readyz` on `port` to answer 200.
+pub async fn wait_ready(port: u16) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the worker never became ready".into())
+}

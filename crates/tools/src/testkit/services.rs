@@ -1,0 +1,91 @@
+//! The services a stack runs on, and its teardown: the PostgreSQL server that holds one database
+//! per test (or per demo, per bench run), the RabbitMQ broker, and temp files.
+
+use std::path::PathBuf;
+
+use sqlx::Connection as _;
+
+/// The server the per-test databases are created on.
+pub fn pg_admin_url() -> String {
+    std::env::var("BOUNCER_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// [`pg_admin_url`] without its database: where `/<database>` is appended.
+pub fn pg_server_url() -> String {
+    let admin = pg_admin_url();
+    admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin)
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("BOUNCER_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A database that exists for one test and is dropped with it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A name only; the database is created by whoever migrates it (as `bouncer migrate` does).
+    pub fn named() -> TestDb {
+        let name = format!("bouncer_test_{}", uuid::Uuid::new_v4().simple());
+        TestDb { url: format!("{}/{name}", pg_server_url()), name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let name = self.name.clone();
+        block_on_own_runtime(async move { drop_database(&pg_admin_url(), &name).await });
+    }
+}
+
+/// A file in the temp dir, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn with(contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("bouncer-test-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Drops a database of the server `admin_url` points at (any database on it), if it exists.
+pub async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\""));
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+        let _ = conn.close().await;
+    }
+}
+
+/// Deletes a verdict queue and the queues and exchanges it brings (dead letters, deferrals).
+pub async fn delete_queues(amqp_url: &str, queue: &str) {
+    let Ok(conn) = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await else { return };
+    if let Ok(ch) = conn.create_channel().await {
+        bouncer::intake::topology::delete(&ch, queue).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Runs `f` to completion on a runtime of its own: for teardown in `Drop`, which runs outside
+/// any async context.
+pub fn block_on_own_runtime<F: Future<Output = ()> + Send + 'static>(f: F) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(f);
+        }
+    })
+    .join();
+}
