@@ -160,6 +160,29 @@ impl Default for FileShutdown {
     }
 }
 
+impl FileConfig {
+    /// Every key the file can hold, each with a value of its type (one entry per vendor array):
+    /// what a `BOUNCER_*` override is typed by. Options are filled in so that their keys appear.
+    pub(super) fn schema() -> toml::Table {
+        let mut c = FileConfig::default();
+        c.amqp.defer_ms = Some(0);
+        c.amqp.max_unacked_per_app = Some(0);
+        c.batch.max_open_batches = Some(0);
+        c.batch.hold_secs = Some(0);
+        c.ownership.worker_id = Some(String::new());
+        let mut zego = FileZego::new(0, "", "");
+        zego.server_secret_env = Some(String::new());
+        zego.server_secret_file = Some(PathBuf::new());
+        zego.is_test = Some(false);
+        let mut trtc = FileTrtc::new(0, "", "", "", "");
+        trtc.secret_key_env = Some(String::new());
+        trtc.secret_key_file = Some(PathBuf::new());
+        c.zego.push(zego);
+        c.trtc.push(trtc);
+        toml::Table::try_from(&c).unwrap_or_default()
+    }
+}
+
 /// A secret given inline, by environment variable name, or by file path: exactly one of the three.
 pub(super) struct FileSecret {
     pub value: Option<SecretString>,

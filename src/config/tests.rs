@@ -130,6 +130,34 @@ fn env_overrides_replace_and_add_keys_with_the_right_types() {
 }
 
 #[test]
+fn env_overrides_take_the_type_of_their_key_not_of_their_look() {
+    // Keys the file does not set: a string key keeps a numeric-looking value as text, an integer
+    // or boolean key parses it, whatever the file holds.
+    let env: HashMap<String, String> = [
+        ("BOUNCER_OWNERSHIP__WORKER_ID", "12345"),
+        ("BOUNCER_HTTP__LISTEN", "127.0.0.1:9999"),
+        ("BOUNCER_SHUTDOWN__GRACE_SECS", "3"),
+        ("BOUNCER_ZEGO__0__IS_TEST", "true"),
+        ("BOUNCER_ZEGO__0__SERVER_SECRET", "98765432123"),
+        ("BOUNCER_TRTC__0__SECRET_KEY", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = Config::from_toml_with_env(GOOD, &env).unwrap();
+    assert_eq!(c.ownership.worker_id.as_deref(), Some("12345"));
+    assert_eq!(c.shutdown.grace, Duration::from_secs(3));
+    assert_eq!(c.zego[0].server_secret.expose_secret(), "98765432123");
+    assert_eq!(c.trtc[0].secret_key.expose_secret(), "true");
+    let env: HashMap<String, String> = [("BOUNCER_ZEGO__0__IS_TEST".to_string(), "yes".to_string())].into();
+    let e = Config::from_toml_with_env(GOOD, &env).unwrap_err();
+    assert_eq!(
+        (e.0[0].key.as_str(), e.0[0].reason.as_str()),
+        ("BOUNCER_ZEGO__0__IS_TEST", "expected true or false, got \"yes\"")
+    );
+}
+
+#[test]
 fn bad_env_override_names_the_variable() {
     let env: HashMap<String, String> = [("BOUNCER_AMQP__PREFETCH".to_string(), "lots".to_string())].into();
     let e = Config::from_toml_with_env("[amqp]\nprefetch = 5\n", &env).unwrap_err();

@@ -82,23 +82,22 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let mut seen = HashMap::new();
     for (i, z) in f.zego.into_iter().enumerate() {
         let key = |k: &str| format!("zego[{i}].{k}");
-        if let Some(first) = seen.insert(z.app_id, i) {
-            p.push(problem(key("app_id"), format!("app {} is already configured at zego[{first}]", z.app_id)));
-        }
-        if z.app_id == 0 {
-            p.push(problem(key("app_id"), "must not be 0"));
-        }
-        let secret = resolve_secret(
-            &key("server_secret"),
-            FileSecret { value: z.server_secret, env: z.server_secret_env, file: z.server_secret_file },
+        check_app_id("zego", i, "app_id", z.app_id, &mut seen, &mut p);
+        let resolved = check_connection(
+            &key,
+            AppEntry {
+                secret_key: "server_secret",
+                secret: FileSecret { value: z.server_secret, env: z.server_secret_env, file: z.server_secret_file },
+                rate: (z.rate_per_second, zego::MAX_CALLS_PER_SECOND),
+                chunk: (z.chunk_size, zego::MAX_USERS_PER_CALL),
+                endpoint: &z.endpoint,
+                connect_timeout_ms: z.connect_timeout_ms,
+                timeout_ms: z.timeout_ms,
+            },
             env,
             &mut p,
         );
-        check_rate(&key("rate_per_second"), z.rate_per_second, zego::MAX_CALLS_PER_SECOND, &mut p);
-        check_chunk(&key("chunk_size"), z.chunk_size, zego::MAX_USERS_PER_CALL, &mut p);
-        let endpoint = check_endpoint(&key("endpoint"), &z.endpoint, &mut p);
-        let timeouts = check_timeouts(&key(""), z.connect_timeout_ms, z.timeout_ms, &mut p);
-        if let (Some(server_secret), Some(endpoint)) = (secret, endpoint) {
+        if let Some((server_secret, endpoint, timeouts)) = resolved {
             zego_apps.push(ZegoApp {
                 app_id: z.app_id,
                 server_secret,
@@ -115,12 +114,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let mut seen = HashMap::new();
     for (i, t) in f.trtc.into_iter().enumerate() {
         let key = |k: &str| format!("trtc[{i}].{k}");
-        if let Some(first) = seen.insert(t.sdk_app_id, i) {
-            p.push(problem(key("sdk_app_id"), format!("app {} is already configured at trtc[{first}]", t.sdk_app_id)));
-        }
-        if t.sdk_app_id == 0 {
-            p.push(problem(key("sdk_app_id"), "must not be 0"));
-        }
+        check_app_id("trtc", i, "sdk_app_id", t.sdk_app_id, &mut seen, &mut p);
         if t.secret_id.trim().is_empty() {
             p.push(problem(key("secret_id"), "must not be empty"));
         }
@@ -130,14 +124,6 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
                 format!("unknown region {:?}; RemoveUser supports {}", t.region, trtc::REGIONS.join(", ")),
             ));
         }
-        let secret = resolve_secret(
-            &key("secret_key"),
-            FileSecret { value: t.secret_key, env: t.secret_key_env, file: t.secret_key_file },
-            env,
-            &mut p,
-        );
-        check_rate(&key("rate_per_second"), t.rate_per_second, trtc::MAX_CALLS_PER_SECOND, &mut p);
-        check_chunk(&key("chunk_size"), t.chunk_size, trtc::MAX_USERS_PER_CALL, &mut p);
         // Apps sharing credentials share one vendor quota (the safe reading): one rate for all.
         if let Some(other) =
             trtc_apps.iter().find(|o| o.secret_id == t.secret_id && o.rate_per_second != t.rate_per_second)
@@ -150,9 +136,21 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
                 ),
             ));
         }
-        let endpoint = check_endpoint(&key("endpoint"), &t.endpoint, &mut p);
-        let timeouts = check_timeouts(&key(""), t.connect_timeout_ms, t.timeout_ms, &mut p);
-        if let (Some(secret_key), Some(endpoint)) = (secret, endpoint) {
+        let resolved = check_connection(
+            &key,
+            AppEntry {
+                secret_key: "secret_key",
+                secret: FileSecret { value: t.secret_key, env: t.secret_key_env, file: t.secret_key_file },
+                rate: (t.rate_per_second, trtc::MAX_CALLS_PER_SECOND),
+                chunk: (t.chunk_size, trtc::MAX_USERS_PER_CALL),
+                endpoint: &t.endpoint,
+                connect_timeout_ms: t.connect_timeout_ms,
+                timeout_ms: t.timeout_ms,
+            },
+            env,
+            &mut p,
+        );
+        if let Some((secret_key, endpoint, timeouts)) = resolved {
             trtc_apps.push(TrtcApp {
                 sdk_app_id: t.sdk_app_id,
                 secret_id: t.secret_id,
@@ -199,6 +197,53 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         zego: zego_apps,
         trtc: trtc_apps,
     })
+}
+
+/// An app id is set and configured once per vendor (`seen`: app id → first index).
+fn check_app_id(
+    section: &str,
+    i: usize,
+    id_key: &str,
+    app_id: u32,
+    seen: &mut HashMap<u32, usize>,
+    p: &mut Vec<Problem>,
+) {
+    let key = format!("{section}[{i}].{id_key}");
+    if let Some(first) = seen.insert(app_id, i) {
+        p.push(problem(&key, format!("app {app_id} is already configured at {section}[{first}]")));
+    }
+    if app_id == 0 {
+        p.push(problem(key, "must not be 0"));
+    }
+}
+
+/// What a ZEGO and a TRTC entry share: a secret, a rate and chunk size under the vendor's limits
+/// (value, limit), an endpoint and timeouts.
+struct AppEntry<'a> {
+    /// The secret's key name (`server_secret`, `secret_key`); `_env` and `_file` forms follow it.
+    secret_key: &'static str,
+    secret: FileSecret,
+    rate: (u32, u32),
+    chunk: (usize, usize),
+    endpoint: &'a str,
+    connect_timeout_ms: u64,
+    timeout_ms: u64,
+}
+
+/// Checks an entry's shared keys (named through `key`); its secret, endpoint and timeouts when
+/// all are usable.
+fn check_connection(
+    key: &dyn Fn(&str) -> String,
+    e: AppEntry<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<Problem>,
+) -> Option<(SecretString, url::Url, Timeouts)> {
+    let secret = resolve_secret(&key(e.secret_key), e.secret, env, p);
+    check_rate(&key("rate_per_second"), e.rate.0, e.rate.1, p);
+    check_chunk(&key("chunk_size"), e.chunk.0, e.chunk.1, p);
+    let endpoint = check_endpoint(&key("endpoint"), e.endpoint, p);
+    let timeouts = check_timeouts(&key(""), e.connect_timeout_ms, e.timeout_ms, p);
+    Some((secret?, endpoint?, timeouts))
 }
 
 pub(super) fn check_rate(key: &str, rate: u32, max: u32, p: &mut Vec<Problem>) {
