@@ -38,4 +38,5 @@ pub(crate) mod text;
 pub mod vendor_api;
 pub mod verdict;
 pub(crate) mod wake;
+pub mod web;
 pub mod worker;

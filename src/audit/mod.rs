@@ -6,11 +6,12 @@
 //! - [`leases`]: live replicas and who owns which vendor quota;
 //! - [`query`]: reading the trail for ops, and replays.
 
+pub mod console;
 pub(crate) mod intake;
-pub(crate) mod leases;
+pub mod leases;
 pub mod query;
 pub(crate) mod results;
-pub(crate) mod work;
+pub mod work;
 pub(crate) mod writer;
 
 use std::time::Duration;

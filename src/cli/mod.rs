@@ -10,6 +10,7 @@ mod kick;
 pub mod output;
 mod replay;
 mod status;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Publish a manual verdict through the same queue and contract.
     Kick(kick::KickArgs),
+    /// The ops console: the audit trail as pages, and replay (reads PostgreSQL only).
+    Web(web::WebArgs),
     /// Run the whole system on this machine for under a minute and show what happened
     /// (bouncer-tools demo; `bouncer demo --help` for its flags).
     #[command(disable_help_flag = true)]
@@ -63,6 +66,7 @@ enum Command {
     Sim(delegated::Args),
 }
 
+pub(crate) use audit::parse_when;
 pub use audit::print_story;
 pub use error::{CliError, CliResult, EXIT_FAILURE, EXIT_USAGE, exit};
 
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
+        Command::Web(args) => web::run(&cli, args).await,
         // Handed to bouncer-tools in `main`; never reached.
         Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => Err(CliError::failed("handed to bouncer-tools")),
     })

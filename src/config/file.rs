@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub shutdown: FileShutdown,
     #[serde(default)]
+    pub web: FileWeb,
+    #[serde(default)]
     pub zego: Vec<FileZego>,
     #[serde(default)]
     pub trtc: Vec<FileTrtc>,
@@ -179,6 +181,9 @@ impl FileConfig {
         trtc.secret_key_file = Some(PathBuf::new());
         c.zego.push(zego);
         c.trtc.push(trtc);
+        c.web.auth.proxy_header = Some(String::new());
+        c.web.auth.proxy_addresses.push(String::new());
+        c.web.auth.users.push(FileWebUser { name: String::new(), password_hash: "".into(), role: String::new() });
         toml::Table::try_from(&c).unwrap_or_default()
     }
 }
@@ -305,7 +310,7 @@ impl FileTrtc {
     }
 }
 
-fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(secret.expose_secret())
 }
 

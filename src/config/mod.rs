@@ -26,12 +26,15 @@ mod env;
 pub mod file;
 mod secret;
 mod validate;
+mod web;
 
 use env::apply_env_overrides;
 use file::*;
 pub use file::{FileConfig, FileTrtc, FileZego};
 use secret::resolve_secret;
 use validate::*;
+use web::validate_web;
+pub use web::{FileWeb, FileWebAuth, FileWebUser, Role, WebConfig, WebUser};
 
 /// Environment variables with the `BOUNCER_` prefix that belong to the CLI, not the config file.
 pub const RESERVED_ENV: [&str; 4] = ["BOUNCER_CONFIG", "BOUNCER_LOG_FORMAT", "BOUNCER_LOG", "BOUNCER_ACTOR"];
@@ -104,6 +107,8 @@ pub struct Config {
     /// Keys that are accepted but no longer mean anything, each with what to do about it.
     pub warnings: Vec<Problem>,
     pub shutdown: ShutdownConfig,
+    /// `[web]`: read by `bouncer web` only.
+    pub web: WebConfig,
     pub zego: Vec<ZegoApp>,
     pub trtc: Vec<TrtcApp>,
 }

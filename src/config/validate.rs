@@ -164,6 +164,8 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         }
     }
 
+    let web = validate_web(f.web, &mut p);
+
     if !p.is_empty() {
         return Err(p);
     }
@@ -194,6 +196,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             deadline: Duration::from_secs(f.retry.deadline_secs),
         },
         shutdown: ShutdownConfig { grace: Duration::from_secs(f.shutdown.grace_secs) },
+        web,
         zego: zego_apps,
         trtc: trtc_apps,
     })

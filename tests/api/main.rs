@@ -10,3 +10,4 @@ mod ops;
 mod pipeline;
 mod secrets;
 mod vendors;
+mod web;

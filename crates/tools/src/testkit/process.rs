@@ -139,3 +139,37 @@ pub async fn wait_ready(port: u16) -> Result<(), String> {
     }
     Err("the worker never became ready".into())
 }
+
+/// A `bouncer web` child process on a free loopback port, killed on drop.
+pub struct ConsoleProcess {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl ConsoleProcess {
+    /// Starts the console on `config` and waits until it accepts connections.
+    pub async fn start(config: &Path) -> ConsoleProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = bouncer_command()
+            .args(["web", "--config", config.to_str().expect("utf-8 path"), "--listen", &listen])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn bouncer web");
+        let console = ConsoleProcess { child, base: format!("http://{listen}") };
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(&listen).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "bouncer web never listened on {listen}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        console
+    }
+}
+
+impl Drop for ConsoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

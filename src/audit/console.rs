@@ -1,0 +1,194 @@
+//! Queries only the ops console (`bouncer web`) makes; the story, search rows, pending work and
+//! replays are shared with the CLI (`query`, `work`, `leases`).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::AuditError;
+
+/// The verdict as received, and its evidence, for the story page.
+pub async fn message(pool: &PgPool, verdict_id: &str) -> Result<Option<serde_json::Value>, AuditError> {
+    Ok(sqlx::query_scalar("SELECT payload FROM verdicts WHERE verdict_id = $1")
+        .bind(verdict_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// One dead-lettered message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RejectedView {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    pub field: Option<String>,
+    pub rule: Option<String>,
+    /// The body as stored (capped); shown as text, never interpreted.
+    pub payload: Vec<u8>,
+    pub payload_size: i32,
+    pub headers: serde_json::Value,
+}
+
+/// Rejected messages, newest first, before `before` (an id: keyset pagination).
+pub async fn rejected(pool: &PgPool, before: Option<i64>, limit: i64) -> Result<Vec<RejectedView>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT id, received_at, reason, field, rule, payload, payload_size, headers
+         FROM rejected_messages WHERE id < coalesce($1, 9223372036854775807) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Counts for the overview, over the last `hours`.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Totals {
+    pub verdicts: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub pending: i64,
+    pub rejected: i64,
+}
+
+/// Verdicts by status and rejected messages received in the last `hours`.
+pub async fn totals(pool: &PgPool, hours: i32) -> Result<Totals, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS verdicts,
+                count(*) FILTER (WHERE status = 'done') AS done,
+                count(*) FILTER (WHERE status = 'failed') AS failed,
+                count(*) FILTER (WHERE status = 'pending') AS pending,
+                (SELECT count(*) FROM rejected_messages
+                  WHERE received_at > now() - make_interval(hours => $1)) AS rejected
+         FROM verdicts WHERE received_at > now() - make_interval(hours => $1)",
+    )
+    .bind(hours)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Verdicts received per minute over the last `minutes`, by vendor and status.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PerMinute {
+    pub minute: DateTime<Utc>,
+    pub vendor: String,
+    pub status: String,
+    pub verdicts: i64,
+}
+
+pub async fn per_minute(pool: &PgPool, minutes: i32) -> Result<Vec<PerMinute>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT date_trunc('minute', received_at) AS minute, vendor, status::text AS status, count(*) AS verdicts
+         FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
+         GROUP BY 1, 2, 3 ORDER BY 1",
+    )
+    .bind(minutes)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Failed vendor calls by vendor and code over the last `hours`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailureCode {
+    pub vendor: String,
+    pub code: String,
+    pub calls: i64,
+}
+
+pub async fn failures_by_code(pool: &PgPool, hours: i32) -> Result<Vec<FailureCode>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT vendor, coalesce(vendor_code, 'http ' || coalesce(http_status::text, 'none')) AS code, count(*) AS calls
+         FROM kick_attempts
+         WHERE started_at > now() - make_interval(hours => $1) AND outcome <> 'ok'
+         GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20",
+    )
+    .bind(hours)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Verdict → last kick latency percentiles (ms) over the last `hours`, finished verdicts only.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+pub async fn latency(pool: &PgPool, hours: i32) -> Result<Latency, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99
+         FROM (SELECT extract(epoch FROM finished_at - received_at) * 1000 AS ms
+               FROM verdicts
+               WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(hours => $1)) t",
+    )
+    .bind(hours)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// What the search page filters verdicts by; every field optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Search {
+    pub user: Option<String>,
+    pub room: Option<String>,
+    pub app: Option<i64>,
+    pub vendor: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One verdict in a result list.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VerdictRow {
+    pub verdict_id: String,
+    pub received_at: DateTime<Utc>,
+    pub vendor: String,
+    pub app_id: i64,
+    pub room_id: String,
+    pub status: String,
+    pub users: i32,
+    pub reason: Option<String>,
+}
+
+/// Verdicts matching `s`, newest first, strictly before `after` (received_at, verdict_id): keyset
+/// pagination, so a page deep in a million rows costs what the first does.
+pub async fn search(
+    pool: &PgPool,
+    s: &Search,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<VerdictRow>, AuditError> {
+    let mut qb = sqlx::QueryBuilder::new(
+        "SELECT verdict_id, received_at, vendor, app_id, room_id, status, cardinality(user_ids) AS users, reason
+         FROM verdicts v WHERE true",
+    );
+    if let Some(user) = &s.user {
+        qb.push(" AND v.user_ids @> ARRAY[").push_bind(user.clone()).push("]::text[]");
+    }
+    if let Some(room) = &s.room {
+        qb.push(" AND v.room_id = ").push_bind(room.clone());
+    }
+    if let Some(app) = s.app {
+        qb.push(" AND v.app_id = ").push_bind(app);
+    }
+    if let Some(vendor) = &s.vendor {
+        qb.push(" AND v.vendor = ").push_bind(vendor.clone());
+    }
+    if let Some(status) = &s.status {
+        qb.push(" AND v.status = ").push_bind(status.clone());
+    }
+    if let Some(since) = s.since {
+        qb.push(" AND v.received_at >= ").push_bind(since);
+    }
+    if let Some(until) = s.until {
+        qb.push(" AND v.received_at < ").push_bind(until);
+    }
+    if let Some((at, id)) = after {
+        qb.push(" AND (v.received_at, v.verdict_id) < (").push_bind(at).push(", ").push_bind(id).push(")");
+    }
+    qb.push(" ORDER BY v.received_at DESC, v.verdict_id DESC LIMIT ").push_bind(limit);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}

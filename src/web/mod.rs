@@ -1,0 +1,96 @@
+//! `bouncer web`: the ops console. Server-rendered pages over the audit trail (overview, search,
+//! a verdict's story, rejected messages) and replay, reading PostgreSQL only. Every value on a
+//! page was written by a moderation pipeline about an abusive user, so everything is escaped by
+//! the template engine, no page runs script (the Content-Security-Policy forbids it), and every
+//! change is a POST with a CSRF token from a signed-in operator.
+
+mod auth;
+mod csrf;
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebConfig;
+use auth::{Actor, Auth, Refused};
+use csrf::Csrf;
+
+pub use auth::refusal;
+
+/// What every handler shares: the pool, who may sign in, the CSRF key.
+pub(crate) struct Console {
+    pool: PgPool,
+    auth: Auth,
+    csrf: Csrf,
+}
+
+impl FromRequestParts<Arc<Console>> for Actor {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Actor, Refused> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| *a)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        c.auth.actor(&parts.headers, peer)
+    }
+}
+
+const CSS: &str = include_str!("../../templates/web/console.css");
+
+/// No script at all, styles from this origin only, forms post here only, never in a frame.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/verdicts", get(pages::verdicts))
+        .route("/verdicts/{id}", get(pages::story))
+        .route("/verdicts/{id}/replay", get(pages::confirm_replay).post(pages::replay))
+        .route("/users/{id}", get(pages::user))
+        .route("/rejected", get(pages::rejected))
+        .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS).into_response() }))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+/// Serves the console on `config.listen` until `shutdown`; refuses a non-loopback address
+/// without authentication ([`refusal`]).
+pub async fn serve(pool: PgPool, config: WebConfig, shutdown: CancellationToken) -> Result<(), String> {
+    if let Some(why) = refusal(&config) {
+        return Err(why);
+    }
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("web.listen {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "console listening");
+    let console = Arc::new(Console { pool, auth: Auth::new(config), csrf: Csrf::new() });
+    let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| e.to_string())
+}

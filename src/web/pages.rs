@@ -1,0 +1,377 @@
+//! The console's pages: each handler reads PostgreSQL and renders one template. Everything shown
+//! passes through askama's HTML escaping; nothing from the database is marked safe.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::Console;
+use super::auth::Actor;
+use crate::audit::console::{self, PerMinute, RejectedView, Search, VerdictRow};
+use crate::audit::query::{self, Story};
+use crate::audit::{leases, work};
+
+const PAGE: i64 = 50;
+
+/// A failure to read or render, shown without details (they go to the log).
+pub(crate) struct PageError(String);
+
+impl<E: std::fmt::Display> From<E> for PageError {
+    fn from(e: E) -> Self {
+        PageError(e.to_string())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self.0, "console page failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "the console could not read the audit database; see its log")
+            .into_response()
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+fn render(t: impl Template) -> PageResult {
+    Ok(Html(t.render()?).into_response())
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "–".into())
+}
+
+/// One minute of the overview chart, in SVG units (120 high).
+struct Bar {
+    x: usize,
+    y_ok: f64,
+    h_ok: f64,
+    y_failed: f64,
+    h_failed: f64,
+    label: String,
+}
+
+fn bars(rows: &[PerMinute], now: DateTime<Utc>) -> Vec<Bar> {
+    let mut minutes = [(0i64, 0i64); 60];
+    for r in rows {
+        let ago = (now - r.minute).num_minutes();
+        if (0..60).contains(&ago) {
+            let slot = &mut minutes[59 - ago as usize];
+            if r.status == "failed" { slot.1 += r.verdicts } else { slot.0 += r.verdicts }
+        }
+    }
+    let top = minutes.iter().map(|(a, b)| a + b).max().unwrap_or(0).max(1) as f64;
+    minutes
+        .iter()
+        .enumerate()
+        .map(|(i, (ok, failed))| {
+            let h_ok = *ok as f64 / top * 115.0;
+            let h_failed = *failed as f64 / top * 115.0;
+            Bar {
+                x: i * 10,
+                y_ok: 120.0 - h_ok,
+                h_ok,
+                y_failed: 120.0 - h_ok - h_failed,
+                h_failed,
+                label: format!("{} min ago: {ok} ok or pending, {failed} failed", 59 - i),
+            }
+        })
+        .collect()
+}
+
+struct PendingRow {
+    vendor: String,
+    app_id: i64,
+    pending_users: i64,
+    due_users: i64,
+    oldest: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/overview.html")]
+struct Overview {
+    actor: Actor,
+    day: console::Totals,
+    latency: (String, String, String),
+    bars: Vec<Bar>,
+    failures: Vec<console::FailureCode>,
+    pending: Vec<PendingRow>,
+    owners: Vec<leases::OwnerRow>,
+    workers: Vec<leases::WorkerRow>,
+}
+
+pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> PageResult {
+    let pool = &c.pool;
+    let l = console::latency(pool, 24).await?;
+    let pending = work::pending_by_app(pool).await?;
+    render(Overview {
+        day: console::totals(pool, 24).await?,
+        latency: (ms(l.p50), ms(l.p95), ms(l.p99)),
+        bars: bars(&console::per_minute(pool, 60).await?, Utc::now()),
+        failures: console::failures_by_code(pool, 24).await?,
+        pending: pending
+            .into_iter()
+            .map(|p| PendingRow {
+                vendor: p.vendor,
+                app_id: p.app_id,
+                pending_users: p.pending_users,
+                due_users: p.due_users,
+                oldest: p.oldest_pending_at.map(|t| t.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        owners: leases::owners(pool).await?,
+        workers: leases::workers(pool).await?,
+        actor,
+    })
+}
+
+/// The search form as typed (strings, so that it shows again as given).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SearchForm {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    room: String,
+    #[serde(default)]
+    app: String,
+    #[serde(default)]
+    vendor: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    /// Keyset cursor: the last row's received_at and verdict_id.
+    #[serde(default)]
+    after_at: String,
+    #[serde(default)]
+    after_id: String,
+}
+
+fn some(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_owned())
+}
+
+impl SearchForm {
+    fn search(&self) -> Result<Search, String> {
+        let time = |name: &str, v: &str| -> Result<Option<DateTime<Utc>>, String> {
+            some(v).map(|v| crate::cli::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
+        };
+        Ok(Search {
+            user: some(&self.user),
+            room: some(&self.room),
+            app: some(&self.app).map(|a| a.parse().map_err(|_| format!("app: not a number: {a}"))).transpose()?,
+            vendor: some(&self.vendor),
+            status: some(&self.status),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+        })
+    }
+
+    fn after(&self) -> Option<(DateTime<Utc>, String)> {
+        let at = DateTime::parse_from_rfc3339(self.after_at.trim()).ok()?.with_timezone(&Utc);
+        Some((at, some(&self.after_id)?))
+    }
+
+    /// The link to the page after `last`.
+    fn next(&self, last: &VerdictRow) -> String {
+        let pairs = [
+            ("user", &self.user),
+            ("room", &self.room),
+            ("app", &self.app),
+            ("vendor", &self.vendor),
+            ("status", &self.status),
+            ("since", &self.since),
+            ("until", &self.until),
+        ];
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+            q.append_pair(k, v);
+        }
+        q.append_pair("after_at", &last.received_at.to_rfc3339());
+        q.append_pair("after_id", &last.verdict_id);
+        format!("/verdicts?{}", q.finish())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "web/verdicts.html")]
+struct Verdicts {
+    actor: Actor,
+    heading: String,
+    form: SearchForm,
+    problem: Option<String>,
+    rows: Vec<VerdictRow>,
+    next: Option<String>,
+}
+
+async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: String) -> PageResult {
+    let (rows, problem) = match form.search() {
+        Ok(search) => (console::search(&c.pool, &search, form.after(), PAGE).await?, None),
+        Err(problem) => (Vec::new(), Some(problem)),
+    };
+    let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| form.next(r))).flatten();
+    render(Verdicts { actor, heading, form, problem, rows, next })
+}
+
+pub(crate) async fn verdicts(
+    State(c): State<Arc<Console>>,
+    actor: Actor,
+    Query(form): Query<SearchForm>,
+) -> PageResult {
+    verdict_list(&c, actor, form, "Verdicts".into()).await
+}
+
+/// Every verdict that named a user, across apps and rooms.
+pub(crate) async fn user(State(c): State<Arc<Console>>, actor: Actor, Path(user): Path<String>) -> PageResult {
+    let heading = format!("Verdicts naming user {user}");
+    verdict_list(&c, actor, SearchForm { user, ..SearchForm::default() }, heading).await
+}
+
+#[derive(Template)]
+#[template(path = "web/story.html")]
+struct StoryPage {
+    actor: Actor,
+    story: Story,
+    message: String,
+    can_replay: bool,
+}
+
+pub(crate) async fn story(State(c): State<Arc<Console>>, actor: Actor, Path(id): Path<String>) -> PageResult {
+    let Some(story) = query::story(&c.pool, &id).await? else {
+        return Ok((StatusCode::NOT_FOUND, "no such verdict").into_response());
+    };
+    let message = console::message(&c.pool, &id).await?.map(|m| serde_json::to_string_pretty(&m)).transpose()?;
+    let can_replay = actor.may_replay() && story.verdict.status.to_string() != "done";
+    render(StoryPage { actor, story, message: message.unwrap_or_default(), can_replay })
+}
+
+#[derive(Template)]
+#[template(path = "web/replay.html")]
+struct ReplayPage {
+    actor: Actor,
+    verdict_id: String,
+    csrf: String,
+}
+
+fn forbidden() -> PageResult {
+    Ok((StatusCode::FORBIDDEN, "only operators replay verdicts").into_response())
+}
+
+/// The confirmation step.
+pub(crate) async fn confirm_replay(State(c): State<Arc<Console>>, actor: Actor, Path(id): Path<String>) -> PageResult {
+    if !actor.may_replay() {
+        return forbidden();
+    }
+    let csrf = c.csrf.token(&actor.name);
+    render(ReplayPage { actor, verdict_id: id, csrf })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The replay itself: what `bouncer replay --verdict ID` does, recorded with the signed-in actor.
+pub(crate) async fn replay(
+    State(c): State<Arc<Console>>,
+    actor: Actor,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> PageResult {
+    if !actor.may_replay() {
+        return forbidden();
+    }
+    if !c.csrf.allows(&actor.name, &form.csrf, &headers) {
+        return Ok((StatusCode::FORBIDDEN, "refused: this form did not come from the console (CSRF)").into_response());
+    }
+    let filter = query::Filter { verdicts: vec![id.clone()], ..query::Filter::default() };
+    let candidates = query::replay_candidates(&c.pool, &filter).await?;
+    let ids: Vec<String> = candidates.into_iter().map(|c| c.verdict_id).collect();
+    let reopened = query::reopen_for_replay(&c.pool, &ids, &format!("web:{}", actor.name)).await?;
+    tracing::info!(verdict_id = %id, actor = %actor.name, reopened = reopened.len(), "replay from the console");
+    Ok(Redirect::to(&format!("/verdicts/{}", urlencoding(&id))).into_response())
+}
+
+fn urlencoding(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+struct RejectedRow {
+    received_at: String,
+    reason: String,
+    field: String,
+    rule: String,
+    size: i32,
+    preview: String,
+    headers: String,
+}
+
+/// A body shown as text: valid UTF-8 as is, other bytes as `\xNN`.
+fn preview(bytes: &[u8]) -> String {
+    bytes.utf8_chunks().fold(String::new(), |mut out, chunk| {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+        out
+    })
+}
+
+#[derive(Template)]
+#[template(path = "web/rejected.html")]
+struct Rejected {
+    actor: Actor,
+    rows: Vec<RejectedRow>,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Before {
+    before: Option<i64>,
+}
+
+pub(crate) async fn rejected(State(c): State<Arc<Console>>, actor: Actor, Query(q): Query<Before>) -> PageResult {
+    let rows: Vec<RejectedView> = console::rejected(&c.pool, q.before, PAGE).await?;
+    let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| format!("/rejected?before={}", r.id))).flatten();
+    let rows = rows
+        .into_iter()
+        .map(|r| RejectedRow {
+            received_at: r.received_at.to_string(),
+            reason: r.reason,
+            field: r.field.unwrap_or_default(),
+            rule: r.rule.unwrap_or_default(),
+            size: r.payload_size,
+            preview: preview(&r.payload),
+            headers: serde_json::to_string_pretty(&r.headers).unwrap_or_default(),
+        })
+        .collect();
+    render(Rejected { actor, rows, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_utf8_shows_its_bytes() {
+        assert_eq!(preview(b"ok \xff\xfe <b>"), "ok \\xFF\\xFE <b>");
+    }
+
+    #[test]
+    fn the_chart_puts_the_newest_minute_last() {
+        let now = Utc::now();
+        let rows = vec![PerMinute { minute: now, vendor: "zego".into(), status: "done".into(), verdicts: 4 }];
+        let b = bars(&rows, now);
+        assert_eq!(b.len(), 60);
+        assert!(b[59].h_ok > 100.0 && b[0].h_ok == 0.0);
+    }
+}
