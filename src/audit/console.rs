@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::AuditError;
+use super::query::{Filter, Rows, push_filters};
 
 /// The verdict as received, and its evidence, for the story page.
 pub async fn message(pool: &PgPool, verdict_id: &str) -> Result<Option<serde_json::Value>, AuditError> {
@@ -128,18 +129,6 @@ pub async fn latency(pool: &PgPool, hours: i32) -> Result<Latency, AuditError> {
     .await?)
 }
 
-/// What the search page filters verdicts by; every field optional.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct Search {
-    pub user: Option<String>,
-    pub room: Option<String>,
-    pub app: Option<i64>,
-    pub vendor: Option<String>,
-    pub status: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-}
-
 /// One verdict in a result list.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct VerdictRow {
@@ -153,42 +142,23 @@ pub struct VerdictRow {
     pub reason: Option<String>,
 }
 
-/// Verdicts matching `s`, newest first, strictly before `after` (received_at, verdict_id): keyset
-/// pagination, so a page deep in a million rows costs what the first does.
+/// Verdicts matching `f` (the filters `bouncer audit` takes), newest first, strictly before
+/// `after` (received_at, verdict_id): keyset pagination, so a page deep in a million rows costs
+/// what the first does.
 pub async fn search(
     pool: &PgPool,
-    s: &Search,
+    f: &Filter,
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<VerdictRow>, AuditError> {
     let mut qb = sqlx::QueryBuilder::new(
         "SELECT verdict_id, received_at, vendor, app_id, room_id, status, cardinality(user_ids) AS users, reason
-         FROM verdicts v WHERE true",
+         FROM verdicts WHERE true",
     );
-    if let Some(user) = &s.user {
-        qb.push(" AND v.user_ids @> ARRAY[").push_bind(user.clone()).push("]::text[]");
-    }
-    if let Some(room) = &s.room {
-        qb.push(" AND v.room_id = ").push_bind(room.clone());
-    }
-    if let Some(app) = s.app {
-        qb.push(" AND v.app_id = ").push_bind(app);
-    }
-    if let Some(vendor) = &s.vendor {
-        qb.push(" AND v.vendor = ").push_bind(vendor.clone());
-    }
-    if let Some(status) = &s.status {
-        qb.push(" AND v.status = ").push_bind(status.clone());
-    }
-    if let Some(since) = s.since {
-        qb.push(" AND v.received_at >= ").push_bind(since);
-    }
-    if let Some(until) = s.until {
-        qb.push(" AND v.received_at < ").push_bind(until);
-    }
+    push_filters(&mut qb, f, Rows::Verdicts);
     if let Some((at, id)) = after {
-        qb.push(" AND (v.received_at, v.verdict_id) < (").push_bind(at).push(", ").push_bind(id).push(")");
+        qb.push(" AND (received_at, verdict_id) < (").push_bind(at).push(", ").push_bind(id).push(")");
     }
-    qb.push(" ORDER BY v.received_at DESC, v.verdict_id DESC LIMIT ").push_bind(limit);
+    qb.push(" ORDER BY received_at DESC, verdict_id DESC LIMIT ").push_bind(limit);
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }

@@ -22,17 +22,19 @@ pub struct Filter {
     pub limit: Option<i64>,
 }
 
-/// How `status` is matched.
+/// Which rows the filters narrow, and so how `user` and `status` are matched.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum StatusOf {
-    /// The verdict's status or the user's kick status (audit rows).
-    VerdictOrKick,
-    /// The verdict's status only (replay).
-    Verdict,
+pub(crate) enum Rows {
+    /// `audit_log`, a row per user: status is the verdict's or the user's kick's (audit rows).
+    AuditLog,
+    /// `audit_log`, status on the verdict only (replay).
+    AuditLogByVerdict,
+    /// `verdicts`, a row per verdict: the user is one of `user_ids` (the console's search).
+    Verdicts,
 }
 
-/// Appends ` AND ...` for each filter; the query must select from `audit_log`.
-fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, status_of: StatusOf) {
+/// Appends ` AND ...` for each filter to a query selecting from the `rows` named.
+pub(crate) fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, rows: Rows) {
     if !f.verdicts.is_empty() {
         qb.push(" AND verdict_id = ANY(").push_bind(f.verdicts.clone()).push(")");
     }
@@ -40,7 +42,10 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, status_of: StatusOf
         qb.push(" AND room_id = ").push_bind(room.clone());
     }
     if let Some(user) = &f.user {
-        qb.push(" AND user_id = ").push_bind(user.clone());
+        match rows {
+            Rows::Verdicts => qb.push(" AND user_ids @> ARRAY[").push_bind(user.clone()).push("]::text[]"),
+            Rows::AuditLog | Rows::AuditLogByVerdict => qb.push(" AND user_id = ").push_bind(user.clone()),
+        };
     }
     if let Some(app) = f.app {
         qb.push(" AND app_id = ").push_bind(app);
@@ -49,13 +54,16 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, status_of: StatusOf
         qb.push(" AND vendor = ").push_bind(vendor.clone());
     }
     if let Some(status) = &f.status {
-        match status_of {
-            StatusOf::VerdictOrKick => {
+        match rows {
+            Rows::AuditLog => {
                 qb.push(" AND (verdict_status = ").push_bind(status.clone());
                 qb.push(" OR kick_status = ").push_bind(status.clone()).push(")");
             }
-            StatusOf::Verdict => {
+            Rows::AuditLogByVerdict => {
                 qb.push(" AND verdict_status = ").push_bind(status.clone());
+            }
+            Rows::Verdicts => {
+                qb.push(" AND status = ").push_bind(status.clone());
             }
         }
     }
@@ -96,7 +104,7 @@ pub async fn rows(pool: &PgPool, f: &Filter) -> Result<Vec<AuditRow>, AuditError
                 finished_at
          FROM audit_log WHERE true",
     );
-    push_filters(&mut qb, f, StatusOf::VerdictOrKick);
+    push_filters(&mut qb, f, Rows::AuditLog);
     qb.push(" ORDER BY received_at DESC, verdict_id, user_id");
     if let Some(limit) = f.limit {
         qb.push(" LIMIT ").push_bind(limit);
@@ -134,7 +142,7 @@ pub async fn summary(pool: &PgPool, f: &Filter) -> Result<Vec<SummaryRow>, Audit
                 count(*) FILTER (WHERE kick_status = 'pending') AS kicks_pending
          FROM audit_log WHERE true",
     );
-    push_filters(&mut qb, f, StatusOf::VerdictOrKick);
+    push_filters(&mut qb, f, Rows::AuditLog);
     qb.push(" GROUP BY vendor, app_id ORDER BY vendor, app_id");
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
@@ -268,7 +276,7 @@ pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCa
         "SELECT v.verdict_id, v.status, v.app_id, v.vendor FROM verdicts v
          WHERE v.verdict_id IN (SELECT verdict_id FROM audit_log WHERE true",
     );
-    push_filters(&mut qb, &f, StatusOf::Verdict);
+    push_filters(&mut qb, &f, Rows::AuditLogByVerdict);
     qb.push(") ORDER BY v.received_at");
     if let Some(limit) = f.limit {
         qb.push(" LIMIT ").push_bind(limit);

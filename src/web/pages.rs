@@ -13,9 +13,10 @@ use serde::Deserialize;
 
 use super::Console;
 use super::auth::Actor;
-use crate::audit::console::{self, PerMinute, RejectedView, Search, VerdictRow};
+use crate::audit::console::{self, PerMinute, RejectedView, VerdictRow};
 use crate::audit::query::{self, Story};
 use crate::audit::{leases, work};
+use crate::states::VerdictStatus;
 
 const PAGE: i64 = 50;
 
@@ -159,11 +160,11 @@ fn some(s: &str) -> Option<String> {
 }
 
 impl SearchForm {
-    fn search(&self) -> Result<Search, String> {
+    fn filter(&self) -> Result<query::Filter, String> {
         let time = |name: &str, v: &str| -> Result<Option<DateTime<Utc>>, String> {
             some(v).map(|v| crate::cli::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
         };
-        Ok(Search {
+        Ok(query::Filter {
             user: some(&self.user),
             room: some(&self.room),
             app: some(&self.app).map(|a| a.parse().map_err(|_| format!("app: not a number: {a}"))).transpose()?,
@@ -171,6 +172,7 @@ impl SearchForm {
             status: some(&self.status),
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
+            ..query::Filter::default()
         })
     }
 
@@ -212,8 +214,8 @@ struct Verdicts {
 }
 
 async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: String) -> PageResult {
-    let (rows, problem) = match form.search() {
-        Ok(search) => (console::search(&c.pool, &search, form.after(), PAGE).await?, None),
+    let (rows, problem) = match form.filter() {
+        Ok(filter) => (console::search(&c.pool, &filter, form.after(), PAGE).await?, None),
         Err(problem) => (Vec::new(), Some(problem)),
     };
     let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| form.next(r))).flatten();
@@ -248,7 +250,7 @@ pub(crate) async fn story(State(c): State<Arc<Console>>, actor: Actor, Path(id):
         return Ok((StatusCode::NOT_FOUND, "no such verdict").into_response());
     };
     let message = console::message(&c.pool, &id).await?.map(|m| serde_json::to_string_pretty(&m)).transpose()?;
-    let can_replay = actor.may_replay() && story.verdict.status.to_string() != "done";
+    let can_replay = actor.may_replay() && story.verdict.status != VerdictStatus::Done;
     render(StoryPage { actor, story, message: message.unwrap_or_default(), can_replay })
 }
 
