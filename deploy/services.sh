@@ -2,6 +2,9 @@
 # Makes sure RabbitMQ and PostgreSQL answer where Bouncer's tests and demo look for them:
 # uses what is running; otherwise starts the installed Debian server; otherwise, as root, installs
 # it from Debian packages and starts it; otherwise says exactly what is missing.
+# The console's browser tests need Debian's Chromium and ChromeDriver (/usr/bin/chromium,
+# /usr/bin/chromedriver); as root they are installed when missing. `--no-browser` skips them
+# (the demo needs no browser).
 #
 # Addresses come from BOUNCER_TEST_AMQP / BOUNCER_TEST_PG (URLs) and default to
 # amqp://guest:guest@127.0.0.1:5672/%2f and postgres://postgres@127.0.0.1:5432/postgres.
@@ -92,7 +95,32 @@ ensure_rabbitmq() {
   fi
 }
 
+ensure_chromium() {
+  local chromium=${BOUNCER_TEST_CHROMIUM:-/usr/bin/chromium}
+  local driver=${BOUNCER_TEST_CHROMEDRIVER:-/usr/bin/chromedriver}
+  if [[ -x $chromium && -x $driver ]]; then say "Chromium and ChromeDriver found ($chromium, $driver)"; return 0; fi
+  if ! is_root; then
+    say "Chromium or ChromeDriver is missing ($chromium, $driver). As root run: apt-get install chromium chromium-driver"
+    say "(or point BOUNCER_TEST_CHROMIUM / BOUNCER_TEST_CHROMEDRIVER at them)."
+    return 1
+  fi
+  say "installing Chromium and ChromeDriver from Debian packages"
+  apt_install chromium chromium-driver
+  if [[ -x $chromium && -x $driver ]]; then say "Chromium and ChromeDriver installed"; else
+    say "Chromium or ChromeDriver still missing after apt-get install chromium chromium-driver"; return 1
+  fi
+}
+
+browser=1
+for arg in "$@"; do
+  case $arg in
+    --no-browser) browser= ;;
+    *) say "unknown argument: $arg (known: --no-browser)"; exit 2 ;;
+  esac
+done
+
 status=0
 ensure_postgres || status=1
 ensure_rabbitmq || status=1
+if [[ -n $browser ]]; then ensure_chromium || status=1; fi
 exit $status

@@ -104,13 +104,16 @@ struct Overview {
     pending: Vec<PendingRow>,
     owners: Vec<leases::OwnerRow>,
     workers: Vec<leases::WorkerRow>,
+    live_replicas: usize,
 }
 
 pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> PageResult {
     let pool = &c.pool;
     let l = console::latency(pool, 24).await?;
     let pending = work::pending_by_app(pool).await?;
+    let workers = leases::workers(pool).await?;
     render(Overview {
+        live_replicas: workers.iter().filter(|w| w.live).count(),
         day: console::totals(pool, 24).await?,
         latency: (ms(l.p50), ms(l.p95), ms(l.p99)),
         bars: bars(&console::per_minute(pool, 60).await?, Utc::now()),
@@ -126,7 +129,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
             })
             .collect(),
         owners: leases::owners(pool).await?,
-        workers: leases::workers(pool).await?,
+        workers,
         actor,
     })
 }
