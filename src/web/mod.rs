@@ -7,6 +7,7 @@
 mod auth;
 mod csrf;
 mod pages;
+mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +70,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/", get(pages::overview))
         .route("/verdicts", get(pages::verdicts))
         .route("/verdicts/{id}", get(pages::story))
-        .route("/verdicts/{id}/replay", get(pages::confirm_replay).post(pages::replay))
+        .route("/verdicts/{id}/replay", get(replay::confirm_one).post(replay::replay_one))
+        .route("/replay", get(replay::confirm_all).post(replay::replay_all))
         .route("/users/{id}", get(pages::user))
         .route("/rejected", get(pages::rejected))
         .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS).into_response() }))

@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -37,9 +36,9 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(crate) type PageResult = Result<Response, PageError>;
 
-fn render(t: impl Template) -> PageResult {
+pub(crate) fn render(t: impl Template) -> PageResult {
     Ok(Html(t.render()?).into_response())
 }
 
@@ -135,27 +134,30 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
 }
 
 /// The search form as typed (strings, so that it shows again as given).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct SearchForm {
     #[serde(default)]
-    user: String,
+    pub(crate) user: String,
     #[serde(default)]
-    room: String,
+    pub(crate) room: String,
     #[serde(default)]
-    app: String,
+    pub(crate) app: String,
     #[serde(default)]
-    vendor: String,
+    pub(crate) vendor: String,
     #[serde(default)]
-    status: String,
+    pub(crate) status: String,
     #[serde(default)]
-    since: String,
+    pub(crate) since: String,
     #[serde(default)]
-    until: String,
+    pub(crate) until: String,
     /// Keyset cursor: the last row's received_at and verdict_id.
     #[serde(default)]
-    after_at: String,
+    pub(crate) after_at: String,
     #[serde(default)]
-    after_id: String,
+    pub(crate) after_id: String,
+    /// Set by a bulk replay's redirect: how many verdicts it reopened.
+    #[serde(default)]
+    pub(crate) replayed: Option<usize>,
 }
 
 fn some(s: &str) -> Option<String> {
@@ -163,7 +165,7 @@ fn some(s: &str) -> Option<String> {
 }
 
 impl SearchForm {
-    fn filter(&self) -> Result<query::Filter, String> {
+    pub(crate) fn filter(&self) -> Result<query::Filter, String> {
         let time = |name: &str, v: &str| -> Result<Option<DateTime<Utc>>, String> {
             some(v).map(|v| crate::cli::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
         };
@@ -184,9 +186,9 @@ impl SearchForm {
         Some((at, some(&self.after_id)?))
     }
 
-    /// The link to the page after `last`.
-    fn next(&self, last: &VerdictRow) -> String {
-        let pairs = [
+    /// The filters as given, without the cursor: what a link or a hidden field repeats.
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
             ("user", &self.user),
             ("room", &self.room),
             ("app", &self.app),
@@ -194,14 +196,24 @@ impl SearchForm {
             ("status", &self.status),
             ("since", &self.since),
             ("until", &self.until),
-        ];
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_str()))
+        .collect()
+    }
+
+    /// `pairs` and `extra` as a query string.
+    pub(crate) fn query(&self, extra: &[(&str, &str)]) -> String {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
-            q.append_pair(k, v);
-        }
-        q.append_pair("after_at", &last.received_at.to_rfc3339());
-        q.append_pair("after_id", &last.verdict_id);
-        format!("/verdicts?{}", q.finish())
+        q.extend_pairs(self.pairs()).extend_pairs(extra);
+        q.finish()
+    }
+
+    /// The link to the page after `last`.
+    fn next(&self, last: &VerdictRow) -> String {
+        let at = last.received_at.to_rfc3339();
+        format!("/verdicts?{}", self.query(&[("after_at", &at), ("after_id", &last.verdict_id)]))
     }
 }
 
@@ -214,6 +226,8 @@ struct Verdicts {
     problem: Option<String>,
     rows: Vec<VerdictRow>,
     next: Option<String>,
+    /// For an operator looking at failed verdicts: the confirmation of replaying all of them.
+    bulk_replay: Option<String>,
 }
 
 async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: String) -> PageResult {
@@ -222,7 +236,9 @@ async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: Stri
         Err(problem) => (Vec::new(), Some(problem)),
     };
     let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| form.next(r))).flatten();
-    render(Verdicts { actor, heading, form, problem, rows, next })
+    let offer = actor.may_replay() && problem.is_none() && !rows.is_empty() && form.status.trim() == "failed";
+    let bulk_replay = offer.then(|| format!("/replay?{}", form.query(&[])));
+    render(Verdicts { actor, heading, form, problem, rows, next, bulk_replay })
 }
 
 pub(crate) async fn verdicts(
@@ -255,59 +271,6 @@ pub(crate) async fn story(State(c): State<Arc<Console>>, actor: Actor, Path(id):
     let message = console::message(&c.pool, &id).await?.map(|m| serde_json::to_string_pretty(&m)).transpose()?;
     let can_replay = actor.may_replay() && story.verdict.status != VerdictStatus::Done;
     render(StoryPage { actor, story, message: message.unwrap_or_default(), can_replay })
-}
-
-#[derive(Template)]
-#[template(path = "web/replay.html")]
-struct ReplayPage {
-    actor: Actor,
-    verdict_id: String,
-    csrf: String,
-}
-
-fn forbidden() -> PageResult {
-    Ok((StatusCode::FORBIDDEN, "only operators replay verdicts").into_response())
-}
-
-/// The confirmation step.
-pub(crate) async fn confirm_replay(State(c): State<Arc<Console>>, actor: Actor, Path(id): Path<String>) -> PageResult {
-    if !actor.may_replay() {
-        return forbidden();
-    }
-    let csrf = c.csrf.token(&actor.name);
-    render(ReplayPage { actor, verdict_id: id, csrf })
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ReplayForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-/// The replay itself: what `bouncer replay --verdict ID` does, recorded with the signed-in actor.
-pub(crate) async fn replay(
-    State(c): State<Arc<Console>>,
-    actor: Actor,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ReplayForm>,
-) -> PageResult {
-    if !actor.may_replay() {
-        return forbidden();
-    }
-    if !c.csrf.allows(&actor.name, &form.csrf, &headers) {
-        return Ok((StatusCode::FORBIDDEN, "refused: this form did not come from the console (CSRF)").into_response());
-    }
-    let filter = query::Filter { verdicts: vec![id.clone()], ..query::Filter::default() };
-    let candidates = query::replay_candidates(&c.pool, &filter).await?;
-    let ids: Vec<String> = candidates.into_iter().map(|c| c.verdict_id).collect();
-    let reopened = query::reopen_for_replay(&c.pool, &ids, &format!("web:{}", actor.name)).await?;
-    tracing::info!(verdict_id = %id, actor = %actor.name, reopened = reopened.len(), "replay from the console");
-    Ok(Redirect::to(&format!("/verdicts/{}", urlencoding(&id))).into_response())
-}
-
-fn urlencoding(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 struct RejectedRow {

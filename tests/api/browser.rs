@@ -197,7 +197,7 @@ async fn an_operator_finds_a_user_reads_the_story_and_replays_it_in_a_real_brows
     let mut env = TestEnv::new(Apps::random(2, 1), opts).await;
     env.edit_config(|c| c.web.auth.users = vec![user("alice", "operator")]);
     let control = SimControl::new(&env.sim);
-    control.set_faults(json!({"vendor": "zego", "bad_users": ["spammer-7"]})).await;
+    control.set_faults(json!({"vendor": "zego", "bad_users": ["spammer-7", "spammer-9"]})).await;
     // A morning's traffic for the overview, and one verdict that fails.
     let (zego_a, zego_b, trtc) = (env.apps.zego[0].0, env.apps.zego[1].0, env.apps.trtc[0].0);
     let mut batch = Vec::new();
@@ -212,9 +212,14 @@ async fn an_operator_finds_a_user_reads_the_story_and_replays_it_in_a_real_brows
     failing["reason"] = json!("hate speech");
     failing["evidence"] = json!({"clip": "https://evidence.example/clip/91", "score": 0.97});
     batch.push(failing);
+    // Failures to replay in bulk (app B) and one the filter leaves out (app A).
+    for i in 0..3 {
+        batch.push(verdict(&format!("bulk-{i}"), "zego", zego_b, json!("room-2"), &["spammer-9"]));
+    }
+    batch.push(verdict("other-app", "zego", zego_a, json!("room-2"), &["spammer-9"]));
     env.publish_all(&batch).await;
     let _worker = env.worker();
-    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status <> 'pending'", 41, Duration::from_secs(90)).await;
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status <> 'pending'", 45, Duration::from_secs(90)).await;
 
     let console = ConsoleProcess::start(&env.config.0).await;
     let browser = Chromium::start().await;
@@ -274,6 +279,42 @@ async fn an_operator_finds_a_user_reads_the_story_and_replays_it_in_a_real_brows
     assert_eq!(browser.text("h1 .status").await, "done");
     assert_eq!(browser.texts("td.actor-name").await, vec!["web:alice".to_owned()]);
     assert_eq!(browser.count("a.button[href$='/replay']").await, 0, "a done verdict offers no replay");
+
+    // Bulk: the failed verdicts of one app, from the filtered list.
+    browser.click("nav a[href='/verdicts?status=failed']").await;
+    page.wait().for_element(Locator::Css("table.results")).await.expect("failed list");
+    assert_eq!(browser.count("table.results tr.row").await, 4);
+    page.find(Locator::Css("input[name=app]"))
+        .await
+        .expect("app field")
+        .send_keys(&zego_b.to_string())
+        .await
+        .expect("type");
+    browser.click("form.filters button").await;
+    page.wait().for_element(Locator::Css("input[name=app][value]")).await.expect("filtered");
+    assert_eq!(browser.count("table.results tr.row").await, 3);
+    browser.click("#replay-all").await;
+    page.wait().for_element(Locator::Css("#confirm-replay-all")).await.expect("bulk confirmation");
+    assert_eq!(browser.text("h1").await, "Replay 3 verdicts?");
+    assert_eq!(browser.count("ul.ids li").await, 3);
+    browser.click("#confirm-replay-all").await;
+    page.wait().for_element(Locator::Css("#replayed")).await.expect("back on the list");
+    assert_eq!(browser.text("#replayed").await, "Replayed 3 verdicts.");
+    env.wait_for_count(
+        "SELECT count(*) FROM verdicts WHERE verdict_id LIKE 'bulk-%' AND status = 'done'",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT verdict_id, status::text FROM verdicts WHERE verdict_id = 'other-app'")
+            .fetch_all(&pool)
+            .await
+            .expect("other-app");
+    assert_eq!(left, vec![("other-app".to_owned(), "failed".to_owned())], "the filter's other app was replayed");
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT actor FROM replays").fetch_all(&pool).await.expect("actors");
+    assert_eq!(actors, vec!["web:alice".to_owned()]);
     browser.close().await;
     pool.close().await;
 }

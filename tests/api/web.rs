@@ -116,6 +116,14 @@ async fn a_hostile_verdict_shows_as_text_and_only_an_operator_replays_it_through
     let token = csrf_of(&confirm);
     assert_eq!(browser.post("alice", "/verdicts/hostile-1/replay", &[], false).await, 403);
     assert_eq!(browser.post("alice", "/verdicts/hostile-1/replay", &[("csrf", &token)], true).await, 403);
+    // The same for a bulk replay; and done verdicts are never replayed, whoever asks.
+    assert_eq!(browser.get("bob", "/replay?status=failed").await.0, 403);
+    assert_eq!(browser.post("bob", "/replay?status=failed", &[("csrf", &token)], false).await, 403);
+    assert_eq!(browser.post("alice", "/replay?status=failed", &[], false).await, 403);
+    assert_eq!(browser.post("alice", "/replay?status=failed", &[("csrf", &token)], true).await, 403);
+    assert_eq!(browser.post("alice", "/replay?status=done", &[("csrf", &token)], false).await, 400);
+    let (status, bulk) = browser.get("alice", "/replay?status=failed").await;
+    assert!(status == 200 && bulk.contains("Replay 1 verdict?"), "{bulk}");
     let replays: i64 = sqlx::query_scalar("SELECT count(*) FROM replays").fetch_one(&pool).await.unwrap();
     assert_eq!(replays, 0, "a refused POST replayed");
 
