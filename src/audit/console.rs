@@ -67,22 +67,39 @@ pub async fn totals(pool: &PgPool, hours: i32) -> Result<Totals, AuditError> {
     .await?)
 }
 
-/// Verdicts received per minute over the last `minutes`, by vendor and status.
+/// A count in one time bucket for one chart series (`vendor outcome`).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PerMinute {
-    pub minute: DateTime<Utc>,
-    pub vendor: String,
-    pub status: String,
-    pub verdicts: i64,
+pub struct Sample {
+    pub at: DateTime<Utc>,
+    pub series: String,
+    pub count: i64,
 }
 
-pub async fn per_minute(pool: &PgPool, minutes: i32) -> Result<Vec<PerMinute>, AuditError> {
+/// Verdicts received in the last `minutes`, counted per `bucket_mins` by vendor and status.
+pub async fn verdicts_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
     Ok(sqlx::query_as(
-        "SELECT date_trunc('minute', received_at) AS minute, vendor, status::text AS status, count(*) AS verdicts
+        "SELECT date_bin(make_interval(mins => $2), received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
+                vendor || ' ' || status AS series, count(*) AS count
          FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
-         GROUP BY 1, 2, 3 ORDER BY 1",
+         GROUP BY 1, 2",
     )
     .bind(minutes)
+    .bind(bucket_mins)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Users in vendor calls made in the last `minutes`, per `bucket_mins` by vendor and outcome
+/// (`ok` is a kick done; `retry` a call to be tried again).
+pub async fn kicks_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT date_bin(make_interval(mins => $2), started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
+                vendor || ' ' || outcome AS series, sum(cardinality(user_ids))::bigint AS count
+         FROM kick_attempts WHERE started_at > now() - make_interval(mins => $1)
+         GROUP BY 1, 2",
+    )
+    .bind(minutes)
+    .bind(bucket_mins)
     .fetch_all(pool)
     .await?)
 }

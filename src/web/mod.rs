@@ -5,6 +5,7 @@
 //! change is a POST with a CSRF token from a signed-in operator.
 
 mod auth;
+mod chart;
 mod csrf;
 mod pages;
 mod replay;

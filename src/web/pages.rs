@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::Console;
 use super::auth::Actor;
-use crate::audit::console::{self, PerMinute, RejectedView, VerdictRow};
+use super::chart::{self, Chart};
+use crate::audit::console::{self, RejectedView, VerdictRow};
 use crate::audit::query::{self, Story};
 use crate::audit::{leases, work};
 use crate::states::VerdictStatus;
@@ -46,44 +47,6 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "–".into())
 }
 
-/// One minute of the overview chart, in SVG units (120 high).
-struct Bar {
-    x: usize,
-    y_ok: f64,
-    h_ok: f64,
-    y_failed: f64,
-    h_failed: f64,
-    label: String,
-}
-
-fn bars(rows: &[PerMinute], now: DateTime<Utc>) -> Vec<Bar> {
-    let mut minutes = [(0i64, 0i64); 60];
-    for r in rows {
-        let ago = (now - r.minute).num_minutes();
-        if (0..60).contains(&ago) {
-            let slot = &mut minutes[59 - ago as usize];
-            if r.status == "failed" { slot.1 += r.verdicts } else { slot.0 += r.verdicts }
-        }
-    }
-    let top = minutes.iter().map(|(a, b)| a + b).max().unwrap_or(0).max(1) as f64;
-    minutes
-        .iter()
-        .enumerate()
-        .map(|(i, (ok, failed))| {
-            let h_ok = *ok as f64 / top * 115.0;
-            let h_failed = *failed as f64 / top * 115.0;
-            Bar {
-                x: i * 10,
-                y_ok: 120.0 - h_ok,
-                h_ok,
-                y_failed: 120.0 - h_ok - h_failed,
-                h_failed,
-                label: format!("{} min ago: {ok} ok or pending, {failed} failed", 59 - i),
-            }
-        })
-        .collect()
-}
-
 struct PendingRow {
     vendor: String,
     app_id: i64,
@@ -98,12 +61,52 @@ struct Overview {
     actor: Actor,
     day: console::Totals,
     latency: (String, String, String),
-    bars: Vec<Bar>,
+    charts: Vec<Chart>,
     failures: Vec<console::FailureCode>,
     pending: Vec<PendingRow>,
     owners: Vec<leases::OwnerRow>,
     workers: Vec<leases::WorkerRow>,
     live_replicas: usize,
+}
+
+/// Series in a fixed order (so colours and stacking do not move between refreshes): what went
+/// well at the bottom.
+const VERDICT_SERIES: &[&str] =
+    &["zego done", "trtc done", "zego pending", "trtc pending", "zego failed", "trtc failed"];
+const KICK_SERIES: &[&str] =
+    &["zego ok", "trtc ok", "zego gone", "trtc gone", "zego retry", "trtc retry", "zego permanent", "trtc permanent"];
+
+/// Verdicts and kicked users per minute, over the last hour (one bar a minute) and the last day
+/// (one bar per 15 minutes, as a per-minute average).
+async fn charts(pool: &sqlx::PgPool) -> Result<Vec<Chart>, PageError> {
+    let now = Utc::now();
+    let hour = (60, 1);
+    let day = (24 * 60, 15);
+    let mut verdict_charts = Vec::new();
+    let mut kick_charts = Vec::new();
+    for ((minutes, bucket), span) in [(hour, "last hour"), (day, "last 24 h (15-minute averages)")] {
+        let verdicts = console::verdicts_over_time(pool, minutes, bucket).await?;
+        let kicks = console::kicks_over_time(pool, minutes, bucket).await?;
+        let (n, width) = ((minutes / bucket) as usize, chrono::Duration::minutes(bucket.into()));
+        verdict_charts.push(chart::stacked(
+            &format!("Verdicts per minute, {span}"),
+            &verdicts,
+            now,
+            n,
+            width,
+            VERDICT_SERIES,
+        ));
+        kick_charts.push(chart::stacked(
+            &format!("Kicks per minute by outcome, {span}"),
+            &kicks,
+            now,
+            n,
+            width,
+            KICK_SERIES,
+        ));
+    }
+    let out: Vec<Chart> = verdict_charts.into_iter().chain(kick_charts).collect();
+    Ok(out)
 }
 
 pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> PageResult {
@@ -115,7 +118,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
         live_replicas: workers.iter().filter(|w| w.live).count(),
         day: console::totals(pool, 24).await?,
         latency: (ms(l.p50), ms(l.p95), ms(l.p99)),
-        bars: bars(&console::per_minute(pool, 60).await?, Utc::now()),
+        charts: charts(pool).await?,
         failures: console::failures_by_code(pool, 24).await?,
         pending: pending
             .into_iter()
@@ -332,14 +335,5 @@ mod tests {
     #[test]
     fn a_body_that_is_not_utf8_shows_its_bytes() {
         assert_eq!(preview(b"ok \xff\xfe <b>"), "ok \\xFF\\xFE <b>");
-    }
-
-    #[test]
-    fn the_chart_puts_the_newest_minute_last() {
-        let now = Utc::now();
-        let rows = vec![PerMinute { minute: now, vendor: "zego".into(), status: "done".into(), verdicts: 4 }];
-        let b = bars(&rows, now);
-        assert_eq!(b.len(), 60);
-        assert!(b[59].h_ok > 100.0 && b[0].h_ok == 0.0);
     }
 }
