@@ -42,7 +42,7 @@ pub async fn rejected(pool: &PgPool, before: Option<i64>, limit: i64) -> Result<
 }
 
 /// Counts for the overview, over the last `hours`.
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
+#[derive(Debug, Clone, Default)]
 pub struct Totals {
     pub verdicts: i64,
     pub done: i64,
@@ -51,27 +51,40 @@ pub struct Totals {
     pub rejected: i64,
 }
 
-/// Verdicts by status and rejected messages received in the last `hours`.
-pub async fn totals(pool: &PgPool, hours: i32) -> Result<Totals, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT count(*) AS verdicts,
-                count(*) FILTER (WHERE status = 'done') AS done,
-                count(*) FILTER (WHERE status = 'failed') AS failed,
-                count(*) FILTER (WHERE status = 'pending') AS pending,
-                (SELECT count(*) FROM rejected_messages
-                  WHERE received_at > now() - make_interval(hours => $1)) AS rejected
-         FROM verdicts WHERE received_at > now() - make_interval(hours => $1)",
+impl Totals {
+    /// From the verdict chart's samples over the same window (one scan of the day's verdicts
+    /// serves both) and the rejected messages counted apart.
+    pub fn of(verdicts: &[Sample], rejected: i64) -> Totals {
+        let mut t = Totals { rejected, ..Totals::default() };
+        for s in verdicts {
+            t.verdicts += s.count;
+            match s.outcome.as_str() {
+                "done" => t.done += s.count,
+                "failed" => t.failed += s.count,
+                "pending" => t.pending += s.count,
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+/// Rejected messages received in the last `hours`.
+pub async fn rejected_count(pool: &PgPool, hours: i32) -> Result<i64, AuditError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM rejected_messages WHERE received_at > now() - make_interval(hours => $1)",
     )
     .bind(hours)
     .fetch_one(pool)
     .await?)
 }
 
-/// A count in one time bucket for one chart series (`vendor outcome`).
+/// A count in one time bucket for one vendor and outcome (a verdict's status, a call's outcome).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Sample {
     pub at: DateTime<Utc>,
-    pub series: String,
+    pub vendor: String,
+    pub outcome: String,
     pub count: i64,
 }
 
@@ -79,9 +92,9 @@ pub struct Sample {
 pub async fn verdicts_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
     Ok(sqlx::query_as(
         "SELECT date_bin(make_interval(mins => $2), received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                vendor || ' ' || status AS series, count(*) AS count
+                vendor, status AS outcome, count(*) AS count
          FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
-         GROUP BY 1, 2",
+         GROUP BY 1, 2, 3",
     )
     .bind(minutes)
     .bind(bucket_mins)
@@ -94,9 +107,9 @@ pub async fn verdicts_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -
 pub async fn kicks_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
     Ok(sqlx::query_as(
         "SELECT date_bin(make_interval(mins => $2), started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                vendor || ' ' || outcome AS series, sum(cardinality(user_ids))::bigint AS count
+                vendor, outcome, sum(cardinality(user_ids))::bigint AS count
          FROM kick_attempts WHERE started_at > now() - make_interval(mins => $1)
-         GROUP BY 1, 2",
+         GROUP BY 1, 2, 3",
     )
     .bind(minutes)
     .bind(bucket_mins)

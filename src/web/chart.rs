@@ -45,9 +45,10 @@ pub(crate) fn stacked(
     order: &[&str],
 ) -> Chart {
     let mut series: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+    let name = |s: &Sample| format!("{} {}", s.vendor, s.outcome);
     for s in samples {
-        if !series.contains(&s.series) {
-            series.push(s.series.clone());
+        if !series.contains(&name(s)) {
+            series.push(name(s));
         }
     }
     let mut counts = vec![vec![0i64; series.len()]; buckets];
@@ -56,7 +57,7 @@ pub(crate) fn stacked(
     for s in samples {
         let ago = newest - s.at.timestamp().div_euclid(bucket_secs);
         if (0..buckets as i64).contains(&ago) {
-            let Some(k) = series.iter().position(|n| *n == s.series) else { continue };
+            let Some(k) = series.iter().position(|n| *n == name(s)) else { continue };
             counts[buckets - 1 - ago as usize][k] += s.count;
         }
     }
@@ -105,7 +106,8 @@ mod tests {
     use super::*;
 
     fn sample(at: DateTime<Utc>, series: &str, count: i64) -> Sample {
-        Sample { at, series: series.into(), count }
+        let (vendor, outcome) = series.split_once(' ').unwrap();
+        Sample { at, vendor: vendor.into(), outcome: outcome.into(), count }
     }
 
     #[test]

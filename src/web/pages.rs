@@ -77,49 +77,50 @@ const KICK_SERIES: &[&str] =
     &["zego ok", "trtc ok", "zego gone", "trtc gone", "zego retry", "trtc retry", "zego permanent", "trtc permanent"];
 
 /// Verdicts and kicked users per minute, over the last hour (one bar a minute) and the last day
-/// (one bar per 15 minutes, as a per-minute average).
-async fn charts(pool: &sqlx::PgPool) -> Result<Vec<Chart>, PageError> {
+/// (one bar per 15 minutes, as a per-minute average): verdicts hour, verdicts day, kicks hour,
+/// kicks day.
+async fn charts(pool: &sqlx::PgPool) -> Result<(Vec<Chart>, console::Totals), PageError> {
     let now = Utc::now();
-    let hour = (60, 1);
-    let day = (24 * 60, 15);
-    let mut verdict_charts = Vec::new();
-    let mut kick_charts = Vec::new();
-    for ((minutes, bucket), span) in [(hour, "last hour"), (day, "last 24 h (15-minute averages)")] {
-        let verdicts = console::verdicts_over_time(pool, minutes, bucket).await?;
-        let kicks = console::kicks_over_time(pool, minutes, bucket).await?;
-        let (n, width) = ((minutes / bucket) as usize, chrono::Duration::minutes(bucket.into()));
-        verdict_charts.push(chart::stacked(
-            &format!("Verdicts per minute, {span}"),
-            &verdicts,
-            now,
-            n,
-            width,
-            VERDICT_SERIES,
-        ));
-        kick_charts.push(chart::stacked(
-            &format!("Kicks per minute by outcome, {span}"),
-            &kicks,
-            now,
-            n,
-            width,
-            KICK_SERIES,
-        ));
-    }
-    let out: Vec<Chart> = verdict_charts.into_iter().chain(kick_charts).collect();
-    Ok(out)
+    let (hour, day) = ((60, 1), (24 * 60, 15));
+    let (vh, vd, kh, kd, rejected) = tokio::try_join!(
+        console::verdicts_over_time(pool, hour.0, hour.1),
+        console::verdicts_over_time(pool, day.0, day.1),
+        console::kicks_over_time(pool, hour.0, hour.1),
+        console::kicks_over_time(pool, day.0, day.1),
+        console::rejected_count(pool, 24),
+    )?;
+    let draw = |what: &str, samples: &[console::Sample], (minutes, bucket): (i32, i32), order| {
+        let span = if minutes == hour.0 { "last hour" } else { "last 24 h (15-minute averages)" };
+        let width = chrono::Duration::minutes(bucket.into());
+        chart::stacked(&format!("{what} per minute, {span}"), samples, now, (minutes / bucket) as usize, width, order)
+    };
+    let charts = vec![
+        draw("Verdicts", &vh, hour, VERDICT_SERIES),
+        draw("Verdicts", &vd, day, VERDICT_SERIES),
+        draw("Kicks by outcome", &kh, hour, KICK_SERIES),
+        draw("Kicks by outcome", &kd, day, KICK_SERIES),
+    ];
+    Ok((charts, console::Totals::of(&vd, rejected)))
 }
 
+/// Each part is its own query over the last day; they run side by side on the pool's
+/// connections, so the page costs about its slowest query, not their sum.
 pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> PageResult {
     let pool = &c.pool;
-    let l = console::latency(pool, 24).await?;
-    let pending = work::pending_by_app(pool).await?;
-    let workers = leases::workers(pool).await?;
+    let (l, pending, workers, (charts, day), failures, owners) = tokio::try_join!(
+        async { Ok::<_, PageError>(console::latency(pool, 24).await?) },
+        async { Ok(work::pending_by_app(pool).await?) },
+        async { Ok(leases::workers(pool).await?) },
+        charts(pool),
+        async { Ok(console::failures_by_code(pool, 24).await?) },
+        async { Ok(leases::owners(pool).await?) },
+    )?;
     render(Overview {
         live_replicas: workers.iter().filter(|w| w.live).count(),
-        day: console::totals(pool, 24).await?,
+        day,
         latency: (ms(l.p50), ms(l.p95), ms(l.p99)),
-        charts: charts(pool).await?,
-        failures: console::failures_by_code(pool, 24).await?,
+        charts,
+        failures,
         pending: pending
             .into_iter()
             .map(|p| PendingRow {
@@ -130,7 +131,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
                 oldest: p.oldest_pending_at.map(|t| t.to_string()).unwrap_or_default(),
             })
             .collect(),
-        owners: leases::owners(pool).await?,
+        owners,
         workers,
         actor,
     })

@@ -7,6 +7,7 @@
 //! (publish, wait, measure), [`report`] and [`print`]; [`baseline`] measures the broker alone.
 
 mod baseline;
+mod console;
 mod print;
 mod report;
 mod run;
@@ -37,6 +38,8 @@ pub enum Preset {
     Stuck,
     /// 100,000 pending kicks, drained at the vendors' limits: the worker's memory.
     Memory,
+    /// 1,000,000 verdicts written straight into PostgreSQL, then every `bouncer web` page timed.
+    Console,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +78,10 @@ pub struct BenchArgs {
     /// pacing holds the vendor's limit when arrivals wander.
     #[arg(long, default_value_t = 0)]
     arrival_jitter_ms: u64,
+    /// Console preset: write the trail into this database and keep it (a later run with the same
+    /// name reuses it instead of writing it again).
+    #[arg(long)]
+    console_database: Option<String>,
 }
 
 pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {
@@ -83,6 +90,9 @@ pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {
 
 async fn bench_main(args: &BenchArgs) -> Result<(), String> {
     bouncer::cli::ensure_services(&args.amqp, &args.postgres).await?;
+    if args.preset == Preset::Console {
+        return console::run(args).await;
+    }
     let w = workload(args);
     let total: usize = w.segments.iter().map(|s| s.verdicts).sum();
     if args.baseline {
@@ -124,5 +134,6 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Replicas => "replicas",
         Preset::Stuck => "stuck",
         Preset::Memory => "memory",
+        Preset::Console => "console",
     }
 }

@@ -111,6 +111,8 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
             stop_after_recorded: Some(Duration::from_secs(20)),
             ..base
         },
+        // Publishes nothing: the console preset writes its trail into PostgreSQL (bench/console.rs).
+        Preset::Console => Workload { segments: Vec::new(), ..base },
     };
     if let Some(a) = args.apps {
         let a = a.max(1);
