@@ -91,6 +91,35 @@ pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<Pg
     }
 }
 
+/// The console's grants (`console_grants.sql`), for `role`.
+const CONSOLE_GRANTS: &str = include_str!("console_grants.sql");
+
+/// The statements that give `role` exactly what `bouncer web` needs, ready to run: comments
+/// dropped, the role quoted as an identifier.
+pub fn console_grants(role: &str) -> Vec<String> {
+    let quoted = format!("\"{}\"", role.replace('"', "\"\""));
+    let text: String =
+        CONSOLE_GRANTS.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    text.split(';').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.replace("console_role", &quoted)).collect()
+}
+
+/// Runs [`console_grants`] for `role` (which must exist) in one transaction.
+pub async fn grant_console(
+    cfg: &PostgresConfig,
+    role: &str,
+    connect_timeout: Duration,
+) -> Result<Vec<String>, AuditError> {
+    let pool = connect(cfg, connect_timeout).await?;
+    let statements = console_grants(role);
+    let mut tx = pool.begin().await?;
+    for s in &statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(statements)
+}
+
 /// Creates the database if it does not exist yet, then applies pending migrations. Running it
 /// again is a no-op.
 pub async fn migrate(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<MigrateReport, AuditError> {

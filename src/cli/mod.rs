@@ -39,7 +39,7 @@ enum Command {
     /// Validate the configuration, then check that RabbitMQ and PostgreSQL answer.
     Check(check::CheckArgs),
     /// Create the database if needed and apply the audit schema migrations (idempotent).
-    Migrate,
+    Migrate(MigrateArgs),
     /// Consume verdicts and enforce them until SIGINT/SIGTERM.
     Run,
     /// Review the audit trail: rows, one verdict's story, or a summary.
@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     error::exit(match &cli.command {
         Command::Check(args) => check::run(&cli, args).await,
-        Command::Migrate => migrate(&cli).await,
+        Command::Migrate(args) => migrate(&cli, args).await,
         Command::Run => run_worker(&cli).await,
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Replay(args) => replay::run(&cli, args).await,
@@ -137,15 +137,32 @@ async fn run(cli: Cli) -> ExitCode {
     })
 }
 
-async fn migrate(cli: &Cli) -> CliResult {
+#[derive(clap::Args, Debug)]
+struct MigrateArgs {
+    /// Then grant this existing role what `bouncer web` needs and nothing more: reads of the
+    /// audit tables and the writes a replay makes (src/audit/console_grants.sql). Idempotent.
+    #[arg(long, value_name = "ROLE")]
+    grant_console: Option<String>,
+}
+
+async fn migrate(cli: &Cli, args: &MigrateArgs) -> CliResult {
     let config = cli.load_config()?;
-    let r = crate::audit::migrate(&config.postgres, std::time::Duration::from_secs(10))
+    let timeout = std::time::Duration::from_secs(10);
+    let r = crate::audit::migrate(&config.postgres, timeout)
         .await
         .map_err(|e| CliError::failed(format!("migrate failed: {e}")))?;
     if r.created_database {
         println!("created the database");
     }
     println!("applied {} migration(s); {} in all; schema is up to date", r.applied, r.total);
+    if let Some(role) = &args.grant_console {
+        let ran = crate::audit::grant_console(&config.postgres, role, timeout)
+            .await
+            .map_err(|e| CliError::failed(format!("cannot grant the console role {role:?}: {e}")))?;
+        for statement in ran {
+            println!("{statement};");
+        }
+    }
     Ok(())
 }
 

@@ -181,6 +181,8 @@ impl FileConfig {
         trtc.secret_key_file = Some(PathBuf::new());
         c.zego.push(zego);
         c.trtc.push(trtc);
+        c.web.csrf_secret_env = Some(String::new());
+        c.web.csrf_secret_file = Some(PathBuf::new());
         c.web.auth.proxy_header = Some(String::new());
         c.web.auth.proxy_addresses.push(String::new());
         c.web.auth.users.push(FileWebUser { name: String::new(), password_hash: "".into(), role: String::new() });
@@ -314,7 +316,7 @@ pub(super) fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok
     s.serialize_str(secret.expose_secret())
 }
 
-fn expose_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn expose_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match secret {
         Some(v) => s.serialize_str(v.expose_secret()),
         None => s.serialize_none(),

@@ -217,3 +217,16 @@ fn config_errors_name_the_key_and_never_echo_a_secret() {
     let e = Config::from_toml(typed).unwrap_err().to_string();
     assert!(!e.contains("98765432123") && e.contains("server_secret") && e.contains("string"), "{e}");
 }
+
+#[test]
+fn the_console_csrf_key_is_optional_shared_by_env_and_at_least_32_bytes() {
+    assert!(Config::from_toml("").unwrap().web.csrf_secret.is_none(), "unset: a key per process");
+    let key = "k".repeat(32);
+    let env: HashMap<String, String> = [("CSRF".to_string(), key.clone())].into();
+    let c = Config::from_toml_with_env("[web]\ncsrf_secret_env = \"CSRF\"\n", &env).unwrap();
+    assert_eq!(c.web.csrf_secret.unwrap().expose_secret(), key);
+    assert_eq!(keys("[web]\ncsrf_secret_env = \"CSRF\"\n"), ["web.csrf_secret_env"]);
+    let short = problems("[web]\ncsrf_secret = \"short\"\n");
+    assert_eq!(short[0].key, "web.csrf_secret");
+    assert!(!short[0].reason.contains("short"), "the value is never shown: {}", short[0].reason);
+}

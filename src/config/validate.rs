@@ -164,7 +164,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         }
     }
 
-    let web = validate_web(f.web, &mut p);
+    let web = validate_web(f.web, env, &mut p);
 
     if !p.is_empty() {
         return Err(p);

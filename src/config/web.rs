@@ -13,11 +13,25 @@ use super::*;
 pub struct FileWeb {
     pub listen: String,
     pub auth: FileWebAuth,
+    /// The key CSRF tokens are signed with, shared by every console replica behind one address
+    /// (inline, `_env` or `_file`). Unset: a random key per process, which is right for one.
+    #[serde(serialize_with = "file::expose_opt", skip_serializing_if = "Option::is_none")]
+    pub csrf_secret: Option<SecretString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_secret_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_secret_file: Option<PathBuf>,
 }
 
 impl Default for FileWeb {
     fn default() -> Self {
-        FileWeb { listen: "127.0.0.1:9190".into(), auth: FileWebAuth::default() }
+        FileWeb {
+            listen: "127.0.0.1:9190".into(),
+            auth: FileWebAuth::default(),
+            csrf_secret: None,
+            csrf_secret_env: None,
+            csrf_secret_file: None,
+        }
     }
 }
 
@@ -94,6 +108,8 @@ pub struct WebConfig {
     pub proxy_header: Option<axum::http::HeaderName>,
     pub proxy_addresses: Vec<IpAddr>,
     pub proxy_role: Role,
+    /// `web.csrf_secret`: None for a key of the process's own.
+    pub csrf_secret: Option<SecretString>,
 }
 
 impl WebConfig {
@@ -110,7 +126,7 @@ fn role(key: String, raw: &str, p: &mut Vec<Problem>) -> Role {
     })
 }
 
-pub(super) fn validate_web(f: FileWeb, p: &mut Vec<Problem>) -> WebConfig {
+pub(super) fn validate_web(f: FileWeb, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Problem>) -> WebConfig {
     let listen = f.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
         p.push(problem("web.listen", format!("must be an address like 127.0.0.1:9190 ({e})")));
         SocketAddr::from(([127, 0, 0, 1], 9190))
@@ -153,5 +169,11 @@ pub(super) fn validate_web(f: FileWeb, p: &mut Vec<Problem>) -> WebConfig {
         ));
     }
     let proxy_role = role("web.auth.proxy_role".into(), &f.auth.proxy_role, p);
-    WebConfig { listen, users, proxy_header, proxy_addresses, proxy_role }
+    let secret = FileSecret { value: f.csrf_secret, env: f.csrf_secret_env, file: f.csrf_secret_file };
+    let given = secret.value.is_some() || secret.env.is_some() || secret.file.is_some();
+    let csrf_secret = given.then(|| resolve_secret("web.csrf_secret", secret, env, p)).flatten();
+    if csrf_secret.as_ref().is_some_and(|s| s.expose_secret().len() < 32) {
+        p.push(problem("web.csrf_secret", "must be at least 32 bytes (for example: openssl rand -hex 32)"));
+    }
+    WebConfig { listen, users, proxy_header, proxy_addresses, proxy_role, csrf_secret }
 }

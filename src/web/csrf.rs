@@ -1,19 +1,26 @@
 //! Cross-site request forgery: every form that changes something carries a token bound to the
-//! signed-in actor (an HMAC of the name under a key of this process), and a POST is refused
-//! without it or when the browser says it comes from another site. The key is per process: a
-//! console restarted mid-confirmation asks for the confirmation again.
+//! signed-in actor (an HMAC of the name under a key), and a POST is refused without it or when
+//! the browser says it comes from another site. The key is `web.csrf_secret` when set (several
+//! replicas behind one address must share it), else random per process: a console restarted
+//! mid-confirmation then asks for the confirmation again.
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 pub(crate) struct Csrf {
-    key: [u8; 32],
+    key: Vec<u8>,
 }
 
 impl Csrf {
+    /// A key of this process's own.
     pub fn new() -> Csrf {
-        Csrf { key: rand::random() }
+        Csrf { key: rand::random::<[u8; 32]>().to_vec() }
+    }
+
+    /// The configured shared key.
+    pub fn with_key(key: &[u8]) -> Csrf {
+        Csrf { key: key.to_vec() }
     }
 
     fn mac(&self, actor: &str) -> Hmac<Sha256> {
@@ -51,5 +58,13 @@ mod tests {
         assert!(!csrf.allows("alice", &Csrf::new().token("alice"), &headers));
         headers.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!csrf.allows("alice", &token, &headers));
+    }
+
+    #[test]
+    fn replicas_sharing_a_key_accept_each_others_tokens() {
+        let key = [7u8; 32];
+        let (a, b) = (Csrf::with_key(&key), Csrf::with_key(&key));
+        assert!(b.allows("alice", &a.token("alice"), &HeaderMap::new()));
+        assert!(!Csrf::with_key(&[8u8; 32]).allows("alice", &a.token("alice"), &HeaderMap::new()));
     }
 }

@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +91,11 @@ pub async fn serve(pool: PgPool, config: WebConfig, shutdown: CancellationToken)
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("web.listen {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "console listening");
-    let console = Arc::new(Console { pool, auth: Auth::new(config), csrf: Csrf::new() });
+    let csrf = match &config.csrf_secret {
+        Some(key) => Csrf::with_key(key.expose_secret().as_bytes()),
+        None => Csrf::new(),
+    };
+    let console = Arc::new(Console { pool, auth: Auth::new(config), csrf });
     let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

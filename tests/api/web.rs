@@ -150,3 +150,62 @@ async fn every_console_page_carries_the_security_headers() {
         assert_eq!(h.get("referrer-policy").map(|v| v.as_bytes()), Some(&b"no-referrer"[..]), "{path}");
     }
 }
+
+#[tokio::test]
+async fn the_console_reads_and_replays_with_only_the_grants_migrate_gives_its_role() {
+    let opts = EnvOptions { deadline_secs: 2, retry_max_ms: 200, ..EnvOptions::default() };
+    let mut env = TestEnv::new(Apps::random(1, 0), opts).await;
+    let control = SimControl::new(&env.sim);
+    control.set_faults(json!({"vendor": "zego", "bad_users": ["u1"]})).await;
+    env.publish_json(&verdict("failed-1", "zego", env.apps.zego[0].0, json!("room-1"), &["u1", "u2"])).await;
+    let _worker = env.worker();
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'failed'", 1, Duration::from_secs(60)).await;
+
+    let pool = env.pool().await;
+    let role = format!("console_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN"))).execute(&pool).await.unwrap();
+    let out = env.cli(&["migrate", "--grant-console", &role]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let url = url::Url::parse(&env.db.url).unwrap();
+    let mut as_role = url.clone();
+    as_role.set_username(&role).unwrap();
+    env.edit_config(|c| c.postgres.url = as_role.as_str().into());
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for path in
+        ["/", "/verdicts", "/verdicts?user=u1", "/verdicts/failed-1", "/users/u2", "/rejected", "/replay?status=failed"]
+    {
+        let r = http.get(format!("{}{path}", console.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap_or_default());
+    }
+    let confirm =
+        http.get(format!("{}/verdicts/failed-1/replay", console.base)).send().await.unwrap().text().await.unwrap();
+    control.clear_faults().await;
+    let r = http
+        .post(format!("{}/verdicts/failed-1/replay", console.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={}", csrf_of(&confirm)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the replay was refused: {}", r.text().await.unwrap_or_default());
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 1, Duration::from_secs(60)).await;
+
+    // Nothing beyond that: no deletes, no rewriting what a verdict said or what a vendor answered.
+    let limited = sqlx::PgPool::connect(as_role.as_str()).await.unwrap();
+    for sql in [
+        "DELETE FROM verdicts",
+        "UPDATE verdicts SET payload = '{}'",
+        "UPDATE kick_attempts SET outcome = 'ok'",
+        "DELETE FROM replays",
+        "INSERT INTO rejected_messages (reason, payload, payload_size) VALUES ('x', '', 0)",
+    ] {
+        let e = sqlx::raw_sql(sql).execute(&limited).await.expect_err(sql);
+        assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
+    }
+    limited.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}"))).execute(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE {role}"))).execute(&pool).await.unwrap();
+    pool.close().await;
+}
