@@ -137,26 +137,29 @@ pub async fn failures_by_code(pool: &PgPool, hours: i32) -> Result<Vec<FailureCo
     .await?)
 }
 
-/// Verdict → last kick latency percentiles (ms) over the last `hours`, finished verdicts only.
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
+/// Verdict → last kick latency percentiles (ms) of the verdicts received in the last `minutes`,
+/// finished ones only.
+#[derive(Debug, Clone, Default)]
 pub struct Latency {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
 }
 
-pub async fn latency(pool: &PgPool, hours: i32) -> Result<Latency, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99
-         FROM (SELECT extract(epoch FROM finished_at - received_at) * 1000 AS ms
+pub async fn latency(pool: &PgPool, minutes: i32) -> Result<Latency, AuditError> {
+    // One sort for the three percentiles (the array form), of intervals: cheaper than three
+    // aggregates over a computed column, the overview's slowest query at a busy day's volume.
+    let p: Option<Vec<f64>> = sqlx::query_scalar(
+        "SELECT (SELECT array_agg(extract(epoch FROM p)::float8 * 1000) FROM unnest(ps) p)
+         FROM (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY finished_at - received_at) AS ps
                FROM verdicts
-               WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(hours => $1)) t",
+               WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(mins => $1)) t",
     )
-    .bind(hours)
+    .bind(minutes)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    let at = |i: usize| p.as_ref().and_then(|p| p.get(i).copied());
+    Ok(Latency { p50: at(0), p95: at(1), p99: at(2) })
 }
 
 /// One verdict in a result list.

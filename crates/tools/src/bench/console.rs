@@ -69,7 +69,7 @@ const LOAD: &[&str] = &[
             jsonb_build_object('clip', 'https://evidence.example/' || g, 'score', 0.9),
             jsonb_build_object('verdict_id', 'v-' || g, 'vendor', vendor, 'app_id', app_id, 'room_id', room_id,
                                'user_ids', to_jsonb(user_ids), 'reason', 'spam'),
-            at, at, status, CASE WHEN status <> 'pending' THEN at + interval '450 ms' END
+            at, at, status, CASE WHEN status <> 'pending' THEN at + interval '1 ms' * (150 + (g::bigint * 7919) % 2000) END
      FROM gen",
     "INSERT INTO kicks (verdict_id, user_id, status, attempts, last_error, vendor_request_id, updated_at,
                         vendor, app_id, next_attempt_at)
