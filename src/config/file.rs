@@ -185,6 +185,7 @@ impl FileConfig {
         c.web.csrf_secret_file = Some(PathBuf::new());
         c.web.auth.proxy_header = Some(String::new());
         c.web.auth.proxy_addresses.push(String::new());
+        c.web.auth.proxy_operators.push(String::new());
         c.web.auth.users.push(FileWebUser { name: String::new(), password_hash: "".into(), role: String::new() });
         toml::Table::try_from(&c).unwrap_or_default()
     }

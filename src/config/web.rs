@@ -47,11 +47,19 @@ pub struct FileWebAuth {
     pub proxy_addresses: Vec<String>,
     /// The role of users signed in through the proxy header.
     pub proxy_role: String,
+    /// Users signed in through the proxy header who are operators whatever `proxy_role` says.
+    pub proxy_operators: Vec<String>,
 }
 
 impl Default for FileWebAuth {
     fn default() -> Self {
-        FileWebAuth { users: Vec::new(), proxy_header: None, proxy_addresses: Vec::new(), proxy_role: "viewer".into() }
+        FileWebAuth {
+            users: Vec::new(),
+            proxy_header: None,
+            proxy_addresses: Vec::new(),
+            proxy_role: "viewer".into(),
+            proxy_operators: Vec::new(),
+        }
     }
 }
 
@@ -108,6 +116,7 @@ pub struct WebConfig {
     pub proxy_header: Option<axum::http::HeaderName>,
     pub proxy_addresses: Vec<IpAddr>,
     pub proxy_role: Role,
+    pub proxy_operators: Vec<String>,
     /// `web.csrf_secret`: None for a key of the process's own.
     pub csrf_secret: Option<SecretString>,
 }
@@ -175,5 +184,9 @@ pub(super) fn validate_web(f: FileWeb, env: &dyn Fn(&str) -> Option<String>, p: 
     if csrf_secret.as_ref().is_some_and(|s| s.expose_secret().len() < 32) {
         p.push(problem("web.csrf_secret", "must be at least 32 bytes (for example: openssl rand -hex 32)"));
     }
-    WebConfig { listen, users, proxy_header, proxy_addresses, proxy_role, csrf_secret }
+    if !f.auth.proxy_operators.is_empty() && f.auth.proxy_header.is_none() {
+        p.push(problem("web.auth.proxy_operators", "needs web.auth.proxy_header: it names users the proxy signs in"));
+    }
+    let proxy_operators = f.auth.proxy_operators;
+    WebConfig { listen, users, proxy_header, proxy_addresses, proxy_role, proxy_operators, csrf_secret }
 }

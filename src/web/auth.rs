@@ -51,7 +51,9 @@ impl Auth {
             && self.config.proxy_addresses.contains(&peer.ip())
             && let Some(user) = headers.get(name).and_then(|v| v.to_str().ok()).filter(|u| !u.is_empty())
         {
-            return Ok(Actor { name: user.to_owned(), role: self.config.proxy_role });
+            let operator = self.config.proxy_operators.iter().any(|o| o == user);
+            let role = if operator { Role::Operator } else { self.config.proxy_role };
+            return Ok(Actor { name: user.to_owned(), role });
         }
         if !self.config.users.is_empty() {
             return self.basic(headers).ok_or(Refused::SignIn);
@@ -121,4 +123,44 @@ pub fn refusal(config: &WebConfig) -> Option<String> {
             config.listen
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxied(listen: &str) -> Auth {
+        let text = format!(
+            "[web]\nlisten = \"{listen}\"\n[web.auth]\nproxy_header = \"X-Forwarded-User\"\n\
+             proxy_addresses = [\"10.0.0.5\"]\nproxy_operators = [\"alice@corp\"]\n"
+        );
+        Auth::new(crate::config::Config::from_toml(&text).expect("config").web)
+    }
+
+    fn from(auth: &Auth, ip: [u8; 4], user: &str) -> Result<Actor, Refused> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-user", user.parse().unwrap());
+        auth.actor(&headers, SocketAddr::from((ip, 40000)))
+    }
+
+    #[test]
+    fn the_proxy_header_is_believed_from_the_proxy_only_and_names_operators() {
+        let auth = proxied("0.0.0.0:9190");
+        let alice = from(&auth, [10, 0, 0, 5], "alice@corp").unwrap();
+        assert_eq!((alice.name.as_str(), alice.role), ("alice@corp", Role::Operator));
+        assert_eq!(from(&auth, [10, 0, 0, 5], "bob@corp").unwrap().role, Role::Viewer);
+        assert_eq!(from(&auth, [10, 0, 0, 6], "alice@corp").unwrap_err(), Refused::ProxyOnly);
+    }
+
+    #[test]
+    fn loopback_without_sign_in_is_the_local_operator_but_not_once_a_proxy_is_configured() {
+        let open = Auth::new(crate::config::Config::from_toml("").expect("config").web);
+        let local = open.actor(&HeaderMap::new(), SocketAddr::from(([127, 0, 0, 1], 1))).unwrap();
+        assert_eq!((local.name.as_str(), local.role), ("local", Role::Operator));
+        let auth = proxied("127.0.0.1:9190");
+        assert_eq!(
+            auth.actor(&HeaderMap::new(), SocketAddr::from(([127, 0, 0, 1], 1))).unwrap_err(),
+            Refused::ProxyOnly
+        );
+    }
 }

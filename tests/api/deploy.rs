@@ -14,7 +14,18 @@ fn yaml(rel: &str) -> Vec<Yaml> {
 
 #[test]
 fn kubernetes_manifests_are_valid_yaml_with_the_probes_wired() {
-    for f in ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "pdb.yaml", "kustomization.yaml"] {
+    for f in [
+        "configmap.yaml",
+        "secret.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+        "kustomization.yaml",
+        "console-configmap.yaml",
+        "console-deployment.yaml",
+        "console-service.yaml",
+        "console-grants-job.yaml",
+    ] {
         let docs = yaml(&format!("deploy/k8s/{f}"));
         assert!(!docs.is_empty() && docs[0]["kind"].as_str().is_some(), "{f} has a kind");
         assert!(file("deploy/k8s/kustomization.yaml").contains(f) || f == "kustomization.yaml", "{f} is applied");
@@ -115,9 +126,63 @@ fn rabbitmq_definitions_match_the_topology_the_worker_declares() {
 }
 
 #[test]
+fn the_console_deploys_on_its_own_behind_its_proxy_with_its_own_database_role() {
+    let d = &yaml("deploy/k8s/console-deployment.yaml")[0];
+    assert_eq!(d["kind"].as_str(), Some("Deployment"));
+    let containers = d["spec"]["template"]["spec"]["containers"].as_vec().expect("containers");
+    let console = containers.iter().find(|c| c["name"].as_str() == Some("console")).expect("console container");
+    assert_eq!(console["args"][0].as_str(), Some("web"));
+    let env = console["env"].as_vec().expect("env");
+    let url = env.iter().find(|e| e["name"].as_str() == Some("BOUNCER_POSTGRES__URL")).expect("database URL");
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["key"].as_str(), Some("console-postgres-url"), "its own role");
+    assert!(file("deploy/k8s/secret.yaml").contains("console-postgres-url: \"postgres://bouncer_console:"));
+    let svc = &yaml("deploy/k8s/console-service.yaml")[0];
+    assert_eq!(svc["spec"]["selector"], d["spec"]["selector"]["matchLabels"]);
+    let proxy = containers.iter().find(|c| c["name"].as_str() == Some("oauth2-proxy")).expect("proxy");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"].as_str(), proxy["ports"][0]["name"].as_str(), "through the proxy");
+
+    // The console listens on loopback and believes the user header from the proxy beside it only.
+    let cm = &yaml("deploy/k8s/console-configmap.yaml")[0];
+    let toml = cm["data"]["console.toml"].as_str().expect("console.toml");
+    let secret = std::env::temp_dir().join(format!("bouncer-csrf-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&secret, "k".repeat(32)).unwrap();
+    let local = toml.replace("/etc/bouncer/secrets/console-csrf-secret", secret.to_str().unwrap());
+    let config = bouncer::config::Config::from_toml(&local).expect("the console's config is valid");
+    std::fs::remove_file(&secret).unwrap();
+    assert!(config.web.listen.ip().is_loopback());
+    assert_eq!(config.web.proxy_addresses, vec![std::net::IpAddr::from([127, 0, 0, 1])]);
+    assert!(bouncer::web::refusal(&config.web).is_none());
+
+    // The grants job gives the role the URL names what `bouncer migrate --grant-console` grants.
+    let job = &yaml("deploy/k8s/console-grants-job.yaml")[0];
+    let args: Vec<&str> = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_vec()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args.first(), Some(&"migrate"));
+    assert_eq!(args.iter().skip_while(|a| **a != "--grant-console").nth(1), Some(&"bouncer_console"));
+
+    // The same in compose: a role made at first start, granted by migrate, used by the console.
+    let compose = &yaml("deploy/docker-compose.yml")[0];
+    let services = &compose["services"];
+    assert!(file("deploy/postgres/console-role.sql").contains("CREATE ROLE bouncer_console LOGIN"));
+    let grant: Vec<&str> =
+        services["console-grants"]["command"].as_vec().expect("command").iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(grant.iter().skip_while(|a| **a != "--grant-console").nth(1), Some(&"bouncer_console"));
+    let console_url = services["console"]["environment"]["BOUNCER_POSTGRES__URL"].as_str().expect("console URL");
+    assert!(console_url.starts_with("postgres://bouncer_console:"), "{console_url}");
+    let env = [("CONSOLE_CSRF_SECRET".to_string(), "c".repeat(40))].into();
+    let config = bouncer::config::Config::from_toml_with_env(&file("deploy/compose.console.toml"), &env)
+        .expect("compose console config is valid");
+    assert!(!config.web.listen.ip().is_loopback() && bouncer::web::refusal(&config.web).is_none(), "signs people in");
+}
+
+#[test]
 fn compose_file_is_valid_yaml_and_docker_compose_accepts_it_where_installed() {
     let compose = &yaml("deploy/docker-compose.yml")[0];
-    for svc in ["rabbitmq", "postgres", "sim", "bouncer"] {
+    for svc in ["rabbitmq", "postgres", "sim", "bouncer", "console-grants", "console"] {
         assert!(!compose["services"][svc].is_badvalue(), "service {svc}");
     }
     let compose_toml = file("deploy/compose.bouncer.toml");
