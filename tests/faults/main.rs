@@ -126,7 +126,11 @@ async fn a_postgres_restart_mid_run_settles_nothing_without_its_record() {
     assert_all_enforced(&env, 1800).await;
     assert!(worker.child.try_wait().unwrap().is_none(), "the worker kept running");
     assert!(backlog_while_down >= 250, "what arrived during the outage stayed queued: {backlog_while_down}");
-    assert!(worker.log_text().contains("cannot"), "the outage was logged");
+    // Which part meets the outage first varies (intake recording, the elector's heartbeat, the
+    // LISTEN connection); each logs it in its own words.
+    let log = worker.log_text();
+    let said = ["cannot", "heartbeat failed", "could not confirm ownership", "LISTEN connection lost"];
+    assert!(said.iter().any(|s| log.contains(s)), "the outage was logged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
