@@ -284,6 +284,28 @@ pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCa
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 
+/// Verdicts reopened per transaction by [`replay`]: a bulk replay neither holds thousands of row
+/// locks at once nor loses what it did if it stops half-way.
+const REPLAY_CHUNK: usize = 500;
+
+/// Replays `candidates` as `actor` ([`reopen_for_replay`], a chunk at a time), calling
+/// `progress` with the running total after each chunk; returns how many were reopened. What
+/// `bouncer replay` and the console's replay buttons do.
+pub async fn replay(
+    pool: &PgPool,
+    candidates: &[ReplayCandidate],
+    actor: &str,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, AuditError> {
+    let mut reopened = 0;
+    for chunk in candidates.chunks(REPLAY_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
+        reopened += reopen_for_replay(pool, &ids, actor).await?.len();
+        progress(reopened);
+    }
+    Ok(reopened)
+}
+
 /// Puts verdicts back to work, due now: failed ones (and their failed kicks) to `pending`, with a
 /// fresh retry schedule and deadline; pending ones become due at once. Records who asked in
 /// `replays` and wakes the owners. Only verdicts not `done` are touched; returns the ids reopened.

@@ -8,8 +8,6 @@ use super::output::{self, Format, Tabular};
 use super::{Cli, CliError, CliResult};
 use crate::audit::query::{self, ReplayCandidate};
 
-const CHUNK: usize = 500;
-
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     #[command(flatten)]
@@ -72,15 +70,10 @@ pub(crate) async fn run(cli: &Cli, args: &ReplayArgs) -> CliResult {
         return Ok(());
     }
     let actor = args.actor.clone().unwrap_or_else(os_user);
-    let mut done = 0usize;
-    for chunk in candidates.chunks(CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
-        let reopened = query::reopen_for_replay(&pool, &ids, &actor)
-            .await
-            .map_err(|e| CliError::failed(format!("cannot reopen verdicts: {e}")))?;
-        done += reopened.len();
-        eprintln!("replayed {done}/{} verdict(s)", candidates.len());
-    }
+    let total = candidates.len();
+    let done = query::replay(&pool, &candidates, &actor, |done| eprintln!("replayed {done}/{total} verdict(s)"))
+        .await
+        .map_err(|e| CliError::failed(format!("cannot reopen verdicts: {e}")))?;
     pool.close().await;
     println!("replayed {done} verdict(s) as {actor}");
     Ok(())

@@ -19,8 +19,6 @@ use super::pages::{PageResult, SearchForm, render};
 use crate::audit::AuditError;
 use crate::audit::query::{self, Filter, ReplayCandidate};
 
-/// Verdicts reopened per transaction, as `bouncer replay` does.
-const CHUNK: usize = 500;
 /// Verdict ids listed on the bulk confirmation.
 const SHOWN: usize = 20;
 
@@ -42,15 +40,17 @@ pub(crate) struct ReplayForm {
     csrf: String,
 }
 
-/// Reopens `candidates` in chunks as `actor`; returns how many were reopened.
-async fn reopen(c: &Console, candidates: Vec<ReplayCandidate>, actor: &Actor) -> Result<usize, AuditError> {
-    let actor_name = format!("web:{}", actor.name);
-    let mut reopened = 0;
-    for chunk in candidates.chunks(CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
-        reopened += query::reopen_for_replay(&c.pool, &ids, &actor_name).await?.len();
+/// Reopens `candidates` as the signed-in actor, recorded as `web:<name>`.
+async fn reopen(c: &Console, candidates: &[ReplayCandidate], actor: &Actor) -> Result<usize, AuditError> {
+    query::replay(&c.pool, candidates, &format!("web:{}", actor.name), |_| {}).await
+}
+
+/// Why a replay POST is refused, if it is: not an operator, or no valid CSRF token.
+fn refusal(c: &Console, actor: &Actor, form: &ReplayForm, headers: &HeaderMap) -> Option<PageResult> {
+    if !actor.may_replay() {
+        return Some(forbidden());
     }
-    Ok(reopened)
+    (!c.csrf.allows(&actor.name, &form.csrf, headers)).then(cross_site)
 }
 
 #[derive(Template)]
@@ -78,14 +78,11 @@ pub(crate) async fn replay_one(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> PageResult {
-    if !actor.may_replay() {
-        return forbidden();
-    }
-    if !c.csrf.allows(&actor.name, &form.csrf, &headers) {
-        return cross_site();
+    if let Some(refused) = refusal(&c, &actor, &form, &headers) {
+        return refused;
     }
     let filter = Filter { verdicts: vec![id.clone()], ..Filter::default() };
-    let reopened = reopen(&c, query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
+    let reopened = reopen(&c, &query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
     tracing::info!(verdict_id = %id, actor = %actor.name, reopened, "replay from the console");
     Ok(Redirect::to(&format!("/verdicts/{}", url_part(&id))).into_response())
 }
@@ -154,18 +151,15 @@ pub(crate) async fn replay_all(
     headers: HeaderMap,
     Form(token): Form<ReplayForm>,
 ) -> PageResult {
-    if !actor.may_replay() {
-        return forbidden();
-    }
-    if !c.csrf.allows(&actor.name, &token.csrf, &headers) {
-        return cross_site();
+    if let Some(refused) = refusal(&c, &actor, &token, &headers) {
+        return refused;
     }
     // Already fixed by the confirmation; fixing again only caps `until` at now, a no-op for it.
     let (form, filter) = match fixed(&form) {
         Ok(f) => f,
         Err(problem) => return Ok((StatusCode::BAD_REQUEST, problem).into_response()),
     };
-    let reopened = reopen(&c, query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
+    let reopened = reopen(&c, &query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
     tracing::info!(actor = %actor.name, reopened, filters = %form.query(&[]), "bulk replay from the console");
     let list = SearchForm { status: String::new(), ..form };
     let replayed = reopened.to_string();

@@ -16,7 +16,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{Apps, ConsoleProcess, EnvOptions, SimControl, TestEnv, verdict};
+use crate::helpers::{Apps, ConsoleProcess, EnvOptions, SimControl, TestEnv, free_port, verdict};
 
 const HOSTILE_USER: &str = "\"><img src=x onerror=alert(1)>";
 const HOSTILE_REASON: &str = "<script>alert('reason')</script>";
@@ -37,7 +37,7 @@ impl Chromium {
     async fn start() -> Chromium {
         let binary = std::env::var("BOUNCER_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let driver_path = std::env::var("BOUNCER_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = free_port().expect("free port");
         let driver = {
             use std::os::unix::process::CommandExt;
             Command::new(&driver_path)

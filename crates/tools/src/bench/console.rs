@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::BenchArgs;
 use super::report::Machine;
-use crate::testkit::{Names, bouncer_command, drop_database, stack_config};
+use crate::testkit::{ConsoleProcess, Names, drop_database, stack_config};
 
 const WARMUP: usize = 3;
 const SAMPLES: usize = 30;
@@ -198,16 +198,6 @@ async fn time_page(http: &reqwest::Client, base: &str, name: &str, path: &str) -
     })
 }
 
-/// A `bouncer web` child, killed on drop.
-struct Console(std::process::Child);
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     let verdicts = args.verdicts.unwrap_or(DEFAULT_VERDICTS);
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -241,28 +231,11 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
 
     let config_path = std::env::temp_dir().join(format!("bouncer-bench-console-{id}.toml"));
     std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let listen = format!("127.0.0.1:{port}");
-    let console = Console(
-        bouncer_command()
-            .args(["web", "--config", &config_path.to_string_lossy(), "--listen", &listen])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start bouncer web: {e}"))?,
-    );
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(&listen).await.is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err(format!("bouncer web never listened on {listen}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let console = ConsoleProcess::try_start(&config_path).await?;
     let http = reqwest::Client::new();
-    let base = format!("http://{listen}");
     let mut timings = Vec::new();
     for (name, path) in pages(&picks) {
-        timings.push(time_page(&http, &base, name, &path).await?);
+        timings.push(time_page(&http, &console.base, name, &path).await?);
     }
     drop(console);
     let _ = std::fs::remove_file(&config_path);

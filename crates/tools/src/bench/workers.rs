@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use crate::testkit::{bouncer_binary, bouncer_command};
+use crate::testkit::{bouncer_binary, bouncer_command, free_port};
 
 use super::report;
 
@@ -72,10 +72,4 @@ fn spawn_worker(config: &Path, port: u16, name: &str) -> Result<Child, String> {
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the worker ({}): {e}", bouncer_binary().display()))
-}
-
-/// A free port on loopback for a worker's HTTP surface.
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }

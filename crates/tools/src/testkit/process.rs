@@ -140,6 +140,12 @@ pub async fn wait_ready(port: u16) -> Result<(), String> {
     Err("the worker never became ready".into())
 }
 
+/// A free port on loopback (for a child's listener; free when asked, taken by the child).
+pub fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    Ok(l.local_addr().map_err(|e| format!("no free port: {e}"))?.port())
+}
+
 /// A `bouncer web` child process on a free loopback port, killed on drop.
 pub struct ConsoleProcess {
     pub child: std::process::Child,
@@ -150,20 +156,28 @@ pub struct ConsoleProcess {
 impl ConsoleProcess {
     /// Starts the console on `config` and waits until it accepts connections.
     pub async fn start(config: &Path) -> ConsoleProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        ConsoleProcess::try_start(config).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ConsoleProcess::start`], saying what went wrong instead of panicking (the benchmark).
+    pub async fn try_start(config: &Path) -> Result<ConsoleProcess, String> {
+        let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
+        let config = config.to_str().ok_or("the config path is not UTF-8")?;
         let child = bouncer_command()
-            .args(["web", "--config", config.to_str().expect("utf-8 path"), "--listen", &listen])
+            .args(["web", "--config", config, "--listen", &listen])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("spawn bouncer web");
+            .map_err(|e| format!("cannot start bouncer web: {e}"))?;
         let console = ConsoleProcess { child, base: format!("http://{listen}") };
         let started = std::time::Instant::now();
         while tokio::net::TcpStream::connect(&listen).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "bouncer web never listened on {listen}");
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("bouncer web never listened on {listen}"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        console
+        Ok(console)
     }
 }
 
