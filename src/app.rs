@@ -98,8 +98,11 @@ pub struct LaneCtx {
     /// Where the audit writer reports this lane's kicks as recorded.
     pub settled: Settled,
     pub lease: Arc<Lease>,
-    /// Cancelled when this process stops owning the quota group, or shuts down.
+    /// Cancelled when this process stops owning the quota group, or shuts down: no new calls.
     pub cancel: CancellationToken,
+    /// Cancelled when calls still in flight must be given up: the lease was lost, or a handover's
+    /// drain is over. Every call has ended before the lease is released (see `quota`).
+    pub abandon: CancellationToken,
     /// The runtime vendor calls run on.
     pub calls: tokio::runtime::Handle,
     /// Woken whenever a call of this app ends (a lane at its cap of calls in flight waits for it).

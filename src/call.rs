@@ -15,7 +15,7 @@ use crate::audit::results::{AttemptRow, KickChange, KickOutcome};
 use crate::audit::writer::AuditMsg;
 use crate::batch::Entry;
 use crate::states::KickStatus;
-use crate::vendor_api::{Blame, KickRequest, Outcome};
+use crate::vendor_api::{Blame, CallReport, KickRequest, Outcome};
 use crate::verdict::RoomId;
 
 /// How a part of the chunk came out.
@@ -153,13 +153,15 @@ async fn attempt(
     let vendor = ctx.stats.vendor;
     loop {
         // Charged here, right before sending (the lane waited until the quota was ready).
-        tokio::select! {
-            waited = quota.acquire() => {
+        let charge = tokio::select! {
+            (charge, waited) = quota.acquire() => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => vendor.as_str()).record(waited.as_secs_f64());
+                charge
             }
             () = ctx.cancel.cancelled() => return Err(Stopped),
-        }
+        };
         if !ctx.may_call() {
+            charge.unsent();
             return Err(Stopped);
         }
         *attempt_no += 1;
@@ -171,12 +173,31 @@ async fn attempt(
             reason: reason.map(str::to_owned),
         };
         let started_at = Utc::now();
+        let started = std::time::Instant::now();
         part.first_call_at.get_or_insert(started_at);
-        let report = match ctx.client.kick_once(&req).await {
-            Ok(r) => r,
-            // Chunks are cut to the client's own limits; this is a bug, not a vendor answer.
-            Err(e) => return Ok(Some(End::Failed { error: format!("refused before sending: {e}") })),
+        // A call in flight ends when its answer comes, or when ownership ends: every call of this
+        // owner must have ended (answered or given up) before its lease does, so the next owner's
+        // first calls cannot meet it in a vendor window (see `quota` and `ownership`).
+        let sent = tokio::select! {
+            r = ctx.client.kick_once(&req) => Some(r),
+            () = ctx.abandon.cancelled() => None,
+            () = ctx.lease.lapsed() => None,
         };
+        let abandoned = sent.is_none();
+        let report = match sent {
+            Some(Ok(r)) => r,
+            // Chunks are cut to the client's own limits; this is a bug, not a vendor answer.
+            Some(Err(e)) => {
+                charge.unsent();
+                return Ok(Some(End::Failed { error: format!("refused before sending: {e}") }));
+            }
+            None => CallReport::abandoned(ctx.client.action_for(room), started.elapsed()),
+        };
+        if report.answered() {
+            charge.answered();
+        } else {
+            charge.unanswered();
+        }
         let outcome = report.outcome.audit_outcome();
         metrics::histogram!("bouncer_vendor_call_seconds", "vendor" => vendor.as_str(), "action" => report.action, "outcome" => outcome.as_str())
             .record(report.latency.as_secs_f64());
@@ -206,6 +227,9 @@ async fn attempt(
                 error: error.clone(),
             })))
             .await;
+        if abandoned {
+            return Err(Stopped);
+        }
         match report.outcome {
             Outcome::Done { request_id } => {
                 ctx.health.config_ok(vendor, ctx.stats.app_id);

@@ -29,6 +29,18 @@ impl Lease {
         Instant::now() < *self.slot()
     }
 
+    /// Resolves once the lease has run out (not renewed in time). A revocation is not seen
+    /// until the time it replaced: whoever revokes also cancels the lanes and call tasks.
+    pub async fn lapsed(&self) {
+        loop {
+            let until = *self.slot();
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
     /// A renewal was confirmed.
     pub fn extend_to(&self, until: Instant) {
         let mut v = self.slot();
@@ -59,5 +71,22 @@ mod tests {
         l.extend_to(Instant::now() + Duration::from_secs(2));
         l.revoke();
         assert!(!l.is_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lapsed_waits_out_every_renewal_and_ends_when_the_lease_runs_out() {
+        let l = std::sync::Arc::new(Lease::new(1, Instant::now() + Duration::from_secs(2)));
+        let t0 = Instant::now();
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move {
+                l.lapsed().await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        l.extend_to(Instant::now() + Duration::from_secs(2));
+        let lapsed_at = waiter.await.unwrap();
+        assert_eq!(lapsed_at - t0, Duration::from_millis(3500), "the renewal moved the end");
     }
 }

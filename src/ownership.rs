@@ -46,6 +46,8 @@ use crate::wake::Wakers;
 const SAFETY_MARGIN: Duration = Duration::from_millis(200);
 /// A replica handing a group over waits at most this long for its calls in flight first.
 const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
+/// How long abandoned call tasks get to record that they were given up.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
 /// A vendor quota group's name in `quota_owners`: `zego:<AppId>` or `trtc:<SecretId>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +122,8 @@ struct Owned {
     lease: Arc<Lease>,
     /// Stops the group's lanes and call tasks.
     cancel: CancellationToken,
+    /// Gives up the group's calls in flight.
+    abandon: CancellationToken,
     tracker: TaskTracker,
     apps: Vec<(Vendor, u32)>,
 }
@@ -298,6 +302,7 @@ impl Elector {
     fn start(&self, idx: usize, lease: Arc<Lease>, not_before: Instant) -> Owned {
         let g = &self.groups[idx];
         let cancel = CancellationToken::new();
+        let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
         let rate = g.apps.first().map(|(_, r)| *r).unwrap_or(1);
         // ZEGO: one quota per AppID. TRTC: one per action, shared by every app of the SecretId.
@@ -327,6 +332,7 @@ impl Elector {
                 settled: settled_tx,
                 lease: lease.clone(),
                 cancel: cancel.clone(),
+                abandon: abandon.clone(),
                 calls: self.enforce.calls.clone(),
                 call_done: tokio::sync::Notify::new(),
             });
@@ -336,14 +342,19 @@ impl Elector {
             self.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert((g.vendor, app_id), stats);
             apps.push((g.vendor, app_id));
         }
-        Owned { lease, cancel, tracker, apps }
+        Owned { lease, cancel, abandon, tracker, apps }
     }
 
     /// Stops a group's lanes without telling the database (the lease is gone or going anyway).
+    /// A lost lease also gives up its calls in flight at once; a released one lets them finish
+    /// first (see [`Elector::hand_over`]).
     fn drop_group(&mut self, g: &QuotaGroup, change: &'static str) -> Option<Owned> {
         let o = self.owned.remove(g)?;
         o.lease.revoke();
         o.cancel.cancel();
+        if change == "lost" {
+            o.abandon.cancel();
+        }
         o.tracker.close();
         let mut lanes = self.view.lanes.lock().unwrap_or_else(|e| e.into_inner());
         for app in &o.apps {
@@ -353,11 +364,12 @@ impl Elector {
         Some(o)
     }
 
-    /// Stops calling, lets calls in flight finish (up to `drain`) and their results be written,
-    /// then ends the lease so another replica can start after one vendor window.
+    /// Stops calling, lets calls in flight finish (up to `drain`), gives up those still out,
+    /// lets their results be written, then ends the lease so another replica can start after one
+    /// vendor window (plus the allowance).
     async fn hand_over(&mut self, g: &QuotaGroup, drain: Duration) {
         let Some(o) = self.drop_group(g, "released") else { return };
-        let _ = tokio::time::timeout(drain, o.tracker.wait()).await;
+        settle_calls(&o, drain).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
         self.release(g, o.lease.term).await;
         self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
@@ -383,10 +395,12 @@ impl Elector {
                 stopped.push((g.clone(), o));
             }
         }
-        // Calls in flight usually end within milliseconds; a hung vendor must not delay takeover.
+        // Calls in flight usually end within milliseconds; a hung vendor must not delay takeover,
+        // and no call may outlive the lease (the next owner counts on it).
         let drain = HANDOVER_DRAIN.min(self.enforce.grace);
+        let started = Instant::now();
         for (_, o) in &stopped {
-            let _ = tokio::time::timeout(drain, o.tracker.wait()).await;
+            settle_calls(o, drain.saturating_sub(started.elapsed())).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
         for (g, o) in &stopped {
@@ -395,14 +409,19 @@ impl Elector {
         let _ = tokio::time::timeout(self.budget(), leases::leave(&self.leases, &self.me)).await;
         tracing::info!(groups = stopped.len(), "left: every quota handed over");
         self.view.owned_groups.store(0, Ordering::Relaxed);
-        let started = Instant::now();
-        for (_, o) in &stopped {
-            let left = self.enforce.grace.saturating_sub(started.elapsed());
-            if tokio::time::timeout(left, o.tracker.wait()).await.is_err() {
-                tracing::warn!("grace period over; calls still in flight are abandoned (their kicks stay pending)");
-                break;
-            }
-        }
+    }
+}
+
+/// Lets a stopped group's calls in flight finish within `drain`, then gives up those still out
+/// (their kicks are retried by the next owner) and waits for their tasks to record that.
+async fn settle_calls(o: &Owned, drain: Duration) {
+    if tokio::time::timeout(drain, o.tracker.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!("calls still in flight after the drain are abandoned; their kicks are retried by the next owner");
+    o.abandon.cancel();
+    if tokio::time::timeout(ABANDON_WAIT, o.tracker.wait()).await.is_err() {
+        tracing::warn!("call tasks did not end after being abandoned");
     }
 }
 

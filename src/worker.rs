@@ -71,7 +71,8 @@ fn worker_id(config: &Config) -> (String, String) {
 
 /// Runs the worker until `shutdown` is cancelled, then stops in order: intake stops consuming
 /// (everything it took is already recorded and acked), the elector hands every quota group over
-/// (calls in flight get the grace period and their results are written), and the process leaves.
+/// (calls in flight get up to half a second, within the grace period, then are given up and
+/// retried by the next owner; their results are written), and the process leaves.
 /// `on_ready` receives the health handle once the worker is wired up.
 pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) {
     for w in &config.warnings {
@@ -153,7 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     let _ = elector.await;
     let _ = listener.await;
     reserved.close().await;
-    // Calls still running after the grace period are abandoned; their kicks stay pending.
+    // Every call was answered or given up before the leases were released.
     calls.shutdown_background();
     if tokio::time::timeout(Duration::from_secs(10), audit.flush()).await.is_err() {
         tracing::warn!("audit writer did not flush in time; those kicks stay pending and are retried");

@@ -84,8 +84,8 @@ pub struct OwnershipConfig {
 /// `[pacing]`: how calls are spaced and how much work an owner holds in memory.
 #[derive(Clone, Debug)]
 pub struct PacingConfig {
-    /// Variation of the delay between a call leaving and the vendor counting it that the pacing
-    /// absorbs: no `1 s + jitter` window holds more calls than the vendor's limit.
+    /// How long a call that ended without an answer (timeout, reset, given up) may still reach
+    /// the vendor; a new owner also waits this long on top of a window (see `quota`).
     pub jitter: Duration,
     /// Work an owner holds in memory per app, in seconds of its quota.
     pub buffer: Duration,

@@ -230,3 +230,24 @@ fn the_console_csrf_key_is_optional_shared_by_env_and_at_least_32_bytes() {
     assert_eq!(short[0].key, "web.csrf_secret");
     assert!(!short[0].reason.contains("short"), "the value is never shown: {}", short[0].reason);
 }
+
+#[test]
+fn the_example_config_shows_the_defaults_of_the_tuning_keys_it_sets() {
+    let example: file::FileConfig =
+        toml::from_str(include_str!("../../deploy/bouncer.example.toml")).expect("the example parses");
+    let d = file::FileConfig::default();
+    let pairs = [
+        ("pacing.jitter_ms", example.pacing.jitter_ms, d.pacing.jitter_ms),
+        ("pacing.buffer_ms", example.pacing.buffer_ms, d.pacing.buffer_ms),
+        ("batch.linger_ms", example.batch.linger_ms, d.batch.linger_ms),
+        ("ownership.lease_ms", example.ownership.lease_ms, d.ownership.lease_ms),
+        ("ownership.heartbeat_ms", example.ownership.heartbeat_ms, d.ownership.heartbeat_ms),
+        ("retry.initial_ms", example.retry.initial_ms, d.retry.initial_ms),
+        ("retry.max_interval_ms", example.retry.max_interval_ms, d.retry.max_interval_ms),
+        ("retry.deadline_secs", example.retry.deadline_secs, d.retry.deadline_secs),
+        ("shutdown.grace_secs", example.shutdown.grace_secs, d.shutdown.grace_secs),
+    ];
+    for (key, shown, default) in pairs {
+        assert_eq!(shown, default, "deploy/bouncer.example.toml shows {key} = {shown}; the default is {default}");
+    }
+}

@@ -133,6 +133,28 @@ impl CallReport {
         }
     }
 
+    /// A call sent and then given up on before its answer, because this process stopped owning
+    /// the quota: whether the vendor acted on it is unknown, so it is retried like a timeout.
+    pub fn abandoned(action: &'static str, latency: Duration) -> CallReport {
+        CallReport {
+            outcome: Outcome::Retry {
+                reason: "abandoned in flight: this replica stopped owning the quota".to_owned(),
+                slow_down: false,
+            },
+            action,
+            http_status: None,
+            vendor_code: None,
+            vendor_message: None,
+            vendor_request_id: None,
+            latency,
+        }
+    }
+
+    /// Whether the vendor answered at all (any HTTP status): then the call reached it before now.
+    pub fn answered(&self) -> bool {
+        self.http_status.is_some()
+    }
+
     fn http_error(action: &'static str, status: u16, latency: Duration) -> CallReport {
         CallReport {
             outcome: Outcome::Retry { reason: format!("HTTP {status}"), slow_down: status == 429 },
@@ -254,6 +276,14 @@ impl Client {
         match self {
             Client::Zego(c) => c.chunk_size(),
             Client::Trtc(c) => c.chunk_size(),
+        }
+    }
+
+    /// The vendor action a kick in `room` calls.
+    pub fn action_for(&self, room: &RoomId) -> &'static str {
+        match self {
+            Client::Zego(_) => zego::ACTION,
+            Client::Trtc(_) => trtc::action_for(room),
         }
     }
 

@@ -89,6 +89,48 @@ async fn a_worker_killed_mid_run_loses_nothing_once_another_starts() {
     }
 }
 
+/// No sliding second at the simulator held more calls than a quota's limit, and the vendor never
+/// refused a call for rate.
+async fn assert_within_every_limit(env: &TestEnv) {
+    let stats = SimControl::new(&env.sim).stats().await;
+    for (quota, q) in stats["quotas"].as_object().expect("quotas") {
+        assert!(q["max_calls_in_1s"].as_u64() <= q["limit"].as_u64(), "{quota} went over: {q}");
+        assert_eq!(q["rate_limited"], 0, "{quota} was refused for rate: {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_three_times_and_restarted_at_once_then_a_postgres_crash_never_go_over_a_vendor_limit() {
+    let _serial = SERIAL.lock().await;
+    let pg = private_pg::PrivatePg::start();
+    // The default allowance, a vendor failing one call in ten and lagging behind its answers.
+    let default = bouncer::config::Config::default().pacing.jitter.as_millis() as u64;
+    let mut env = TestEnv::new(Apps::random(1, 1), EnvOptions { jitter_ms: default, ..EnvOptions::default() }).await;
+    env.use_database(&pg.url("bouncer_chaos"));
+    env.sim.sim.set_handling(Duration::from_micros(500));
+    SimControl::new(&env.sim).set_faults(json!({"http_502_rate": 0.1})).await;
+    publish_many(&env, 3000).await;
+    let mut worker = env.worker();
+    let mut done = 0;
+    for round in 0..3 {
+        // Each worker gets going (its own calls finish verdicts) before it is killed mid-backlog;
+        // the next starts at once, while the dead one's lease still runs.
+        wait_until_done_at_least(&env, done + 150).await;
+        worker.signal("-KILL");
+        worker.wait_exit(Duration::from_secs(5)).expect("killed");
+        done = count(&env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await;
+        assert!(done < 3000, "kill {round} came mid-backlog");
+        worker = env.worker();
+    }
+    wait_until_done_at_least(&env, done + 150).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_again();
+    assert_all_enforced(&env, 3000).await;
+    assert!(worker.child.try_wait().unwrap().is_none(), "the last worker kept running");
+    assert_within_every_limit(&env).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forced_broker_disconnect_is_survived_without_help() {
     let _serial = SERIAL.lock().await;

@@ -21,6 +21,7 @@ pub mod window;
 mod zego;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,11 @@ pub struct Sim {
     /// Every call, oldest first, capped at [`MAX_RECORDS`].
     records: Mutex<Vec<Record>>,
     counters: Mutex<Counters>,
+    /// How long each request occupies the vendor's one request loop, in microseconds (0: no
+    /// loop). See [`Sim::set_handling`].
+    handling_us: AtomicU64,
+    /// When the request loop is next free.
+    loop_free: Mutex<Instant>,
 }
 
 /// A mutex poisoned by a panicking handler still holds consistent counters: keep going.
@@ -91,7 +97,41 @@ impl Sim {
             faults_changed: Notify::new(),
             records: Mutex::default(),
             counters: Mutex::default(),
+            handling_us: AtomicU64::new(0),
+            loop_free: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Makes the simulator lag as a busy vendor gateway does: every request takes `handling` of
+    /// one shared request loop, one request at a time, and its arrival is stamped (and counted
+    /// against its quota) when the loop takes it up, not when its bytes came in. A call held by a
+    /// `hang` takes the loop again when it is answered. So when many held calls are released
+    /// together, the calls sent meanwhile wait behind their answers and are stamped late and
+    /// bunched, as the vendor's own arrival clock would count them. Zero turns the loop off.
+    pub fn set_handling(&self, handling: Duration) {
+        let us = u64::try_from(handling.as_micros()).unwrap_or(u64::MAX);
+        self.handling_us.store(us, Ordering::Relaxed);
+    }
+
+    fn handling(&self) -> Duration {
+        Duration::from_micros(self.handling_us.load(Ordering::Relaxed))
+    }
+
+    /// Waits for a turn on the request loop for something ready at `ready`, and for the turn to
+    /// end. Returns when the turn began (computed, so this task's own wake-up delay adds nothing).
+    async fn loop_turn(&self, ready: Instant) -> Instant {
+        let handling = self.handling();
+        if handling.is_zero() {
+            return ready;
+        }
+        let start = {
+            let mut free = lock(&self.loop_free);
+            let start = (*free).max(ready);
+            *free = start + handling;
+            start
+        };
+        tokio::time::sleep_until((start + handling).into()).await;
+        start
     }
 
     fn faults_for(&self, vendor: &str, app_id: u32) -> Faults {
@@ -140,13 +180,14 @@ impl Sim {
     /// When a call received at `received` arrives at the vendor: up to `arrival_jitter_ms` later,
     /// as a network would delay it. Waits until then, and returns that instant (not when this task
     /// happens to wake), so the simulator's own scheduling adds no jitter of its own.
+    /// With a request loop ([`Sim::set_handling`]) the arrival is the start of the call's turn.
     async fn arrival(&self, f: &Faults, received: Instant) -> Instant {
-        if f.arrival_jitter_ms == 0 {
-            return received;
+        let mut at = received;
+        if f.arrival_jitter_ms > 0 {
+            at += Duration::from_micros(rand::random_range(0..=f.arrival_jitter_ms * 1000));
+            tokio::time::sleep_until(at.into()).await;
         }
-        let at = received + Duration::from_micros(rand::random_range(0..=f.arrival_jitter_ms * 1000));
-        tokio::time::sleep_until(at.into()).await;
-        at
+        self.loop_turn(at).await
     }
 
     /// A call reaching the vendor: delayed by any injected jitter, counted against its quota at
@@ -179,6 +220,8 @@ impl Sim {
         if f.hang {
             let changed = self.faults_changed.notified();
             let _ = tokio::time::timeout(MAX_HANG, changed).await;
+            // Answering a released call takes the request loop too.
+            self.loop_turn(Instant::now()).await;
             return Some((Answer::Http(StatusCode::GATEWAY_TIMEOUT), "hang"));
         }
         if chance(f.http_502_rate) {

@@ -20,6 +20,10 @@ pub struct SimArgs {
     /// Calls per second per TRTC (SecretId, action) (documented: 20).
     #[arg(long, default_value_t = trtc::MAX_CALLS_PER_SECOND)]
     trtc_rate: u32,
+    /// Lag like a busy vendor gateway: each request takes this many microseconds of one shared
+    /// request loop and is counted as arriving when the loop takes it up (0: no loop).
+    #[arg(long, default_value_t = 0)]
+    handling_us: u64,
 }
 
 pub(crate) async fn run(cli: &ToolsCli, args: &SimArgs) -> CliResult {
@@ -31,6 +35,7 @@ pub(crate) async fn run(cli: &ToolsCli, args: &SimArgs) -> CliResult {
     let running = sim::start(settings, args.listen)
         .await
         .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;
+    running.sim.set_handling(std::time::Duration::from_micros(args.handling_us));
     // Scripts wait for this line to know the port (useful with --listen 127.0.0.1:0).
     println!("bouncer sim listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, zego_rate = args.zego_rate, trtc_rate = args.trtc_rate, "simulator ready");

@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// pacing holds the vendor's limit when arrivals wander.
     #[arg(long, default_value_t = 0)]
     arrival_jitter_ms: u64,
+    /// A lagging vendor: the simulator handles requests one at a time on one loop, this many
+    /// microseconds each, and counts a call as arriving when the loop takes it up. With the stuck
+    /// preset, the calls sent while the released backlog is answered arrive late and bunched.
+    #[arg(long, default_value_t = 0)]
+    vendor_handling_us: u64,
     /// Console preset: write the trail into this database and keep it (a later run with the same
     /// name reuses it instead of writing it again).
     #[arg(long)]

@@ -61,6 +61,7 @@ impl BenchStack {
         let sim_rt = OwnRuntime(Some(sim_runtime("bench-sim").map_err(|e| format!("simulator runtime: {e}"))?));
         let (zego_rate, trtc_rate) = (50 * w.sim_rate_multiplier, 20 * w.sim_rate_multiplier);
         let running = start_sim_for(&file, zego_rate, trtc_rate, sim_rt.handle())?;
+        running.sim.set_handling(std::time::Duration::from_micros(args.vendor_handling_us));
         if w.http_502_rate > 0.0 || args.arrival_jitter_ms > 0 {
             running.sim.set_faults(Faults {
                 http_502_rate: w.http_502_rate,
