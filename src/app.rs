@@ -2,6 +2,7 @@
 //! quotas its calls count against, whether the vendor accepts its credentials, the lease that
 //! allows calling at all, and where results go.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::results::KickOutcome;
 use crate::audit::writer::{AuditMsg, AuditSink, Settled};
+use crate::batch::Target;
 use crate::lease::Lease;
 use crate::quota::Quota;
 use crate::retry::RetrySchedule;
 use crate::vendor_api::Client;
-use crate::verdict::{RoomId, Vendor};
+use crate::vendors::{Api, QuotaPlan, Vendor};
 
 /// Longest pause after repeated configuration failures (bad secret, no permission).
 const MAX_CONFIG_PAUSE: Duration = Duration::from_secs(60);
@@ -89,10 +91,8 @@ pub struct LaneCtx {
     pub client: Client,
     pub stats: Arc<LaneStats>,
     pub health: AppHealth,
-    /// The quota for numeric rooms (TRTC `RemoveUser`) …
-    pub quota_numeric: Arc<Quota>,
-    /// … and for string rooms; for ZEGO both are the AppID's one quota.
-    pub quota_text: Arc<Quota>,
+    /// The quotas its calls count against, by vendor API.
+    pub quotas: Arc<Quotas>,
     pub retry: RetrySchedule,
     pub audit: AuditSink,
     /// Where the audit writer reports this lane's kicks as recorded.
@@ -110,8 +110,14 @@ pub struct LaneCtx {
 }
 
 impl LaneCtx {
-    pub fn quota_for(&self, room: &RoomId) -> &Arc<Quota> {
-        if room.is_numeric() { &self.quota_numeric } else { &self.quota_text }
+    /// The vendor API a target is called through, if the vendor has one for it.
+    pub fn api_for(&self, target: &Target) -> Option<&'static Api> {
+        self.client.vendor().facts().api(target.action, target.room.is_numeric())
+    }
+
+    /// The quota a call for `target` spends, if the vendor has an API for it.
+    pub fn quota_for(&self, target: &Target) -> Option<&Arc<Quota>> {
+        self.quotas.get(self.api_for(target)?.name)
     }
 
     /// Whether a call may start now: this process still owns the quota and is not stopping it.
@@ -126,6 +132,30 @@ impl LaneCtx {
         }
         let msg = AuditMsg::Outcomes { app_id: self.stats.app_id, outcomes, settled: self.settled.clone() };
         self.audit.send(msg).await;
+    }
+}
+
+/// The quotas of one owned group, by vendor API, laid out by the vendor's quota plan: one quota for
+/// every API of an app (ZEGO), or one per API shared by every app of a credential (TRTC).
+pub struct Quotas {
+    by_api: HashMap<&'static str, Arc<Quota>>,
+}
+
+impl Quotas {
+    pub fn for_vendor(vendor: Vendor, make: impl Fn() -> Quota) -> Quotas {
+        let facts = vendor.facts();
+        let by_api = match facts.quota_plan {
+            QuotaPlan::PerApp => {
+                let q = Arc::new(make());
+                facts.apis.iter().map(|a| (a.name, q.clone())).collect()
+            }
+            QuotaPlan::PerCredentialAndApi => facts.apis.iter().map(|a| (a.name, Arc::new(make()))).collect(),
+        };
+        Quotas { by_api }
+    }
+
+    pub fn get(&self, api: &str) -> Option<&Arc<Quota>> {
+        self.by_api.get(api)
     }
 }
 
@@ -154,6 +184,17 @@ mod tests {
             h.config_failure();
         }
         assert_eq!(h.config_failure(), MAX_CONFIG_PAUSE);
+    }
+
+    #[test]
+    fn quotas_follow_the_vendor_quota_plan() {
+        let make = || Quota::new(10, Duration::ZERO, Instant::now());
+        let zego = Quotas::for_vendor(Vendor::Zego, make);
+        assert!(zego.get("KickoutUser").is_some());
+        let trtc = Quotas::for_vendor(Vendor::Trtc, make);
+        let (n, t) = (trtc.get("RemoveUser").unwrap(), trtc.get("RemoveUserByStrRoomId").unwrap());
+        assert!(!Arc::ptr_eq(n, t), "TRTC: one quota per API");
+        assert!(trtc.get("KickoutUser").is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Pending users of one app, grouped by room. A room is ready to send when it holds a full chunk,
-//! or when `linger` has passed since its oldest pending user arrived. The same user pending twice
-//! in a room is sent once, on behalf of every verdict that named them.
+//! Pending users of one app, grouped by [`Target`]: a room and what is done to its users there (the
+//! action). A target is ready to send when it holds a full chunk, or when `linger` has passed since
+//! its oldest pending user arrived. The same user pending twice for a target is sent once, on
+//! behalf of every verdict that named them. (The batches work for any key; "room" below means the
+//! key.)
 //!
 //! Chunks are cut when a call can actually start (late), so users who arrive while the quota
 //! makes a call wait still ride along: chunks fill up under load.
@@ -13,7 +15,28 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use crate::vendors::Action;
 use crate::verdict::RoomId;
+
+/// What one vendor call is about: an action in a room. Batches, chunks and quotas are keyed by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub room: RoomId,
+    pub action: Action,
+}
+
+impl Target {
+    pub fn kick(room: RoomId) -> Target {
+        Target { room, action: Action::Kick }
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// The room as logs show it (the action is a field of its own where it matters).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.room.fmt(f)
+    }
+}
 
 /// A room past its linger for this long is served before fuller ones.
 pub const STARVED: Duration = Duration::from_secs(1);
@@ -58,21 +81,25 @@ struct Room {
     entries: HashMap<String, Entry>,
 }
 
+/// What batches are keyed by.
+pub trait BatchKey: Clone + Eq + std::hash::Hash + Ord + std::fmt::Debug {}
+impl<K: Clone + Eq + std::hash::Hash + Ord + std::fmt::Debug> BatchKey for K {}
+
 #[derive(Debug)]
-pub struct RoomBatches {
+pub struct RoomBatches<K: BatchKey = Target> {
     chunk_size: usize,
     linger: Duration,
-    rooms: HashMap<RoomId, Room>,
+    rooms: HashMap<K, Room>,
     /// Rooms holding at least a full chunk, oldest first (may hold stale ids: checked on use).
-    full: VecDeque<RoomId>,
-    full_set: HashSet<RoomId>,
+    full: VecDeque<K>,
+    full_set: HashSet<K>,
     /// (deadline of the room's oldest entry, room); stale items are skipped on use.
-    deadlines: BinaryHeap<Reverse<(Instant, RoomId)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, K)>>,
     pending: usize,
 }
 
-impl RoomBatches {
-    pub fn new(chunk_size: usize, linger: Duration) -> RoomBatches {
+impl<K: BatchKey> RoomBatches<K> {
+    pub fn new(chunk_size: usize, linger: Duration) -> RoomBatches<K> {
         RoomBatches {
             chunk_size: chunk_size.max(1),
             linger,
@@ -99,7 +126,7 @@ impl RoomBatches {
     /// counts from it.
     pub fn add(
         &mut self,
-        room: &RoomId,
+        room: &K,
         user_id: &str,
         claim: Claim,
         reason: Option<&Arc<str>>,
@@ -129,7 +156,7 @@ impl RoomBatches {
         true
     }
 
-    fn front_deadline(&self, room: &RoomId) -> Option<Instant> {
+    fn front_deadline(&self, room: &K) -> Option<Instant> {
         let r = self.rooms.get(room)?;
         let first = r.order.front()?;
         r.entries.get(first).map(|e| e.since + self.linger)
@@ -142,7 +169,7 @@ impl RoomBatches {
     /// 3. among rooms whose linger expired, the one with the most users. When the quota is the
     ///    bottleneck every room is past its linger; serving the oldest would send a stream of
     ///    near-empty calls and waste the quota, serving the fullest keeps calls full.
-    pub fn ready(&mut self, now: Instant) -> Option<RoomId> {
+    pub fn ready(&mut self, now: Instant) -> Option<K> {
         while let Some(room) = self.full.front() {
             if self.rooms.get(room).is_some_and(|r| r.order.len() >= self.chunk_size) {
                 return Some(room.clone());
@@ -181,7 +208,7 @@ impl RoomBatches {
     }
 
     /// Cuts up to one chunk from `room`, oldest users first.
-    pub fn take(&mut self, room: &RoomId) -> Vec<Entry> {
+    pub fn take(&mut self, room: &K) -> Vec<Entry> {
         let Some(r) = self.rooms.get_mut(room) else { return Vec::new() };
         let n = r.order.len().min(self.chunk_size);
         let chunk: Vec<Entry> = r.order.drain(..n).filter_map(|u| r.entries.remove(&u)).collect();
@@ -219,7 +246,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_chunk_is_ready_at_once_and_a_partial_one_after_linger() {
-        let mut b = RoomBatches::new(5, Duration::from_millis(25));
+        let mut b = RoomBatches::<RoomId>::new(5, Duration::from_millis(25));
         let t0 = Instant::now();
         for u in ["a", "b", "c"] {
             b.add(&room("r1"), u, v("v1"), None, Utc::now(), t0);
@@ -246,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_same_user_pending_twice_in_a_room_is_sent_once_for_both_verdicts() {
-        let mut b = RoomBatches::new(10, Duration::ZERO);
+        let mut b = RoomBatches::<RoomId>::new(10, Duration::ZERO);
         let now = Instant::now();
         assert!(b.add(&room("r"), "u", v("v1"), None, Utc::now(), now));
         assert!(!b.add(&room("r"), "u", v("v2"), None, Utc::now(), now));
@@ -259,7 +286,7 @@ mod tests {
 
     #[test]
     fn numeric_and_string_rooms_with_the_same_digits_are_different_batches() {
-        let mut b = RoomBatches::new(10, Duration::ZERO);
+        let mut b = RoomBatches::<RoomId>::new(10, Duration::ZERO);
         let now = Instant::now();
         b.add(&RoomId::Numeric(1234), "u", v("v1"), None, Utc::now(), now);
         b.add(&RoomId::Text("1234".into()), "u", v("v2"), None, Utc::now(), now);
@@ -268,7 +295,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_a_chunk_is_cut_the_rest_keeps_its_own_arrival_time() {
-        let mut b = RoomBatches::new(2, Duration::from_millis(25));
+        let mut b = RoomBatches::<RoomId>::new(2, Duration::from_millis(25));
         let t0 = Instant::now();
         b.add(&room("r"), "a", v("v"), None, Utc::now(), t0);
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -283,7 +310,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn among_expired_rooms_the_fullest_goes_first_until_one_starves() {
-        let mut b = RoomBatches::new(5, Duration::from_millis(25));
+        let mut b = RoomBatches::<RoomId>::new(5, Duration::from_millis(25));
         let t0 = Instant::now();
         b.add(&room("small"), "1", v("v"), None, Utc::now(), t0);
         for u in ["1", "2", "3"] {
@@ -301,7 +328,7 @@ mod tests {
 
     #[test]
     fn full_rooms_are_served_oldest_first() {
-        let mut b = RoomBatches::new(2, Duration::from_secs(60));
+        let mut b = RoomBatches::<RoomId>::new(2, Duration::from_secs(60));
         let now = Instant::now();
         for r in ["x", "y"] {
             b.add(&room(r), "1", v("v"), None, Utc::now(), now);

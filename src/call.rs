@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use crate::app::{LaneCtx, deadline_message};
 use crate::audit::results::{AttemptRow, KickChange, KickOutcome};
 use crate::audit::writer::AuditMsg;
-use crate::batch::Entry;
+use crate::batch::{Entry, Target};
+use crate::quota::Quota;
 use crate::states::KickStatus;
 use crate::vendor_api::{Blame, CallReport, KickRequest, Outcome};
-use crate::verdict::RoomId;
 
 /// How a part of the chunk came out.
 enum End {
@@ -55,15 +55,15 @@ impl Part {
 struct Stopped;
 
 /// Sends one chunk and records how every user in it came out.
-pub async fn run(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
+pub async fn run(ctx: Arc<LaneCtx>, target: Target, chunk: Vec<Entry>) {
     let n = chunk.len();
     let reason = chunk.first().and_then(|e| e.reason.clone());
     let mut parts = vec![Part::new(chunk, 0, None)];
     let mut attempt_no = 0;
     let mut outcomes = Vec::new();
     while let Some(mut part) = parts.pop() {
-        match attempt(&ctx, &room, reason.as_deref(), &mut part, &mut attempt_no).await {
-            Ok(Some(end)) => settle(&ctx, &part, end, &mut outcomes),
+        match attempt(&ctx, &target, reason.as_deref(), &mut part, &mut attempt_no).await {
+            Ok(Some(end)) => conclude(&ctx, &part, end, &mut outcomes),
             Ok(None) => {
                 // Split on a parameter error: the halves go next, first half first.
                 let mid = part.entries.len() / 2;
@@ -76,7 +76,7 @@ pub async fn run(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
                 // already made for this part are counted, and it is due again at once.
                 if part.calls > 0 {
                     let end = End::Retry { not_before: Utc::now(), error: "owner changed mid-chunk".into() };
-                    settle(&ctx, &part, end, &mut outcomes);
+                    conclude(&ctx, &part, end, &mut outcomes);
                 }
             }
         }
@@ -88,7 +88,7 @@ pub async fn run(ctx: Arc<LaneCtx>, room: RoomId, chunk: Vec<Entry>) {
 }
 
 /// Turns a part's end into one `kicks` change per claim.
-fn settle(ctx: &LaneCtx, part: &Part, end: End, outcomes: &mut Vec<KickOutcome>) {
+fn conclude(ctx: &LaneCtx, part: &Part, end: End, outcomes: &mut Vec<KickOutcome>) {
     let now = Utc::now();
     let vendor = ctx.stats.vendor.as_str();
     for entry in &part.entries {
@@ -140,22 +140,33 @@ fn settle(ctx: &LaneCtx, part: &Part, end: End, outcomes: &mut Vec<KickOutcome>)
     }
 }
 
+/// What one call came to, as `attempt` reads it.
+enum Next {
+    /// The part ended, or must be split (`None`).
+    Done(Option<End>),
+    /// Sign again and call once more (an expired signature, the first time).
+    Again,
+}
+
 /// Calls the vendor for one part until it ends (`Some`), must be split (`None`), or ownership
 /// stops.
 async fn attempt(
     ctx: &LaneCtx,
-    room: &RoomId,
+    target: &Target,
     reason: Option<&str>,
     part: &mut Part,
     attempt_no: &mut i32,
 ) -> Result<Option<End>, Stopped> {
-    let quota = ctx.quota_for(room);
-    let vendor = ctx.stats.vendor;
+    let (Some(quota), Some(api)) = (ctx.quota_for(target), ctx.api_for(target)) else {
+        // The lane fails such kicks when it fetches them; this is a guard, not a path.
+        let error = format!("{} has no API to {} in this room", ctx.stats.vendor, target.action);
+        return Ok(Some(End::Failed { error }));
+    };
     loop {
         // Charged here, right before sending (the lane waited until the quota was ready).
         let charge = tokio::select! {
             (charge, waited) = quota.acquire() => {
-                metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => vendor.as_str()).record(waited.as_secs_f64());
+                metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str()).record(waited.as_secs_f64());
                 charge
             }
             () = ctx.cancel.cancelled() => return Err(Stopped),
@@ -167,8 +178,9 @@ async fn attempt(
         *attempt_no += 1;
         part.calls += 1;
         let req = KickRequest {
+            action: target.action,
             app_id: ctx.stats.app_id,
-            room: room.clone(),
+            room: target.room.clone(),
             user_ids: part.entries.iter().map(|e| e.user_id.clone()).collect(),
             reason: reason.map(str::to_owned),
         };
@@ -177,7 +189,7 @@ async fn attempt(
         part.first_call_at.get_or_insert(started_at);
         // A call in flight ends when its answer comes, or when ownership ends: every call of this
         // owner must have ended (answered or given up) before its lease does, so the next owner's
-        // first calls cannot meet it in a vendor window (see `quota` and `ownership`).
+        // first calls cannot meet it in a vendor window (see `quota` and `enforcement`).
         let sent = tokio::select! {
             r = ctx.client.kick_once(&req) => Some(r),
             () = ctx.abandon.cancelled() => None,
@@ -191,87 +203,118 @@ async fn attempt(
                 charge.unsent();
                 return Ok(Some(End::Failed { error: format!("refused before sending: {e}") }));
             }
-            None => CallReport::abandoned(ctx.client.action_for(room), started.elapsed()),
+            None => CallReport::abandoned(api.name, started.elapsed()),
         };
         if report.answered() {
             charge.answered();
         } else {
             charge.unanswered();
         }
-        let outcome = report.outcome.audit_outcome();
-        metrics::histogram!("bouncer_vendor_call_seconds", "vendor" => vendor.as_str(), "action" => report.action, "outcome" => outcome.as_str())
-            .record(report.latency.as_secs_f64());
-        let error = match &report.outcome {
-            Outcome::Retry { reason, .. } => Some(reason.clone()),
-            Outcome::Resign => Some("signature expired".to_owned()),
-            Outcome::Permanent { code, message, .. } => Some(format!("{code}: {message}")),
-            _ => None,
-        };
-        ctx.audit
-            .send(AuditMsg::Attempt(Box::new(AttemptRow {
-                vendor: vendor.as_str(),
-                app_id: i64::from(ctx.stats.app_id),
-                room_id: room.to_string(),
-                room_id_numeric: room.is_numeric(),
-                action: report.action,
-                user_ids: req.user_ids,
-                verdict_ids: part.entries.iter().flat_map(|e| e.claims.iter().map(|c| c.verdict.to_string())).collect(),
-                attempt: *attempt_no,
-                started_at,
-                latency_ms: i32::try_from(report.latency.as_millis()).unwrap_or(i32::MAX),
-                http_status: report.http_status.map(i32::from),
-                vendor_code: report.vendor_code.clone(),
-                vendor_message: report.vendor_message.clone(),
-                vendor_request_id: report.vendor_request_id.clone(),
-                outcome,
-                error: error.clone(),
-            })))
-            .await;
+        let call = Call { target, req, part, attempt: *attempt_no, started_at };
+        record(ctx, call, &report).await;
         if abandoned {
             return Err(Stopped);
         }
-        match report.outcome {
-            Outcome::Done { request_id } => {
-                ctx.health.config_ok(vendor, ctx.stats.app_id);
-                return Ok(Some(End::Kicked { request_id }));
+        match decide(ctx, target, part, report.outcome, quota) {
+            Next::Done(end) => return Ok(end),
+            Next::Again => {}
+        }
+    }
+}
+
+/// One call as the audit trail keeps it.
+struct Call<'a> {
+    target: &'a Target,
+    req: KickRequest,
+    part: &'a Part,
+    attempt: i32,
+    started_at: DateTime<Utc>,
+}
+
+/// Counts the call and hands its `kick_attempts` row to the audit writer.
+async fn record(ctx: &LaneCtx, call: Call<'_>, report: &CallReport) {
+    let vendor = ctx.stats.vendor;
+    let outcome = report.outcome.audit_outcome();
+    metrics::histogram!("bouncer_vendor_call_seconds", "vendor" => vendor.as_str(), "action" => report.action, "outcome" => outcome.as_str())
+        .record(report.latency.as_secs_f64());
+    let error = match &report.outcome {
+        Outcome::Retry { reason, .. } => Some(reason.clone()),
+        Outcome::Resign => Some("signature expired".to_owned()),
+        Outcome::Permanent { code, message, .. } => Some(format!("{code}: {message}")),
+        _ => None,
+    };
+    let room = &call.target.room;
+    ctx.audit
+        .send(AuditMsg::Attempt(Box::new(AttemptRow {
+            vendor: vendor.as_str(),
+            app_id: i64::from(ctx.stats.app_id),
+            room_id: room.to_string(),
+            room_id_numeric: room.is_numeric(),
+            action: report.action,
+            user_ids: call.req.user_ids,
+            verdict_ids: call
+                .part
+                .entries
+                .iter()
+                .flat_map(|e| e.claims.iter().map(|c| c.verdict.to_string()))
+                .collect(),
+            attempt: call.attempt,
+            started_at: call.started_at,
+            latency_ms: i32::try_from(report.latency.as_millis()).unwrap_or(i32::MAX),
+            http_status: report.http_status.map(i32::from),
+            vendor_code: report.vendor_code.clone(),
+            vendor_message: report.vendor_message.clone(),
+            vendor_request_id: report.vendor_request_id.clone(),
+            outcome,
+            error,
+        })))
+        .await;
+}
+
+/// What the vendor's answer means for the part: the vendor outcome, typed at the boundary, turned
+/// into an end, a split or another call.
+fn decide(ctx: &LaneCtx, target: &Target, part: &mut Part, outcome: Outcome, quota: &Quota) -> Next {
+    let vendor = ctx.stats.vendor;
+    match outcome {
+        Outcome::Done { request_id } => {
+            ctx.health.config_ok(vendor, ctx.stats.app_id);
+            Next::Done(Some(End::Kicked { request_id }))
+        }
+        Outcome::Gone { code } => {
+            ctx.health.config_ok(vendor, ctx.stats.app_id);
+            Next::Done(Some(End::Gone { code }))
+        }
+        Outcome::Resign if !part.resigned => {
+            // Sign again at once with a fresh timestamp and nonce (charged like any call).
+            part.resigned = true;
+            Next::Again
+        }
+        Outcome::Resign => {
+            tracing::error!(vendor = %vendor, app_id = ctx.stats.app_id, "signature expired twice in a row: this host's clock is probably wrong");
+            Next::Done(Some(End::Failed { error: "signature expired twice in a row: check this host's clock".into() }))
+        }
+        Outcome::Retry { reason, slow_down } => {
+            if slow_down {
+                quota.slow_down();
             }
-            Outcome::Gone { code } => {
-                ctx.health.config_ok(vendor, ctx.stats.app_id);
-                return Ok(Some(End::Gone { code }));
-            }
-            Outcome::Resign if !part.resigned => {
-                // Sign again at once with a fresh timestamp and nonce (charged like any call).
-                part.resigned = true;
-            }
-            Outcome::Resign => {
-                tracing::error!(vendor = %vendor, app_id = ctx.stats.app_id, "signature expired twice in a row: this host's clock is probably wrong");
-                return Ok(Some(End::Failed {
-                    error: "signature expired twice in a row: check this host's clock".into(),
-                }));
-            }
-            Outcome::Retry { reason, slow_down } => {
-                if slow_down {
-                    quota.slow_down();
-                }
-                metrics::counter!("bouncer_retries_total", "vendor" => vendor.as_str(), "slow_down" => if slow_down { "true" } else { "false" }).increment(1);
-                tracing::debug!(vendor = %vendor, app_id = ctx.stats.app_id, room = %room, %reason, "retry scheduled");
-                return Ok(Some(End::Retry { not_before: Utc::now(), error: reason }));
-            }
-            Outcome::Permanent { blame: Blame::Parameters, .. } if part.entries.len() > 1 => return Ok(None),
-            Outcome::Permanent { code, message, blame: Blame::Parameters | Blame::Room } => {
-                return Ok(Some(End::Failed { error: format!("{code}: {message}") }));
-            }
-            Outcome::Permanent { code, message, blame: Blame::Configuration } => {
-                let pause = ctx.health.config_failure();
-                metrics::counter!("bouncer_vendor_config_errors_total", "vendor" => vendor.as_str()).increment(1);
-                tracing::error!(
-                    vendor = %vendor, app_id = ctx.stats.app_id, code = %code, message = %message,
-                    pause_secs = pause.as_secs(),
-                    "the vendor refused our credentials or permissions: sending for this app is paused; fix the configuration"
-                );
-                let not_before = Utc::now() + pause;
-                return Ok(Some(End::Retry { not_before, error: format!("{code}: {message}") }));
-            }
+            metrics::counter!("bouncer_retries_total", "vendor" => vendor.as_str(), "slow_down" => if slow_down { "true" } else { "false" }).increment(1);
+            tracing::debug!(vendor = %vendor, app_id = ctx.stats.app_id, room = %target, %reason, "retry scheduled");
+            Next::Done(Some(End::Retry { not_before: Utc::now(), error: reason }))
+        }
+        Outcome::Permanent { blame: Blame::Parameters, .. } if part.entries.len() > 1 => Next::Done(None),
+        Outcome::Permanent { code, message, blame: Blame::Parameters | Blame::Room } => {
+            Next::Done(Some(End::Failed { error: format!("{code}: {message}") }))
+        }
+        Outcome::Permanent { code, message, blame: Blame::Configuration } => {
+            let pause = ctx.health.config_failure();
+            metrics::counter!("bouncer_vendor_config_errors_total", "vendor" => vendor.as_str()).increment(1);
+            tracing::error!(
+                vendor = %vendor, app_id = ctx.stats.app_id, code = %code, message = %message,
+                pause_secs = pause.as_secs(),
+                "the vendor refused our credentials or permissions: sending for this app is paused; fix the configuration"
+            );
+            let not_before = Utc::now() + pause;
+            Next::Done(Some(End::Retry { not_before, error: format!("{code}: {message}") }))
         }
     }
 }

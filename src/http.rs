@@ -72,8 +72,8 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
         // Gauges are read at scrape time from the live state. Users held in this replica's
         // memory by vendor (lanes of the quotas it owns):
         let mut by_vendor: std::collections::BTreeMap<&'static str, (usize, usize)> =
-            [("zego", (0, 0)), ("trtc", (0, 0))].into();
-        for stats in h.ownership.lanes.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            crate::vendors::NAMES.iter().map(|v| (*v, (0, 0))).collect();
+        for stats in h.ownership.lanes.lanes.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let e = by_vendor.entry(stats.vendor.as_str()).or_default();
             e.0 += stats.open_rooms.load(Ordering::Relaxed);
             e.1 += stats.pending_users();

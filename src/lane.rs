@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 use crate::app::{LaneCtx, deadline_message};
 use crate::audit::results::{KickChange, KickOutcome};
 use crate::audit::work::{self, DueKick};
-use crate::audit::writer::KickKey;
-use crate::batch::{Claim, RoomBatches};
+use crate::batch::{Claim, RoomBatches, Target};
+use crate::keys::KickKey;
 use crate::states::KickStatus;
 use crate::vendor_api::Client;
 
@@ -87,7 +87,7 @@ pub async fn run(
         let paused = ctx.health.paused_until();
         let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight;
         let ready = if paused.is_some() || at_cap { None } else { held.batches.ready(Instant::now()) };
-        let quota = ready.as_ref().map(|r| ctx.quota_for(r).clone());
+        let quota = ready.as_ref().and_then(|r| ctx.quota_for(r).cloned());
         let wake_at = match (&ready, paused) {
             // At the cap only an ended call changes anything (the rooms are due already).
             _ if at_cap => None,
@@ -152,13 +152,21 @@ async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
     let now = Instant::now();
     let mut expired = Vec::new();
     for row in rows {
-        let key = (row.verdict_id.clone(), row.user_id.clone());
+        let key = KickKey::new(row.verdict_id.as_str(), row.user_id.as_str());
         if held.keys.contains(&key) {
             continue;
         }
         let Some(room) = row.room() else {
             tracing::error!(verdict_id = %row.verdict_id, room_id = %row.room_id, "stored room is not a room; failing the kick");
             expired.push(ended_without_call(&row, "the stored room id cannot be sent to the vendor".into()));
+            held.keys.insert(key);
+            continue;
+        };
+        let target = row.action().map(|action| Target { room, action });
+        let Some(target) = target.filter(|t| ctx.api_for(t).is_some()) else {
+            let why = format!("{vendor} has no API to {} in this room", row.action);
+            tracing::error!(verdict_id = %row.verdict_id, action = %row.action, "{why}; failing the kick");
+            expired.push(ended_without_call(&row, why));
             held.keys.insert(key);
             continue;
         };
@@ -170,7 +178,7 @@ async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
             expired.push(ended_without_call(&row, why));
             held.keys.insert(key);
             continue;
-        }
+        };
         let age = (now_utc - row.next_attempt_at).to_std().unwrap_or_default();
         let since = now.checked_sub(age).unwrap_or(now);
         let claim = Claim {
@@ -180,7 +188,7 @@ async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
             last_error: row.last_error.clone(),
         };
         let reason = row.reason.as_deref().map(Arc::from);
-        held.batches.add(&room, &row.user_id, claim, reason.as_ref(), row.origin, since);
+        held.batches.add(&target, &row.user_id, claim, reason.as_ref(), row.origin, since);
         held.keys.insert(key);
     }
     if !expired.is_empty() {

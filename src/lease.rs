@@ -1,6 +1,6 @@
 //! This process's right to call one quota group, as its call tasks see it.
 //!
-//! The elector ([`crate::ownership`]) extends it after each confirmed renewal to
+//! The elector (`ownership`) extends it after each confirmed renewal to
 //! `(when the renewal was sent) + TTL − margin`: the database set the lease's expiry to its own
 //! `now() + TTL`, and its `now()` came after the send, so this process stops starting calls before
 //! anyone else can take the lease over. Every call checks it right before it is sent.

@@ -16,86 +16,29 @@
 //!   window; one that stops (SIGTERM, or handing over) releases its leases at once and announces it;
 //! - **spread**: each replica keeps about `ceil(groups / live replicas)` groups, handing surplus over
 //!   gracefully when another replica joins (River's elector and Oban's peers work alike).
+//!
+//! The elector only announces: it tells [`Enforcement`] to start a group it gained and to stop one
+//! it lost or hands over, and releases a lease only once the group's calls have settled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::app::{AppHealth, LaneCtx, LaneStats};
 use crate::audit::leases;
-use crate::audit::writer::AuditSink;
-use crate::config::{Config, OwnershipConfig};
-use crate::lane::{self, LaneLimits};
+use crate::config::OwnershipConfig;
+use crate::enforcement::{Enforcement, LaneView, QuotaGroup};
 use crate::lease::Lease;
-use crate::quota::{Quota, WINDOW};
-use crate::retry::RetrySchedule;
-use crate::vendor_api::trtc::TrtcClient;
-use crate::vendor_api::zego::ZegoClient;
-use crate::vendor_api::{Client, QuotaKey};
-use crate::verdict::Vendor;
-use crate::wake::Wakers;
+use crate::quota::WINDOW;
 
 /// Renewals stop counting this long before the database's expiry, for clock-rate drift.
 const SAFETY_MARGIN: Duration = Duration::from_millis(200);
 /// A replica handing a group over waits at most this long for its calls in flight first.
 const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
-/// How long abandoned call tasks get to record that they were given up.
-const ABANDON_WAIT: Duration = Duration::from_secs(1);
-
-/// A vendor quota group's name in `quota_owners`: `zego:<AppId>` or `trtc:<SecretId>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QuotaGroup(String);
-
-impl QuotaGroup {
-    pub fn zego(app_id: u32) -> QuotaGroup {
-        QuotaGroup(QuotaKey::zego_group(app_id))
-    }
-    pub fn trtc(secret_id: &str) -> QuotaGroup {
-        QuotaGroup(QuotaKey::trtc_group(secret_id))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A group and the apps whose calls count against it.
-pub struct GroupApps {
-    pub group: QuotaGroup,
-    pub vendor: Vendor,
-    /// Each app with its configured rate (apps of one TRTC SecretId share one rate).
-    pub apps: Vec<(Client, u32)>,
-}
-
-/// Every quota group the configuration names, in a stable order.
-pub fn groups(config: &Config) -> Vec<GroupApps> {
-    let mut out: BTreeMap<QuotaGroup, GroupApps> = BTreeMap::new();
-    for z in &config.zego {
-        let group = QuotaGroup::zego(z.app_id);
-        out.insert(
-            group.clone(),
-            GroupApps {
-                group,
-                vendor: Vendor::Zego,
-                apps: vec![(Client::Zego(ZegoClient::new(z)), z.rate_per_second)],
-            },
-        );
-    }
-    for t in &config.trtc {
-        let group = QuotaGroup::trtc(&t.secret_id);
-        out.entry(group.clone())
-            .or_insert_with(|| GroupApps { group, vendor: Vendor::Trtc, apps: Vec::new() })
-            .apps
-            .push((Client::Trtc(TrtcClient::new(t)), t.rate_per_second));
-    }
-    out.into_values().collect()
-}
 
 /// What `/metrics`, `/readyz` and shutdown read about this replica's ownership.
 #[derive(Default)]
@@ -103,69 +46,46 @@ pub struct OwnershipView {
     pub owned_groups: AtomicUsize,
     pub live_workers: AtomicUsize,
     /// Lanes running now, by app.
-    pub lanes: Mutex<HashMap<(Vendor, u32), Arc<LaneStats>>>,
+    pub lanes: Arc<LaneView>,
 }
 
-/// Everything a lane needs that does not change with ownership.
-pub struct EnforceSettings {
-    pub retry: RetrySchedule,
-    pub linger: Duration,
-    pub buffer_secs: f64,
-    pub jitter: Duration,
-    pub grace: Duration,
-    /// Where vendor calls run (see [`crate::worker`]).
-    pub calls: tokio::runtime::Handle,
-}
-
-/// One group this process owns now.
-struct Owned {
-    lease: Arc<Lease>,
-    /// Stops the group's lanes and call tasks.
-    cancel: CancellationToken,
-    /// Gives up the group's calls in flight.
-    abandon: CancellationToken,
-    tracker: TaskTracker,
-    apps: Vec<(Vendor, u32)>,
+/// Who this replica is, in `workers` and `quota_owners`.
+pub struct Identity {
+    pub worker_id: String,
+    pub hostname: String,
 }
 
 pub struct Elector {
-    /// The main pool, for the lanes.
-    pub pool: PgPool,
     /// The elector's own connections (leases must not wait behind enforcement traffic).
-    pub leases: PgPool,
-    pub me: String,
-    pub hostname: String,
-    pub ownership: OwnershipConfig,
-    pub groups: Vec<GroupApps>,
-    pub enforce: EnforceSettings,
-    pub audit: AuditSink,
-    pub wakers: Arc<Wakers>,
-    pub view: Arc<OwnershipView>,
-    owned: BTreeMap<QuotaGroup, Owned>,
+    leases: PgPool,
+    me: Identity,
+    ownership: OwnershipConfig,
+    groups: Vec<QuotaGroup>,
+    enforcement: Enforcement,
+    /// Woken when a lease is released somewhere.
+    owners_changed: Arc<tokio::sync::Notify>,
+    view: Arc<OwnershipView>,
+    owned: BTreeMap<QuotaGroup, Arc<Lease>>,
 }
 
 impl Elector {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        pool: PgPool,
         leases: PgPool,
-        me: String,
-        hostname: String,
+        me: Identity,
         ownership: OwnershipConfig,
-        groups: Vec<GroupApps>,
-        enforce: EnforceSettings,
-        audit: AuditSink,
-        wakers: Arc<Wakers>,
+        enforcement: Enforcement,
+        owners_changed: Arc<tokio::sync::Notify>,
         view: Arc<OwnershipView>,
     ) -> Elector {
-        Elector { pool, leases, me, hostname, ownership, groups, enforce, audit, wakers, view, owned: BTreeMap::new() }
+        let groups = enforcement.group_names();
+        Elector { leases, me, ownership, groups, enforcement, owners_changed, view, owned: BTreeMap::new() }
     }
 
     /// Runs rounds until `shutdown`, then hands every group over and leaves.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.ownership.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let owners = self.wakers.owners.clone();
+        let owners = self.owners_changed.clone();
         // The first round only registers: replicas started together then see each other before
         // anyone takes more than its share.
         let mut registered = false;
@@ -181,8 +101,8 @@ impl Elector {
                 // Registration is a renewal of no leases.
                 let hello = leases::renew(
                     &self.leases,
-                    &self.me,
-                    &self.hostname,
+                    &self.me.worker_id,
+                    &self.me.hostname,
                     std::process::id(),
                     &[],
                     self.ownership.lease,
@@ -206,16 +126,22 @@ impl Elector {
     /// One heartbeat: drop what ran out, renew, then take or hand over groups toward a fair share.
     async fn round(&mut self) {
         let lapsed: Vec<QuotaGroup> =
-            self.owned.iter().filter(|(_, o)| !o.lease.is_valid()).map(|(g, _)| g.clone()).collect();
+            self.owned.iter().filter(|(_, l)| !l.is_valid()).map(|(g, _)| g.clone()).collect();
         for g in lapsed {
             tracing::error!(quota_group = %g.as_str(), "could not confirm ownership in time: stopped calling this quota");
-            self.drop_group(&g, "lost");
+            self.lose(&g);
         }
         let sent = Instant::now();
         let budget = self.budget();
-        let pid = std::process::id();
         let mine: Vec<String> = self.owned.keys().map(|g| g.as_str().to_owned()).collect();
-        let renewed = leases::renew(&self.leases, &self.me, &self.hostname, pid, &mine, self.ownership.lease);
+        let renewed = leases::renew(
+            &self.leases,
+            &self.me.worker_id,
+            &self.me.hostname,
+            std::process::id(),
+            &mine,
+            self.ownership.lease,
+        );
         let (live, kept) = match tokio::time::timeout(budget, renewed).await {
             Ok(Ok((n, kept))) => (usize::try_from(n).unwrap_or(1).max(1), kept),
             Ok(Err(e)) => {
@@ -235,12 +161,12 @@ impl Elector {
         let until = self.lease_until(sent);
         let lost: Vec<QuotaGroup> =
             self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
-        for o in self.owned.values() {
-            o.lease.extend_to(until);
+        for lease in self.owned.values() {
+            lease.extend_to(until);
         }
         for g in lost {
             tracing::error!(quota_group = %g.as_str(), "lease taken over: stopped calling this quota");
-            self.drop_group(&g, "lost");
+            self.lose(&g);
         }
 
         let share = self.groups.len().div_ceil(live);
@@ -248,15 +174,11 @@ impl Elector {
             // Hand the newest surplus over; others pick it up at once (NOTIFY).
             let surplus: Vec<QuotaGroup> = self.owned.keys().rev().take(self.owned.len() - share).cloned().collect();
             for g in surplus {
-                self.hand_over(&g, HANDOVER_DRAIN).await;
+                self.hand_over(&g).await;
             }
         } else if self.owned.len() < share {
-            let candidates: Vec<String> = self
-                .groups
-                .iter()
-                .filter(|g| !self.owned.contains_key(&g.group))
-                .map(|g| g.group.as_str().to_owned())
-                .collect();
+            let candidates: Vec<String> =
+                self.groups.iter().filter(|g| !self.owned.contains_key(*g)).map(|g| g.as_str().to_owned()).collect();
             let free = match tokio::time::timeout(budget, leases::free_groups(&self.leases, &candidates)).await {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
@@ -274,8 +196,10 @@ impl Elector {
 
     async fn try_acquire(&mut self, key: &str) {
         let sent = Instant::now();
-        let wait_after = WINDOW + self.enforce.jitter;
-        let acquire = leases::acquire(&self.leases, &self.me, key, self.ownership.lease, wait_after);
+        // The previous owner gave up every call before its lease ended; what it sent may still
+        // land for the allowance, and fill a window for a second after that.
+        let wait_after = WINDOW + self.enforcement.jitter();
+        let acquire = leases::acquire(&self.leases, &self.me.worker_id, key, self.ownership.lease, wait_after);
         let acquired = match tokio::time::timeout(self.budget(), acquire).await {
             Ok(Ok(Some(a))) => a,
             Ok(Ok(None)) => return, // someone else was quicker
@@ -286,98 +210,46 @@ impl Elector {
             // It may have been taken for us: then it runs out unrenewed, and is free again.
             Err(_) => return,
         };
-        let Some(idx) = self.groups.iter().position(|g| g.group.as_str() == key) else { return };
+        let Some(group) = self.groups.iter().find(|g| g.as_str() == key).cloned() else { return };
         let not_before = Instant::now() + acquired.first_call_in;
         let lease = Arc::new(Lease::new(acquired.term, self.lease_until(sent)));
-        let owned = self.start(idx, lease, not_before);
+        self.enforcement.start(&group, lease.clone(), not_before);
         tracing::info!(
             quota_group = %key, term = acquired.term, first_call_in_ms = acquired.first_call_in.as_millis() as u64,
             "now enforcing this quota"
         );
         metrics::counter!("bouncer_ownership_changes_total", "change" => "acquired").increment(1);
-        self.owned.insert(self.groups[idx].group.clone(), owned);
+        self.owned.insert(group, lease);
     }
 
-    /// Starts the lanes of a group just acquired.
-    fn start(&self, idx: usize, lease: Arc<Lease>, not_before: Instant) -> Owned {
-        let g = &self.groups[idx];
-        let cancel = CancellationToken::new();
-        let abandon = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let rate = g.apps.first().map(|(_, r)| *r).unwrap_or(1);
-        // ZEGO: one quota per AppID. TRTC: one per action, shared by every app of the SecretId.
-        let (numeric, text) = match g.vendor {
-            Vendor::Zego => {
-                let q = Arc::new(Quota::new(rate, self.enforce.jitter, not_before));
-                (q.clone(), q)
-            }
-            Vendor::Trtc => (
-                Arc::new(Quota::new(rate, self.enforce.jitter, not_before)),
-                Arc::new(Quota::new(rate, self.enforce.jitter, not_before)),
-            ),
-        };
-        let mut apps = Vec::new();
-        for (client, rate) in &g.apps {
-            let app_id = client.app_id();
-            let stats = Arc::new(LaneStats::new(g.vendor, app_id));
-            let (settled_tx, settled_rx) = mpsc::unbounded_channel();
-            let ctx = Arc::new(LaneCtx {
-                client: client.clone(),
-                stats: stats.clone(),
-                health: AppHealth::default(),
-                quota_numeric: numeric.clone(),
-                quota_text: text.clone(),
-                retry: self.enforce.retry.clone(),
-                audit: self.audit.clone(),
-                settled: settled_tx,
-                lease: lease.clone(),
-                cancel: cancel.clone(),
-                abandon: abandon.clone(),
-                calls: self.enforce.calls.clone(),
-                call_done: tokio::sync::Notify::new(),
-            });
-            let limits = LaneLimits::for_app(client, *rate, self.enforce.linger, self.enforce.buffer_secs);
-            let wake = self.wakers.get(g.vendor, app_id).unwrap_or_default();
-            tracker.spawn(lane::run(ctx, self.pool.clone(), wake, settled_rx, limits, tracker.clone()));
-            self.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert((g.vendor, app_id), stats);
-            apps.push((g.vendor, app_id));
-        }
-        Owned { lease, cancel, abandon, tracker, apps }
+    /// The lease is gone (lapsed or taken over): stop at once, calls in flight included, without
+    /// telling the database.
+    fn lose(&mut self, g: &QuotaGroup) {
+        let Some(lease) = self.owned.remove(g) else { return };
+        lease.revoke();
+        self.enforcement.stop(g, true);
+        metrics::counter!("bouncer_ownership_changes_total", "change" => "lost").increment(1);
     }
 
-    /// Stops a group's lanes without telling the database (the lease is gone or going anyway).
-    /// A lost lease also gives up its calls in flight at once; a released one lets them finish
-    /// first (see [`Elector::hand_over`]).
-    fn drop_group(&mut self, g: &QuotaGroup, change: &'static str) -> Option<Owned> {
-        let o = self.owned.remove(g)?;
-        o.lease.revoke();
-        o.cancel.cancel();
-        if change == "lost" {
-            o.abandon.cancel();
+    /// Stops calling, lets calls in flight settle (up to the drain), lets their results be
+    /// written, then ends the lease so another replica can start after one vendor window (plus
+    /// the allowance).
+    async fn hand_over(&mut self, g: &QuotaGroup) {
+        let Some(lease) = self.owned.remove(g) else { return };
+        lease.revoke();
+        if let Some(stopped) = self.enforcement.stop(g, false) {
+            stopped.wind_down(HANDOVER_DRAIN).await;
         }
-        o.tracker.close();
-        let mut lanes = self.view.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for app in &o.apps {
-            lanes.remove(app);
-        }
-        metrics::counter!("bouncer_ownership_changes_total", "change" => change).increment(1);
-        Some(o)
-    }
-
-    /// Stops calling, lets calls in flight finish (up to `drain`), gives up those still out,
-    /// lets their results be written, then ends the lease so another replica can start after one
-    /// vendor window (plus the allowance).
-    async fn hand_over(&mut self, g: &QuotaGroup, drain: Duration) {
-        let Some(o) = self.drop_group(g, "released") else { return };
-        settle_calls(&o, drain).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
-        self.release(g, o.lease.term).await;
+        metrics::counter!("bouncer_ownership_changes_total", "change" => "released").increment(1);
+        self.enforcement.flush().await;
+        self.release(g, lease.term).await;
         self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
     }
 
     /// Ends this replica's lease on `g` now and tells contenders.
     async fn release(&self, g: &QuotaGroup, term: i64) {
-        match tokio::time::timeout(self.budget(), leases::release(&self.leases, &self.me, g.as_str(), term)).await {
+        let released = leases::release(&self.leases, &self.me.worker_id, g.as_str(), term);
+        match tokio::time::timeout(self.budget(), released).await {
             Ok(Ok(())) => tracing::info!(quota_group = %g.as_str(), "handed this quota over"),
             Ok(Err(e)) => {
                 tracing::warn!(quota_group = %g.as_str(), error = %e, "could not release the lease; it runs out by itself")
@@ -386,60 +258,33 @@ impl Elector {
         }
     }
 
-    /// Shutdown: hand everything over, wait out calls in flight within the grace period, leave.
+    /// Shutdown: hand everything over (calls in flight settle within the grace period, at most the
+    /// drain), leave.
     async fn leave(&mut self) {
         let groups: Vec<QuotaGroup> = self.owned.keys().cloned().collect();
         let mut stopped = Vec::new();
         for g in &groups {
-            if let Some(o) = self.drop_group(g, "released") {
-                stopped.push((g.clone(), o));
+            if let Some(lease) = self.owned.remove(g) {
+                lease.revoke();
+                metrics::counter!("bouncer_ownership_changes_total", "change" => "released").increment(1);
+                stopped.push((g.clone(), lease.term, self.enforcement.stop(g, false)));
             }
         }
         // Calls in flight usually end within milliseconds; a hung vendor must not delay takeover,
         // and no call may outlive the lease (the next owner counts on it).
-        let drain = HANDOVER_DRAIN.min(self.enforce.grace);
+        let drain = HANDOVER_DRAIN.min(self.enforcement.grace());
         let started = Instant::now();
-        for (_, o) in &stopped {
-            settle_calls(o, drain.saturating_sub(started.elapsed())).await;
+        for (_, _, s) in &stopped {
+            if let Some(s) = s {
+                s.wind_down(drain.saturating_sub(started.elapsed())).await;
+            }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
-        for (g, o) in &stopped {
-            self.release(g, o.lease.term).await;
+        self.enforcement.flush().await;
+        for (g, term, _) in &stopped {
+            self.release(g, *term).await;
         }
-        let _ = tokio::time::timeout(self.budget(), leases::leave(&self.leases, &self.me)).await;
+        let _ = tokio::time::timeout(self.budget(), leases::leave(&self.leases, &self.me.worker_id)).await;
         tracing::info!(groups = stopped.len(), "left: every quota handed over");
         self.view.owned_groups.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Lets a stopped group's calls in flight finish within `drain`, then gives up those still out
-/// (their kicks are retried by the next owner) and waits for their tasks to record that.
-async fn settle_calls(o: &Owned, drain: Duration) {
-    if tokio::time::timeout(drain, o.tracker.wait()).await.is_ok() {
-        return;
-    }
-    tracing::warn!("calls still in flight after the drain are abandoned; their kicks are retried by the next owner");
-    o.abandon.cancel();
-    if tokio::time::timeout(ABANDON_WAIT, o.tracker.wait()).await.is_err() {
-        tracing::warn!("call tasks did not end after being abandoned");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trtc_apps_sharing_a_secret_id_form_one_group_and_each_zego_app_its_own() {
-        let c = Config::from_toml(
-            "[[zego]]\napp_id = 1\nserver_secret = \"s\"\n[[zego]]\napp_id = 2\nserver_secret = \"s\"\n\
-             [[trtc]]\nsdk_app_id = 10\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\nregion = \"ap-guangzhou\"\n\
-             [[trtc]]\nsdk_app_id = 11\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\nregion = \"ap-beijing\"\n\
-             [[trtc]]\nsdk_app_id = 12\nsecret_id = \"AKID2\"\nsecret_key = \"k\"\nregion = \"ap-guangzhou\"\n",
-        )
-        .unwrap();
-        let g = groups(&c);
-        let names: Vec<(&str, usize)> = g.iter().map(|g| (g.group.as_str(), g.apps.len())).collect();
-        assert_eq!(names, [("trtc:AKID1", 2), ("trtc:AKID2", 1), ("zego:1", 1), ("zego:2", 1)]);
     }
 }

@@ -19,7 +19,7 @@
 //! ends) give no proof of when they arrived: bytes already sent may still reach the vendor a
 //! little after we stop waiting. Such a call counts as possibly arriving for `allowance`
 //! (`pacing.jitter_ms`) after we gave up on it. The same allowance covers a previous owner's
-//! calls at a takeover ([`crate::ownership`]): it abandons every call still in flight before its
+//! calls at a takeover (see the elector, `ownership`): it abandons every call still in flight before its
 //! lease ends, so the new owner waits one window plus the allowance after that end.
 //!
 //! **What it costs.** A call's slot frees one second after its *answer*, not after its start:

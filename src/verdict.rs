@@ -39,35 +39,8 @@ const FIELDS: [&str; 10] = [
     "contract_version",
 ];
 
-/// The vendor whose kick API enforces a verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Vendor {
-    Zego,
-    Trtc,
-}
-
-impl Vendor {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Vendor::Zego => "zego",
-            Vendor::Trtc => "trtc",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Vendor> {
-        match s {
-            "zego" => Some(Vendor::Zego),
-            "trtc" => Some(Vendor::Trtc),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Vendor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The vendor whose API enforces a verdict (registered in [`crate::vendors`]).
+pub use crate::vendors::Vendor;
 
 /// A room as the vendor knows it. For TRTC a numeric room and a string room with the same digits
 /// are different rooms (different APIs), so the distinction is kept all the way to the wire.

@@ -2,10 +2,9 @@
 //! the owner's own process, otherwise through PostgreSQL's LISTEN/NOTIFY (one notification per
 //! intake transaction). Lanes also poll every second, so a lost notification only costs latency.
 //!
-//! A notification's payload is `<worker id>|<vendor>:<app id>,…`, or `<worker id>|*` when the list
-//! would not fit PostgreSQL's 8000-byte payload limit (every lane then looks).
+//! A notification's payload is a [`WakeNote`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,30 +13,28 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::intake::{WORK_CHANNEL, wake_payload};
-use crate::audit::leases::OWNERS_CHANNEL;
-use crate::verdict::Vendor;
+use crate::keys::{AppKey, OWNERS_CHANNEL, WORK_CHANNEL, WakeNote};
 
 /// One wake-up per configured app, shared by intake, the listener and the app's lane (whichever
 /// incarnation of it runs now), plus one for the elector.
 pub struct Wakers {
-    apps: HashMap<(Vendor, u32), Arc<Notify>>,
+    apps: HashMap<AppKey, Arc<Notify>>,
     /// Woken when a lease is released somewhere, so contenders look at once.
     pub owners: Arc<Notify>,
 }
 
 impl Wakers {
-    pub fn new(apps: impl IntoIterator<Item = (Vendor, u32)>) -> Wakers {
+    pub fn new(apps: impl IntoIterator<Item = AppKey>) -> Wakers {
         Wakers { apps: apps.into_iter().map(|k| (k, Arc::new(Notify::new()))).collect(), owners: Arc::default() }
     }
 
-    pub fn get(&self, vendor: Vendor, app_id: u32) -> Option<Arc<Notify>> {
-        self.apps.get(&(vendor, app_id)).cloned()
+    pub fn get(&self, app: AppKey) -> Option<Arc<Notify>> {
+        self.apps.get(&app).cloned()
     }
 
     /// Wakes the app's lane if it runs here (or the next one to start).
-    pub fn wake(&self, vendor: Vendor, app_id: u32) {
-        if let Some(n) = self.apps.get(&(vendor, app_id)) {
+    pub fn wake(&self, app: AppKey) {
+        if let Some(n) = self.apps.get(&app) {
             n.notify_one();
         }
     }
@@ -48,27 +45,15 @@ impl Wakers {
 
     /// Acts on a notification from another process.
     fn on_work(&self, me: &str, payload: &str) {
-        let Some((from, apps)) = payload.split_once('|') else { return };
-        if from == me {
+        let Some(note) = WakeNote::parse(payload) else { return };
+        if note.from == me {
             return; // intake in this process already woke its lanes
         }
-        if apps == "*" {
-            return self.wake_all();
-        }
-        for app in apps.split(',') {
-            if let Some((vendor, id)) = app.split_once(':')
-                && let (Some(vendor), Ok(id)) = (Vendor::parse(vendor), id.parse::<u32>())
-            {
-                self.wake(vendor, id);
-            }
+        match note.apps {
+            None => self.wake_all(),
+            Some(apps) => apps.into_iter().for_each(|app| self.wake(app)),
         }
     }
-}
-
-/// The payload announcing new work for `apps`.
-pub fn payload(me: &str, apps: &BTreeSet<(Vendor, u32)>) -> String {
-    let list: Vec<String> = apps.iter().map(|(v, id)| format!("{v}:{id}")).collect();
-    wake_payload(me, list.iter().map(String::as_str))
 }
 
 /// Listens until `shutdown`, reconnecting after errors (PgListener resubscribes by itself).
@@ -117,19 +102,13 @@ pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: Can
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_payload_lists_the_apps_or_says_everyone() {
-        let apps: BTreeSet<(Vendor, u32)> = [(Vendor::Zego, 1), (Vendor::Trtc, 2)].into();
-        assert_eq!(payload("w1", &apps), "w1|zego:1,trtc:2");
-        let many: BTreeSet<(Vendor, u32)> = (0..2000).map(|i| (Vendor::Zego, 1_000_000 + i)).collect();
-        assert_eq!(payload("w1", &many), "w1|*");
-    }
+    use crate::vendors::Vendor;
 
     #[tokio::test]
     async fn a_notification_wakes_the_named_lanes_but_not_from_this_process() {
-        let w = Wakers::new([(Vendor::Zego, 1), (Vendor::Trtc, 2)]);
-        let (z, t) = (w.get(Vendor::Zego, 1).unwrap(), w.get(Vendor::Trtc, 2).unwrap());
+        let (zego, trtc) = (AppKey::new(Vendor::Zego, 1), AppKey::new(Vendor::Trtc, 2));
+        let w = Wakers::new([zego, trtc]);
+        let (z, t) = (w.get(zego).unwrap(), w.get(trtc).unwrap());
         w.on_work("me", "me|zego:1");
         w.on_work("me", "other|trtc:2,zego:999,bogus");
         let woke = |n: &Arc<Notify>| n.notified().now_or_never_is_ready();

@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, writer};
 use crate::config::Config;
+use crate::enforcement::{self, EnforceSettings, Enforcement};
 use crate::intake::{BrokerStatus, Intake};
-use crate::ownership::{self, Elector, EnforceSettings, OwnershipView};
+use crate::keys::AppKey;
+use crate::ownership::{Elector, Identity, OwnershipView};
 use crate::retry::RetrySchedule;
 use crate::wake::{self, Wakers};
 
@@ -79,7 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         tracing::warn!(key = %w.key, "configuration: {}", w.reason);
     }
     // No longer incremented (nothing is deferred), still exported so dashboards keep their series.
-    for vendor in ["zego", "trtc"] {
+    for vendor in crate::vendors::NAMES {
         metrics::counter!("bouncer_deferrals_total", "vendor" => vendor).absolute(0);
     }
     let Some(pool) = prepare_database(&config, &shutdown).await else { return };
@@ -107,9 +109,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     };
     let (me, hostname) = worker_id(&config);
     let (audit, writer_tasks) = writer::spawn(pool.clone());
-    let groups = ownership::groups(&config);
+    let groups = enforcement::groups(&config);
     let apps: HashSet<_> =
-        groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| (g.vendor, c.app_id()))).collect();
+        groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| AppKey::new(g.vendor, c.app_id()))).collect();
     let wakers = Arc::new(Wakers::new(apps.iter().copied()));
     let view = Arc::new(OwnershipView::default());
     let status = Arc::new(BrokerStatus::default());
@@ -120,12 +122,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     // On SIGTERM intake stops and the quotas are handed over at the same moment: another replica
     // takes over while this one finishes.
     let listener = tokio::spawn(wake::listen(reserved.clone(), wakers.clone(), me.clone(), shutdown.clone()));
-    let elector = Elector::new(
+    let enforcement = Enforcement::new(
         pool.clone(),
-        reserved.clone(),
-        me.clone(),
-        hostname,
-        config.ownership.clone(),
         groups,
         EnforceSettings {
             retry: RetrySchedule::from(&config.retry),
@@ -137,6 +135,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         },
         audit.clone(),
         wakers.clone(),
+        view.lanes.clone(),
+    );
+    let identity = Identity { worker_id: me.clone(), hostname };
+    let elector = Elector::new(
+        reserved.clone(),
+        identity,
+        config.ownership.clone(),
+        enforcement,
+        wakers.owners.clone(),
         view.clone(),
     );
     let elector = tokio::spawn(elector.run(shutdown.clone()));

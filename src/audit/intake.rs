@@ -10,20 +10,9 @@ use serde_json::value::RawValue;
 use sqlx::PgPool;
 
 use super::{AuditError, REJECTED_PAYLOAD_CAP, results};
+use crate::keys::{WORK_CHANNEL, WakeNote};
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
-
-/// The channel new work is announced on (payload: see [`crate::wake`]).
-pub const WORK_CHANNEL: &str = "bouncer_work";
-/// Longest payload sent; PostgreSQL refuses 8000 bytes and more.
-const MAX_PAYLOAD: usize = 7_000;
-
-/// The wake-up payload: `<from>|<vendor>:<app id>,…`, or `<from>|*` (every lane looks) when the
-/// list would not fit.
-pub fn wake_payload<'a>(from: &str, apps: impl IntoIterator<Item = &'a str>) -> String {
-    let joined = apps.into_iter().collect::<Vec<_>>().join(",");
-    if joined.len() + from.len() + 1 > MAX_PAYLOAD { format!("{from}|*") } else { format!("{from}|{joined}") }
-}
 
 /// A malformed message, as it will be stored.
 pub struct Rejection<'a> {
@@ -91,7 +80,7 @@ pub async fn record(
     pool: &PgPool,
     verdicts: &[NewVerdict<'_>],
     rejections: &[Rejection<'_>],
-    wake: Option<&str>,
+    wake: Option<&WakeNote>,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
     let mut tx = pool.begin().await?;
     if !rejections.is_empty() {
@@ -220,8 +209,8 @@ pub async fn record(
             }
         }
     }
-    if let Some(payload) = wake {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(payload).execute(&mut *tx).await?;
+    if let Some(note) = wake {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(note.payload()).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(result)

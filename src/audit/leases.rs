@@ -8,8 +8,7 @@ use sqlx::PgPool;
 
 use super::AuditError;
 
-/// The channel lease releases are announced on, so contenders look at once.
-pub const OWNERS_CHANNEL: &str = "bouncer_owners";
+use crate::keys::OWNERS_CHANNEL;
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::AuditError;
+use crate::keys::{AppKey, WORK_CHANNEL, WakeNote};
 use crate::states::{AttemptOutcome, KickStatus, VerdictStatus};
+use crate::vendors::Vendor;
 
 /// What ops filter by. Every field narrows the result; `None` means any.
 #[derive(Clone, Debug, Default)]
@@ -13,13 +15,34 @@ pub struct Filter {
     pub room: Option<String>,
     pub user: Option<String>,
     pub app: Option<i64>,
-    pub vendor: Option<String>,
+    pub vendor: Option<Vendor>,
     /// A verdict status (`pending`, `done`, `failed`) or a kick status (`kicked`, `gone`, ...).
     pub status: Option<String>,
     /// On `received_at` of the verdict.
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub limit: Option<i64>,
+}
+
+/// A filter's time as people write it: `2h`, `30m`, `90s`, `7d`, `1w` back from now, or an RFC 3339 timestamp.
+pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| format!("{s:?} is neither a duration like 2h nor an RFC 3339 time"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("{s:?}: unit must be s, m, h, d or w")),
+    };
+    let too_far = || format!("{s:?} reaches before the earliest time this tool can show");
+    let secs = n.checked_mul(unit_secs).ok_or_else(too_far)?;
+    chrono::Duration::try_seconds(secs).and_then(|d| Utc::now().checked_sub_signed(d)).ok_or_else(too_far)
 }
 
 /// Which rows the filters narrow, and so how `user` and `status` are matched.
@@ -55,7 +78,7 @@ pub(crate) fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, rows: Ro
         qb.push(" AND app_id = ").push_bind(app);
     }
     if let Some(vendor) = &f.vendor {
-        qb.push(" AND vendor = ").push_bind(vendor.clone());
+        qb.push(" AND vendor = ").push_bind(vendor.as_str());
     }
     if let Some(status) = &f.status {
         match rows {
@@ -339,15 +362,38 @@ pub async fn reopen_for_replay(pool: &PgPool, ids: &[String], actor: &str) -> Re
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    let apps: std::collections::BTreeSet<String> = reopened.iter().map(|(_, _, v, a)| format!("{v}:{a}")).collect();
+    let apps: Vec<AppKey> = reopened
+        .iter()
+        .filter_map(|(_, _, v, a)| Some(AppKey::new(Vendor::parse(v)?, u32::try_from(*a).ok()?)))
+        .collect();
     if !apps.is_empty() {
-        let payload = super::intake::wake_payload("replay", apps.iter().map(String::as_str));
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::intake::WORK_CHANNEL)
-            .bind(payload)
+            .bind(WORK_CHANNEL)
+            .bind(WakeNote::new("replay", apps).payload())
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
     Ok(reopened.into_iter().map(|(id, ..)| id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_takes_durations_and_timestamps() {
+        let two_hours = parse_when("2h").unwrap();
+        let delta = Utc::now() - two_hours;
+        assert!((delta.num_seconds() - 7200).abs() <= 2);
+        assert_eq!(parse_when("2026-11-22T03:00:00Z").unwrap().to_rfc3339(), "2026-11-22T03:00:00+00:00");
+        assert!(parse_when("2x").is_err());
+        assert!(parse_when("yesterday").is_err());
+        let week = parse_when("7d").unwrap();
+        assert!(((Utc::now() - week).num_seconds() - 7 * 86_400).abs() <= 2);
+        // Too far back is an error naming the value, not a panic.
+        for far in ["99999999999999d", "9223372036854775807w", "9999999999999s"] {
+            assert!(parse_when(far).unwrap_err().contains(far), "{far}");
+        }
+    }
 }

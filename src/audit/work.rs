@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::AuditError;
+use crate::vendors::Action;
 use crate::verdict::{RoomId, Vendor};
 
 /// One pending kick, with what calling it needs.
@@ -13,6 +14,8 @@ pub struct DueKick {
     pub user_id: String,
     pub room_id: String,
     pub room_id_numeric: bool,
+    /// What is done to the user (`kicks.action`; `kick` for every row written before actions).
+    pub action: String,
     pub reason: Option<String>,
     /// `detected_at`, else when the verdict was received: verdict-to-kick latency starts here.
     pub origin: DateTime<Utc>,
@@ -29,13 +32,18 @@ impl DueKick {
     pub fn room(&self) -> Option<RoomId> {
         RoomId::from_parts(&self.room_id, self.room_id_numeric)
     }
+
+    /// The action, if this version knows it (a newer replica's action is never guessed).
+    pub fn action(&self) -> Option<Action> {
+        Action::parse(&self.action)
+    }
 }
 
 /// Up to `limit` due kicks of one app, oldest first. The owner excludes what it already holds, so
 /// it asks for that many more: rows it holds are the oldest and come first.
 pub async fn due(pool: &PgPool, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
     Ok(sqlx::query_as(
-        "SELECT k.verdict_id, k.user_id, v.room_id, v.room_id_numeric, v.reason,
+        "SELECT k.verdict_id, k.user_id, v.room_id, v.room_id_numeric, k.action, v.reason,
                 -- Latency counts from detection when the publisher's clock is plausible: within a week
                 -- before receipt (or five minutes after, for skew); otherwise from receipt.
                 CASE WHEN v.detected_at BETWEEN v.received_at - interval '7 days' AND v.received_at + interval '5 minutes'

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::results::{self, AttemptRow, KickOutcome};
+use crate::keys::KickKey;
 
 /// Most messages folded into one transaction.
 const MAX_BATCH: usize = 4_096;
@@ -17,9 +18,6 @@ const MAX_BATCH: usize = 4_096;
 /// outcomes of one verdict (one app) are never split over two concurrent transactions, each of
 /// which could miss the other's update when deciding whether the verdict is finished.
 pub const WRITERS: usize = 4;
-
-/// A kick as the lanes hold it: (verdict id, user id).
-pub type KickKey = (String, String);
 
 /// Where a lane hears that kicks it handed over are recorded.
 pub type Settled = mpsc::UnboundedSender<Vec<KickKey>>;
@@ -82,7 +80,8 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<AuditMsg>) {
             match msg {
                 AuditMsg::Attempt(a) => attempts.push(*a),
                 AuditMsg::Outcomes { outcomes: o, settled, .. } => {
-                    let keys: Vec<KickKey> = o.iter().map(|k| (k.verdict_id.clone(), k.user_id.clone())).collect();
+                    let keys: Vec<KickKey> =
+                        o.iter().map(|k| KickKey::new(k.verdict_id.as_str(), k.user_id.as_str())).collect();
                     settle.push((settled, keys));
                     outcomes.extend(o);
                 }

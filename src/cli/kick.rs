@@ -12,8 +12,8 @@ use crate::verdict::Verdict;
 
 #[derive(clap::Args, Debug)]
 pub struct KickArgs {
-    #[arg(long, value_parser = ["zego", "trtc"])]
-    vendor: String,
+    #[arg(long, value_parser = super::audit::parse_vendor)]
+    vendor: crate::vendors::Vendor,
     /// ZEGO AppId or TRTC SdkAppId.
     #[arg(long)]
     app: u32,
@@ -52,7 +52,7 @@ pub(crate) async fn run(cli: &Cli, args: &KickArgs) -> CliResult {
     let actor = args.actor.clone().unwrap_or_else(super::replay::os_user);
     let verdict_id = args.verdict_id.clone().unwrap_or_else(|| format!("manual-{}", uuid::Uuid::new_v4()));
     let mut body = json!({
-        "verdict_id": verdict_id, "vendor": args.vendor, "app_id": args.app, "room_id": room,
+        "verdict_id": verdict_id, "vendor": args.vendor.as_str(), "app_id": args.app, "room_id": room,
         "user_ids": args.users, "source": format!("manual:{actor}"), "detected_at": chrono::Utc::now().to_rfc3339(),
     });
     if let Some(r) = &args.reason {

@@ -66,7 +66,6 @@ enum Command {
     Sim(delegated::Args),
 }
 
-pub(crate) use audit::parse_when;
 pub use audit::print_story;
 pub use error::{CliError, CliResult, EXIT_FAILURE, EXIT_USAGE, exit};
 
@@ -187,26 +186,4 @@ async fn run_worker(cli: &Cli) -> CliResult {
     })
     .await;
     Ok(())
-}
-
-async fn reachable(url: &str, default_port: u16) -> bool {
-    let Ok(u) = url::Url::parse(url) else { return false };
-    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(default_port));
-    tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .is_ok_and(|r| r.is_ok())
-}
-
-/// Uses running RabbitMQ and PostgreSQL; otherwise runs `deploy/services.sh` when at hand.
-pub async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), String> {
-    if reachable(amqp, 5672).await && reachable(postgres, 5432).await {
-        return Ok(());
-    }
-    let script = std::path::Path::new("deploy/services.sh");
-    if !script.exists() {
-        return Err("RabbitMQ or PostgreSQL is not reachable; run deploy/services.sh from the source tree".into());
-    }
-    println!("starting local services (deploy/services.sh)…");
-    let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
-    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
 }

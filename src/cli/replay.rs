@@ -53,10 +53,8 @@ pub(crate) async fn run(cli: &Cli, args: &ReplayArgs) -> CliResult {
         return Err(CliError::usage("--status must be failed or pending: done verdicts are never enforced twice"));
     }
     let pool = cli.audit_pool().await?;
-    let mut filter = args.filter.filter();
-    if args.filter.limit == 1000 {
-        filter.limit = None; // the audit default does not cap a replay
-    }
+    // Without --limit a replay takes every match; with it, at most that many.
+    let filter = args.filter.filter(None);
     let candidates = query::replay_candidates(&pool, &filter)
         .await
         .map_err(|e| CliError::failed(format!("cannot select verdicts: {e}")))?;

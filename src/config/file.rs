@@ -250,19 +250,19 @@ pub fn zego_endpoint() -> String {
     "https://rtc-api.zego.im".into()
 }
 pub fn zego_rate() -> u32 {
-    zego::MAX_CALLS_PER_SECOND
+    vendors::ZEGO.max_calls_per_second(Action::Kick)
 }
 pub fn zego_chunk() -> usize {
-    zego::MAX_USERS_PER_CALL
+    vendors::ZEGO.max_users_per_call(Action::Kick)
 }
 pub fn trtc_endpoint() -> String {
     "https://trtc.tencentcloudapi.com".into()
 }
 pub fn trtc_rate() -> u32 {
-    trtc::MAX_CALLS_PER_SECOND
+    vendors::TRTC.max_calls_per_second(Action::Kick)
 }
 pub fn trtc_chunk() -> usize {
-    trtc::MAX_USERS_PER_CALL
+    vendors::TRTC.max_users_per_call(Action::Kick)
 }
 pub fn default_timeout_ms() -> u64 {
     5_000

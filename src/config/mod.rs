@@ -20,7 +20,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::vendor_api::{trtc, zego};
+use crate::vendors::{self, Action};
 
 mod env;
 pub mod file;
@@ -69,7 +69,7 @@ pub struct BatchConfig {
     pub linger_ms: u64,
 }
 
-/// `[ownership]`: how replicas share the vendor quotas (see [`crate::ownership`]).
+/// `[ownership]`: how replicas share the vendor quotas (the elector, `ownership`, reads them).
 #[derive(Clone, Debug)]
 pub struct OwnershipConfig {
     /// How long a quota lease lasts without renewal: an owner that cannot confirm it within this
@@ -225,7 +225,7 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError(vec![problem("(file)", toml_syntax_error(text, &e))]))?;
         apply_env_overrides(&mut table, env).map_err(ConfigError)?;
         if vendors_only {
-            table.retain(|k, _| k == "zego" || k == "trtc");
+            table.retain(|k, _| crate::vendors::NAMES.contains(&k));
         }
         let file: FileConfig = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();

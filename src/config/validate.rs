@@ -88,8 +88,8 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             AppEntry {
                 secret_key: "server_secret",
                 secret: FileSecret { value: z.server_secret, env: z.server_secret_env, file: z.server_secret_file },
-                rate: (z.rate_per_second, zego::MAX_CALLS_PER_SECOND),
-                chunk: (z.chunk_size, zego::MAX_USERS_PER_CALL),
+                rate: (z.rate_per_second, vendors::ZEGO.max_calls_per_second(Action::Kick)),
+                chunk: (z.chunk_size, vendors::ZEGO.max_users_per_call(Action::Kick)),
                 endpoint: &z.endpoint,
                 connect_timeout_ms: z.connect_timeout_ms,
                 timeout_ms: z.timeout_ms,
@@ -118,10 +118,10 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         if t.secret_id.trim().is_empty() {
             p.push(problem(key("secret_id"), "must not be empty"));
         }
-        if !trtc::REGIONS.contains(&t.region.as_str()) {
+        if !vendors::TRTC.regions.contains(&t.region.as_str()) {
             p.push(problem(
                 key("region"),
-                format!("unknown region {:?}; RemoveUser supports {}", t.region, trtc::REGIONS.join(", ")),
+                format!("unknown region {:?}; RemoveUser supports {}", t.region, vendors::TRTC.regions.join(", ")),
             ));
         }
         // Apps sharing credentials share one vendor quota (the safe reading): one rate for all.
@@ -141,8 +141,8 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             AppEntry {
                 secret_key: "secret_key",
                 secret: FileSecret { value: t.secret_key, env: t.secret_key_env, file: t.secret_key_file },
-                rate: (t.rate_per_second, trtc::MAX_CALLS_PER_SECOND),
-                chunk: (t.chunk_size, trtc::MAX_USERS_PER_CALL),
+                rate: (t.rate_per_second, vendors::TRTC.max_calls_per_second(Action::Kick)),
+                chunk: (t.chunk_size, vendors::TRTC.max_users_per_call(Action::Kick)),
                 endpoint: &t.endpoint,
                 connect_timeout_ms: t.connect_timeout_ms,
                 timeout_ms: t.timeout_ms,

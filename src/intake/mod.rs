@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::intake as record;
 use crate::config::{AmqpConfig, redact_url};
-use crate::verdict::Vendor;
+use crate::keys::AppKey;
 use crate::wake::Wakers;
 
 /// Most deliveries recorded in one transaction.
@@ -65,7 +65,7 @@ fn unix_ms() -> u64 {
 pub struct Intake {
     pub pool: PgPool,
     /// Apps some lane of this deployment can enforce (this replica's configuration).
-    pub apps: HashSet<(Vendor, u32)>,
+    pub apps: HashSet<AppKey>,
     pub wakers: Arc<Wakers>,
     /// This replica's id, so it ignores its own wake-up notifications.
     pub me: String,

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Intake, unix_ms};
 use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
+use crate::keys::{AppKey, WakeNote};
 use crate::states::{KickStatus, VerdictStatus};
-use crate::verdict::{ContractError, Rule, Vendor, Verdict};
-use crate::wake;
+use crate::verdict::{ContractError, Rule, Verdict};
 
 /// Deliveries that parsed as verdicts, and deliveries kept as rejected with why.
 type Arrivals = Vec<(Delivery, Verdict)>;
@@ -23,7 +23,7 @@ type Rejected = Vec<(Delivery, ContractError)>;
 
 /// How recording a batch ended.
 enum Recording {
-    Recorded(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>),
+    Recorded(HashMap<String, Recorded>, BTreeSet<AppKey>),
     /// Shutdown came while PostgreSQL was away; nothing was settled.
     Stopped,
     /// PostgreSQL refused the data (see [`crate::audit::AuditError::is_data_error`]).
@@ -94,7 +94,7 @@ impl Intake {
         arrivals: Vec<(Delivery, Verdict)>,
         rejected: Vec<(Delivery, ContractError)>,
         recorded: HashMap<String, Recorded>,
-        woken: BTreeSet<(Vendor, u32)>,
+        woken: BTreeSet<AppKey>,
         shutdown: &CancellationToken,
     ) {
         let (arrivals, reused): (Vec<_>, Vec<_>) =
@@ -170,11 +170,11 @@ impl Intake {
         arrivals: Vec<(Delivery, Verdict)>,
         rejected: Vec<(Delivery, ContractError)>,
         recorded: HashMap<String, Recorded>,
-        woken: BTreeSet<(Vendor, u32)>,
+        woken: BTreeSet<AppKey>,
     ) {
         // Lanes of this process learn of their new work at once; other replicas by NOTIFY.
-        for (vendor, app_id) in &woken {
-            self.wakers.wake(*vendor, *app_id);
+        for app in &woken {
+            self.wakers.wake(*app);
         }
 
         for (d, e) in rejected {
@@ -208,7 +208,7 @@ impl Intake {
     }
 
     fn serves(&self, v: &Verdict) -> bool {
-        self.apps.contains(&(v.vendor, v.app_id))
+        self.apps.contains(&AppKey::new(v.vendor, v.app_id))
     }
 
     /// One transaction for the batch. Returns where each verdict stands and the apps with new work.
@@ -216,7 +216,7 @@ impl Intake {
         &self,
         arrivals: &[(Delivery, Verdict)],
         rejected: &[(Delivery, ContractError)],
-    ) -> Result<(HashMap<String, Recorded>, BTreeSet<(Vendor, u32)>), crate::audit::AuditError> {
+    ) -> Result<(HashMap<String, Recorded>, BTreeSet<AppKey>), crate::audit::AuditError> {
         let reasons: Vec<String> = rejected.iter().map(|(_, e)| e.to_string()).collect();
         let rejections: Vec<Rejection<'_>> = rejected
             .iter()
@@ -259,7 +259,7 @@ impl Intake {
                 let (i, deliveries) = rows[id];
                 let v = &arrivals[i].1;
                 let unconfigured = if self.serves(v) {
-                    woken.insert((v.vendor, v.app_id));
+                    woken.insert(AppKey::new(v.vendor, v.app_id));
                     None
                 } else {
                     tracing::error!(verdict_id = %id, vendor = %v.vendor, app_id = v.app_id,
@@ -269,8 +269,8 @@ impl Intake {
                 NewVerdict { verdict: v, payload, deliveries, unconfigured }
             })
             .collect();
-        let note = (!woken.is_empty()).then(|| wake::payload(&self.me, &woken));
-        let recorded = record::record(&self.pool, &new, &rejections, note.as_deref()).await?;
+        let note = (!woken.is_empty()).then(|| WakeNote::new(&self.me, woken.iter().copied()));
+        let recorded = record::record(&self.pool, &new, &rejections, note.as_ref()).await?;
         // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
         // so the failure alerts see them.
         for n in new.iter().filter(|n| n.unconfigured.is_some()) {

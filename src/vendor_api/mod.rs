@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use crate::config::Timeouts;
 use crate::states::AttemptOutcome;
+use crate::vendors::Action;
 use crate::verdict::{RoomId, Vendor};
 
 /// One call's worth of users in one room.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KickRequest {
+    /// What the call does to its users (the vendor client picks the API for it and the room).
+    pub action: Action,
     pub app_id: u32,
     pub room: RoomId,
     pub user_ids: Vec<String>,
@@ -190,6 +193,8 @@ pub enum RequestError {
     UnknownApp { vendor: Vendor, app_id: u32 },
     #[error("ZEGO rooms are strings; numeric room {0} must be sent as text")]
     NumericZegoRoom(u32),
+    #[error("{vendor} has no API to {action} in this room")]
+    Unsupported { vendor: Vendor, action: Action },
 }
 
 fn check_users(vendor: Vendor, users: &[String], max: usize) -> Result<(), RequestError> {
@@ -279,12 +284,9 @@ impl Client {
         }
     }
 
-    /// The vendor action a kick in `room` calls.
-    pub fn action_for(&self, room: &RoomId) -> &'static str {
-        match self {
-            Client::Zego(_) => zego::ACTION,
-            Client::Trtc(_) => trtc::action_for(room),
-        }
+    /// The vendor API `action` in `room` calls (the registry's name), if the vendor has one.
+    pub fn api_name(&self, action: Action, room: &RoomId) -> Option<&'static str> {
+        self.vendor().facts().api(action, room.is_numeric()).map(|a| a.name)
     }
 
     /// One attempt: signs afresh (new timestamp and nonce) and sends.

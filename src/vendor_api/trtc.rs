@@ -11,21 +11,22 @@ use sha2::{Digest, Sha256};
 
 use super::{Blame, CallReport, Class, KickRequest, RequestError, check_users, host_header, http_client, unix_now};
 use crate::config::TrtcApp;
+use crate::vendors::{self, Action};
 use crate::verdict::{RoomId, Vendor};
 
 pub const VERSION: &str = "2019-07-22";
 pub const SERVICE: &str = "trtc";
-pub const ACTION_NUMERIC: &str = "RemoveUser";
-pub const ACTION_STRING: &str = "RemoveUserByStrRoomId";
+pub const ACTION_NUMERIC: &str = vendors::TRTC_REMOVE_USER.name;
+pub const ACTION_STRING: &str = vendors::TRTC_REMOVE_USER_BY_STR_ROOM_ID.name;
 /// At most 10 users per call.
-pub const MAX_USERS_PER_CALL: usize = 10;
+pub const MAX_USERS_PER_CALL: usize = vendors::TRTC_REMOVE_USER.max_users_per_call;
 /// 20 calls per second per API. Per what is not documented: the safe reading is per account
 /// credentials (SecretId) and per action, so apps sharing a SecretId share the quota.
-pub const MAX_CALLS_PER_SECOND: u32 = 20;
+pub const MAX_CALLS_PER_SECOND: u32 = vendors::TRTC_REMOVE_USER.max_calls_per_second;
 /// Regions `RemoveUser` supports.
-pub const REGIONS: [&str; 3] = ["ap-beijing", "ap-guangzhou", "ap-singapore"];
+pub const REGIONS: &[&str] = vendors::TRTC.regions;
 /// The server rejects timestamps more than 5 minutes away from its clock.
-pub const MAX_SKEW_SECS: i64 = 300;
+pub const MAX_SKEW_SECS: i64 = vendors::TRTC.max_skew_secs;
 /// Sent and signed byte for byte; no `; charset=` (the signed value must match what is sent).
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -234,6 +235,10 @@ impl TrtcClient {
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         if req.app_id != self.sdk_app_id {
             return Err(RequestError::UnknownApp { vendor: Vendor::Trtc, app_id: req.app_id });
+        }
+        // Kicks are all this client calls; the registry lists its APIs.
+        if req.action != Action::Kick {
+            return Err(RequestError::Unsupported { vendor: Vendor::Trtc, action: req.action });
         }
         check_users(Vendor::Trtc, &req.user_ids, MAX_USERS_PER_CALL)?;
         let action = action_for(&req.room);

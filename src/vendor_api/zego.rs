@@ -11,18 +11,19 @@ use serde::Deserialize;
 
 use super::{Blame, CallReport, Class, KickRequest, RequestError, check_users, http_client, unix_now};
 use crate::config::ZegoApp;
+use crate::vendors::{self, Action};
 use crate::verdict::{RoomId, Vendor};
 
-pub const ACTION: &str = "KickoutUser";
+pub const ACTION: &str = vendors::ZEGO_KICKOUT_USER.name;
 /// At most 5 users per `KickoutUser` call.
-pub const MAX_USERS_PER_CALL: usize = 5;
+pub const MAX_USERS_PER_CALL: usize = vendors::ZEGO_KICKOUT_USER.max_users_per_call;
 /// 50 calls per second per AppID, shared by all its rooms.
-pub const MAX_CALLS_PER_SECOND: u32 = 50;
+pub const MAX_CALLS_PER_SECOND: u32 = vendors::ZEGO_KICKOUT_USER.max_calls_per_second;
 /// `CustomReason` is at most 256 bytes. Whether before or after URL-encoding is not documented:
 /// we keep the raw UTF-8 within 256 bytes (the reading the vendor page's example suggests).
 pub const MAX_REASON_BYTES: usize = 256;
 /// The server accepts timestamps up to 10 minutes away from its clock.
-pub const MAX_SKEW_SECS: i64 = 600;
+pub const MAX_SKEW_SECS: i64 = vendors::ZEGO.max_skew_secs;
 
 /// Characters left as they are in query values: RFC 3986 unreserved.
 pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -155,6 +156,10 @@ impl ZegoClient {
     pub async fn kick_once(&self, req: &KickRequest) -> Result<CallReport, RequestError> {
         if req.app_id != self.app_id {
             return Err(RequestError::UnknownApp { vendor: Vendor::Zego, app_id: req.app_id });
+        }
+        // Kicks are all this client calls; the registry lists its APIs.
+        if req.action != Action::Kick {
+            return Err(RequestError::Unsupported { vendor: Vendor::Zego, action: req.action });
         }
         check_users(Vendor::Zego, &req.user_ids, MAX_USERS_PER_CALL)?;
         let room = match &req.room {

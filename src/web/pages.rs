@@ -138,6 +138,18 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
     })
 }
 
+/// One vendor in the search form's choices.
+struct VendorChoice {
+    name: &'static str,
+    selected: bool,
+}
+
+impl VendorChoice {
+    fn all(chosen: &str) -> Vec<VendorChoice> {
+        crate::vendors::NAMES.iter().map(|name| VendorChoice { name, selected: chosen.trim() == *name }).collect()
+    }
+}
+
 /// The search form as typed (strings, so that it shows again as given).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct SearchForm {
@@ -172,13 +184,15 @@ fn some(s: &str) -> Option<String> {
 impl SearchForm {
     pub(crate) fn filter(&self) -> Result<query::Filter, String> {
         let time = |name: &str, v: &str| -> Result<Option<DateTime<Utc>>, String> {
-            some(v).map(|v| crate::cli::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
+            some(v).map(|v| crate::audit::query::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
         };
         Ok(query::Filter {
             user: some(&self.user),
             room: some(&self.room),
             app: some(&self.app).map(|a| a.parse().map_err(|_| format!("app: not a number: {a}"))).transpose()?,
-            vendor: some(&self.vendor),
+            vendor: some(&self.vendor)
+                .map(|v| crate::vendors::Vendor::parse(&v).ok_or_else(|| format!("vendor: unknown vendor {v:?}")))
+                .transpose()?,
             status: some(&self.status),
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
@@ -228,6 +242,8 @@ struct Verdicts {
     actor: Actor,
     heading: String,
     form: SearchForm,
+    /// The registry's vendors, for the filter's choices.
+    vendors: Vec<VendorChoice>,
     problem: Option<String>,
     rows: Vec<VerdictRow>,
     next: Option<String>,
@@ -243,7 +259,8 @@ async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: Stri
     let next = (rows.len() as i64 == PAGE).then(|| rows.last().map(|r| form.next(r))).flatten();
     let offer = actor.may_replay() && problem.is_none() && !rows.is_empty() && form.status.trim() == "failed";
     let bulk_replay = offer.then(|| format!("/replay?{}", form.query(&[])));
-    render(Verdicts { actor, heading, form, problem, rows, next, bulk_replay })
+    let vendors = VendorChoice::all(&form.vendor);
+    render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay })
 }
 
 pub(crate) async fn verdicts(

@@ -7,6 +7,7 @@ mod contract;
 mod deploy;
 use bouncer_tools::testkit as helpers;
 mod hostile;
+mod layout;
 mod ops;
 mod pipeline;
 mod secrets;

@@ -213,6 +213,53 @@ async fn after_a_mixed_run_audit_metrics_and_logs_tell_the_same_story() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn replay_with_a_limit_of_a_thousand_replays_a_thousand_and_without_one_the_rest() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let out = env.cli(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pool = env.pool().await;
+    // 1,005 failed verdicts of one user each, written as the trail would hold them.
+    let app = i64::from(env.apps.zego[0].0);
+    sqlx::query(
+        "INSERT INTO verdicts (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, payload, status, finished_at)
+         SELECT 'f-' || i, 'zego', $1, 'r', false, ARRAY['u' || i], '{}'::jsonb, 'failed', now()
+         FROM generate_series(1, 1005) AS i",
+    )
+    .bind(app)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, status, attempts, last_error)
+         SELECT 'f-' || i, 'u' || i, 'zego', $1, 'failed', 1, 'vendor code 1' FROM generate_series(1, 1005) AS i",
+    )
+    .bind(app)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let status = |s: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM verdicts WHERE status = $1")
+                .bind(s)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    let out = env.cli(&["replay", "--status", "failed", "--limit", "1000", "--actor", "ops-dan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("replayed 1000 verdict(s)"), "{}", stdout(&out));
+    assert_eq!((status("pending").await, status("failed").await), (1000, 5));
+
+    let out = env.cli(&["replay", "--status", "failed", "--actor", "ops-dan"]);
+    assert!(stdout(&out).contains("replayed 5 verdict(s)"), "{}", stdout(&out));
+    assert_eq!(status("failed").await, 0);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_verdict_is_replayed_once_the_fault_is_cleared() {
     let env = TestEnv::new(Apps::random(0, 1), EnvOptions::default()).await;
     let app = env.apps.trtc[0].0;

@@ -17,7 +17,13 @@ fn users(n: usize) -> Vec<String> {
 }
 
 fn request(app_id: u32, room: RoomId, n: usize) -> KickRequest {
-    KickRequest { app_id, room, user_ids: users(n), reason: Some("spam".into()) }
+    KickRequest {
+        action: bouncer::vendors::Action::Kick,
+        app_id,
+        room,
+        user_ids: users(n),
+        reason: Some("spam".into()),
+    }
 }
 
 fn clients(config: &Config) -> (Client, Client) {

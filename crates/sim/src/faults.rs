@@ -55,10 +55,9 @@ impl Faults {
 
     pub fn validate(&self) -> Result<(), String> {
         if let Some(v) = &self.vendor
-            && v != "zego"
-            && v != "trtc"
+            && bouncer::vendors::Vendor::parse(v).is_none()
         {
-            return Err(format!("vendor must be \"zego\" or \"trtc\", got {v:?}"));
+            return Err(format!("vendor must be one of {}, got {v:?}", bouncer::vendors::NAMES.join(", ")));
         }
         for (name, rate) in [
             ("http_502_rate", self.http_502_rate),

@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
         exit(match &cli.command {
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
-            Command::Sim(args) => crate::sim::run(&cli, args).await,
+            Command::Sim(args) => crate::sim::run(cli.config.as_deref(), args).await,
         })
     })
 }

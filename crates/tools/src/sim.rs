@@ -7,8 +7,6 @@ use bouncer::config::Config;
 use bouncer::vendor_api::{trtc, zego};
 use bouncer_sim::{self as sim, SimSettings};
 
-use crate::cli::ToolsCli;
-
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
     /// Address to serve both vendors' APIs and the `/_sim/` control API on.
@@ -26,9 +24,10 @@ pub struct SimArgs {
     handling_us: u64,
 }
 
-pub(crate) async fn run(cli: &ToolsCli, args: &SimArgs) -> CliResult {
+/// Serves the apps of the configuration at `config` (default `bouncer.toml`).
+pub(crate) async fn run(config: Option<&std::path::Path>, args: &SimArgs) -> CliResult {
     // The sim reads only the [[zego]] and [[trtc]] sections, so one file can serve both.
-    let path = cli.config.clone().unwrap_or_else(|| "bouncer.toml".into());
+    let path = config.map_or_else(|| "bouncer.toml".into(), std::path::Path::to_path_buf);
     let config = Config::load_vendors_only(&path).map_err(|e| invalid_config(&path, &e))?;
     let settings =
         SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: args.zego_rate, trtc_rate: args.trtc_rate };

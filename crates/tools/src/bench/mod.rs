@@ -94,7 +94,7 @@ pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {
 }
 
 async fn bench_main(args: &BenchArgs) -> Result<(), String> {
-    bouncer::cli::ensure_services(&args.amqp, &args.postgres).await?;
+    crate::testkit::ensure_services(&args.amqp, &args.postgres).await?;
     if args.preset == Preset::Console {
         return console::run(args).await;
     }
