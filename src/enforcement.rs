@@ -127,58 +127,57 @@ impl Stopped {
     }
 }
 
+/// What every group's lanes are started with, as the worker wires it.
+pub struct Wiring {
+    /// The main pool, for the lanes' fetches.
+    pub pool: PgPool,
+    pub groups: Vec<GroupApps>,
+    pub settings: EnforceSettings,
+    pub audit: AuditSink,
+    pub wakers: Arc<Wakers>,
+    pub view: Arc<LaneView>,
+}
+
 /// The lanes of the groups this replica owns.
 pub struct Enforcement {
-    pool: PgPool,
-    groups: Vec<GroupApps>,
-    settings: EnforceSettings,
-    audit: AuditSink,
-    wakers: Arc<Wakers>,
-    view: Arc<LaneView>,
+    wiring: Wiring,
     running: BTreeMap<QuotaGroup, Running>,
 }
 
 impl Enforcement {
-    pub fn new(
-        pool: PgPool,
-        groups: Vec<GroupApps>,
-        settings: EnforceSettings,
-        audit: AuditSink,
-        wakers: Arc<Wakers>,
-        view: Arc<LaneView>,
-    ) -> Enforcement {
-        Enforcement { pool, groups, settings, audit, wakers, view, running: BTreeMap::new() }
+    pub fn new(wiring: Wiring) -> Enforcement {
+        Enforcement { wiring, running: BTreeMap::new() }
     }
 
     /// The groups the configuration names.
     pub fn group_names(&self) -> Vec<QuotaGroup> {
-        self.groups.iter().map(|g| g.group.clone()).collect()
+        self.wiring.groups.iter().map(|g| g.group.clone()).collect()
     }
 
     /// `pacing.jitter_ms`, which a new owner waits on top of a window.
     pub fn jitter(&self) -> Duration {
-        self.settings.jitter
+        self.wiring.settings.jitter
     }
 
     /// How long a stopping replica lets its calls in flight finish.
     pub fn grace(&self) -> Duration {
-        self.settings.grace
+        self.wiring.settings.grace
     }
 
     /// Writes every result handed to the audit writer so far.
     pub async fn flush(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.audit.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.wiring.audit.flush()).await;
     }
 
     /// Starts the lanes of a group just acquired under `lease`; no call starts before
     /// `not_before`.
     pub fn start(&mut self, group: &QuotaGroup, lease: Arc<Lease>, not_before: Instant) {
-        let Some(g) = self.groups.iter().find(|g| &g.group == group) else { return };
+        let Some(g) = self.wiring.groups.iter().find(|g| &g.group == group) else { return };
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
         let tracker = TaskTracker::new();
         let rate = g.apps.first().map(|(_, r)| *r).unwrap_or(1);
-        let jitter = self.settings.jitter;
+        let jitter = self.wiring.settings.jitter;
         // Shared by every app of the group, laid out by the registry's quota plan.
         let quotas = Arc::new(Quotas::for_vendor(g.vendor, || Quota::new(rate, jitter, not_before)));
         let mut apps = Vec::new();
@@ -191,19 +190,20 @@ impl Enforcement {
                 stats: stats.clone(),
                 health: AppHealth::default(),
                 quotas: quotas.clone(),
-                retry: self.settings.retry.clone(),
-                audit: self.audit.clone(),
+                retry: self.wiring.settings.retry.clone(),
+                audit: self.wiring.audit.clone(),
                 settled: settled_tx,
                 lease: lease.clone(),
                 cancel: cancel.clone(),
                 abandon: abandon.clone(),
-                calls: self.settings.calls.clone(),
+                calls: self.wiring.settings.calls.clone(),
                 call_done: tokio::sync::Notify::new(),
             });
-            let limits = LaneLimits::for_app(client, *rate, self.settings.linger, self.settings.buffer_secs);
-            let wake = self.wakers.get(app).unwrap_or_default();
-            tracker.spawn(lane::run(ctx, self.pool.clone(), wake, settled_rx, limits, tracker.clone()));
-            self.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(app, stats);
+            let limits =
+                LaneLimits::for_app(client, *rate, self.wiring.settings.linger, self.wiring.settings.buffer_secs);
+            let wake = self.wiring.wakers.get(app).unwrap_or_default();
+            tracker.spawn(lane::run(ctx, self.wiring.pool.clone(), wake, settled_rx, limits, tracker.clone()));
+            self.wiring.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(app, stats);
             apps.push(app);
         }
         self.running.insert(group.clone(), Running { cancel, abandon, tracker, apps });
@@ -218,7 +218,7 @@ impl Enforcement {
             r.abandon.cancel();
         }
         r.tracker.close();
-        let mut lanes = self.view.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lanes = self.wiring.view.lanes.lock().unwrap_or_else(|e| e.into_inner());
         for app in &r.apps {
             lanes.remove(app);
         }

@@ -2,7 +2,6 @@
 //! process is alive) and `/readyz` (connected to RabbitMQ and PostgreSQL, consumer active).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,11 +10,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::worker::Health;
 
@@ -48,9 +46,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     };
     let rabbitmq = h.broker.connected.load(Ordering::Relaxed);
     let consuming = h.broker.consuming.load(Ordering::Relaxed);
-    let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&h.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let postgres =
+        tokio::time::timeout(Duration::from_secs(2), crate::audit::work::ping(&h.pool)).await.is_ok_and(|r| r.is_ok());
     // Deliveries held unrecorded this long mean intake is stuck though every connection looks up.
     let holding = h.broker.holding_for();
     let intake_recording = holding < INTAKE_STALL;
@@ -83,15 +80,7 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("bouncer_pending_users", "vendor" => vendor).set(users as f64);
         }
         // Unfinished verdicts in the whole deployment (the database holds the work).
-        let unfinished = tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query_as::<_, (i64, f64)>(
-                "SELECT count(*), COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8
-                 FROM verdicts WHERE status = 'pending'",
-            )
-            .fetch_one(&h.pool),
-        )
-        .await;
+        let unfinished = tokio::time::timeout(Duration::from_secs(1), crate::audit::work::unfinished(&h.pool)).await;
         if let Ok(Ok((count, secs))) = unfinished {
             metrics::gauge!("bouncer_inflight_verdicts").set(count as f64);
             metrics::gauge!("bouncer_oldest_pending_verdict_seconds").set(secs);
@@ -116,16 +105,14 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
 /// `/readyz` fails once intake has held deliveries it cannot record for this long.
 pub const INTAKE_STALL: Duration = Duration::from_secs(30);
 
-/// Most connections served at once; a connection beyond it is closed as soon as it is accepted.
-/// A scrape and a probe need one each: the cap bounds the descriptors that idle or hostile
-/// clients can hold, and the header timeout bounds how long they hold them.
-pub const MAX_CONNECTIONS: usize = 256;
-/// A request's headers must arrive within this (a half-open request holds a connection).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection is closed gracefully after this, however busy; Prometheus reconnects.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Largest request head read (GET requests carry nothing else).
-pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// The ops port's limits ([`crate::serve::OPS`]): most connections served at once …
+pub const MAX_CONNECTIONS: usize = crate::serve::OPS.max_connections;
+/// … how long a request's headers may take …
+pub const HEADER_READ_TIMEOUT: Duration = crate::serve::OPS.header_read_timeout;
+/// … how long a connection lives …
+pub const CONNECTION_LIFETIME: Duration = crate::serve::OPS.connection_lifetime;
+/// … and the largest request head read.
+pub const MAX_REQUEST_HEAD_BYTES: usize = crate::serve::OPS.max_request_head_bytes;
 
 /// Serves until the process exits. Returns the bound address (useful with port 0).
 pub async fn serve(
@@ -140,46 +127,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { metrics, health });
-    tokio::spawn(accept_loop(listener, app));
+    // Until the process exits: the ops port answers probes through shutdown.
+    tokio::spawn(crate::serve::serve(listener, app, crate::serve::OPS, CancellationToken::new()));
     Ok(addr)
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, most likely: wait rather than spin.
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Full: close it at once rather than leave it (and whoever waits behind it, a probe say)
-        // in the accept queue.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("bouncer_http_connections_refused_total").increment(1);
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
-                }
-            }
-            drop(slot);
-        });
-    }
 }

@@ -33,6 +33,7 @@ pub(crate) mod ownership;
 pub mod publisher;
 pub(crate) mod quota;
 pub(crate) mod retry;
+pub mod serve;
 pub mod shutdown;
 pub(crate) mod states;
 pub mod telemetry;

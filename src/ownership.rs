@@ -18,7 +18,7 @@
 //!   gracefully when another replica joins (River's elector and Oban's peers work alike).
 //!
 //! The elector only announces: it tells [`Enforcement`] to start a group it gained and to stop one
-//! it lost or hands over, and releases a lease only once the group's calls have settled.
+//! it lost or hands over, and releases a lease only once the group's calls have wound down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -231,7 +231,7 @@ impl Elector {
         metrics::counter!("bouncer_ownership_changes_total", "change" => "lost").increment(1);
     }
 
-    /// Stops calling, lets calls in flight settle (up to the drain), lets their results be
+    /// Stops calling, lets calls in flight wind down (up to the drain), lets their results be
     /// written, then ends the lease so another replica can start after one vendor window (plus
     /// the allowance).
     async fn hand_over(&mut self, g: &QuotaGroup) {
@@ -258,7 +258,7 @@ impl Elector {
         }
     }
 
-    /// Shutdown: hand everything over (calls in flight settle within the grace period, at most the
+    /// Shutdown: hand everything over (calls in flight wind down within the grace period, at most the
     /// drain), leave.
     async fn leave(&mut self) {
         let groups: Vec<QuotaGroup> = self.owned.keys().cloned().collect();

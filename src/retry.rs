@@ -5,11 +5,17 @@
 //!
 //! backon's own jitter adds `[0, d)` on top of each delay; "full jitter" draws the whole wait
 //! uniformly from `[0, d]`, which spreads retries of many chunks hitting the same failure best.
+//!
+//! [`Backoff`] is the other half: the one wait every reconnect and retry loop of the process uses
+//! (PostgreSQL at start, the LISTEN connection, the broker session, intake's and the audit
+//! writer's held writes), doubling from a first step to a ceiling each loop documents, cancelled
+//! by shutdown. Loops only classify what failed; the waiting is written once, here.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
 
@@ -63,6 +69,76 @@ impl RetrySchedule {
     }
 }
 
+/// Waits between tries of something that must work eventually: `first`, 2×, 4×, … up to
+/// `ceiling` (backon's exponential builder, no jitter: one process retries one thing), back to
+/// `first` after [`Backoff::reset`].
+pub struct Backoff {
+    first: Duration,
+    ceiling: Duration,
+    steps: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, ceiling: Duration) -> Backoff {
+        Backoff { first, ceiling, steps: Self::steps(first, ceiling) }
+    }
+
+    fn steps(first: Duration, ceiling: Duration) -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(first)
+            .with_max_delay(ceiling)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+    }
+
+    /// The wait before the next try.
+    pub fn next_wait(&mut self) -> Duration {
+        self.steps.next().unwrap_or(self.ceiling)
+    }
+
+    /// Back to the first step (after a try that worked for a while).
+    pub fn reset(&mut self) {
+        self.steps = Self::steps(self.first, self.ceiling);
+    }
+
+    /// Waits `wait` unless `cancel` fires first; false when cancelled.
+    pub async fn sleep(wait: Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = cancel.cancelled() => false,
+        }
+    }
+
+    /// Tries `op` until it works, telling `failed` each error and the wait before the next try.
+    /// `None` once `cancel` fires.
+    pub async fn until_ok<T, E, Fut>(
+        &mut self,
+        cancel: &CancellationToken,
+        mut op: impl FnMut() -> Fut,
+        mut failed: impl FnMut(&E, Duration),
+    ) -> Option<T>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        loop {
+            if cancel.is_cancelled() {
+                return None;
+            }
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let wait = self.next_wait();
+                    failed(&e, wait);
+                    if !Self::sleep(wait, cancel).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +179,40 @@ mod tests {
         let late = t0 + chrono::Duration::seconds(600);
         assert_eq!(s.next_attempt(0, t0, late + chrono::Duration::milliseconds(1)), None);
         assert!(!s.past_deadline(t0, t0 + chrono::Duration::seconds(599)));
+    }
+
+    #[test]
+    fn a_backoff_doubles_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let waits: Vec<u128> = (0..7).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ok_retries_with_the_waits_and_stops_when_cancelled() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let cancel = CancellationToken::new();
+        let mut tries = 0;
+        let mut waits = Vec::new();
+        let t0 = tokio::time::Instant::now();
+        let got = b
+            .until_ok(
+                &cancel,
+                || {
+                    tries += 1;
+                    let n = tries;
+                    async move { if n < 4 { Err("not yet") } else { Ok(n) } }
+                },
+                |_: &&str, w| waits.push(w.as_millis()),
+            )
+            .await;
+        assert_eq!(got, Some(4));
+        assert_eq!(waits, [100, 200, 400]);
+        assert_eq!(t0.elapsed(), Duration::from_millis(700));
+        cancel.cancel();
+        let never: Option<()> = b.until_ok(&cancel, || async { Err::<(), _>("down") }, |_: &&str, _| {}).await;
+        assert_eq!(never, None);
     }
 }

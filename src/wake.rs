@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{AppKey, OWNERS_CHANNEL, WORK_CHANNEL, WakeNote};
+use crate::retry::Backoff;
 
 /// One wake-up per configured app, shared by intake, the listener and the app's lane (whichever
 /// incarnation of it runs now), plus one for the elector.
@@ -58,25 +59,18 @@ impl Wakers {
 
 /// Listens until `shutdown`, reconnecting after errors (PgListener resubscribes by itself).
 pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: CancellationToken) {
-    let mut wait = Duration::from_millis(200);
+    // 200 ms, doubling to 5 s while PostgreSQL is away.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     'connect: loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for new work; lanes poll meanwhile");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {},
-                    () = shutdown.cancelled() => return,
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-                continue 'connect;
-            }
+        let connect = || async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen_all([WORK_CHANNEL, OWNERS_CHANNEL]).await?;
+            Ok::<_, sqlx::Error>(l)
         };
-        if let Err(e) = listener.listen_all([WORK_CHANNEL, OWNERS_CHANNEL]).await {
-            tracing::warn!(error = %e, "cannot LISTEN for new work; lanes poll meanwhile");
-            continue 'connect;
-        }
-        wait = Duration::from_millis(200);
+        let failed =
+            |e: &sqlx::Error, _| tracing::warn!(error = %e, "cannot LISTEN for new work; lanes poll meanwhile");
+        let Some(mut listener) = backoff.until_ok(&shutdown, connect, failed).await else { return };
+        backoff.reset();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -85,9 +79,8 @@ pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: Can
                     Ok(_) => wakers.owners.notify_one(),
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; lanes poll until it is back");
-                        tokio::select! {
-                            () = tokio::time::sleep(wait) => {},
-                            () = shutdown.cancelled() => return,
+                        if !Backoff::sleep(backoff.next_wait(), &shutdown).await {
+                            return;
                         }
                         // The lanes might have missed work meanwhile.
                         wakers.wake_all();

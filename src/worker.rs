@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, writer};
 use crate::config::Config;
-use crate::enforcement::{self, EnforceSettings, Enforcement};
+use crate::enforcement::{self, EnforceSettings, Enforcement, Wiring};
 use crate::intake::{BrokerStatus, Intake};
 use crate::keys::AppKey;
 use crate::ownership::{Elector, Identity, OwnershipView};
-use crate::retry::RetrySchedule;
+use crate::retry::{Backoff, RetrySchedule};
 use crate::wake::{self, Wakers};
 
 /// What the HTTP surface (health, readiness, metrics) looks at.
@@ -38,26 +38,60 @@ pub struct Health {
     pub ownership: Arc<OwnershipView>,
 }
 
+/// The worker's connections to PostgreSQL.
+struct Pools {
+    /// Enforcement's fetches and the audit writer.
+    main: PgPool,
+    /// Leases and wake-ups: a busy main pool must not cost a renewal.
+    reserved: PgPool,
+    /// Intake: new verdicts are recorded without queueing behind enforcement for a connection.
+    intake: PgPool,
+}
+
+/// Migrates and connects every pool, retrying until PostgreSQL answers or `shutdown`.
+async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<Pools> {
+    let main = prepare_database(config, shutdown).await?;
+    let reserved = reserved_pool(config, 3, shutdown).await?;
+    let intake = reserved_pool(config, crate::intake::PIPELINE_DEPTH as u32, shutdown).await?;
+    Some(Pools { main, reserved, intake })
+}
+
+/// Vendor calls run on a thread of their own: a call is charged to its quota right before it is
+/// sent, and bursts of intake's or the audit writer's work on the main runtime should not sit in
+/// between (the pacing holds the limit whatever the delay; a delay costs throughput).
+fn calls_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bouncer-calls")
+        .enable_all()
+        .build()
+        .map_err(|e| tracing::error!(error = %e, "cannot start the vendor-call runtime"))
+        .ok()
+}
+
+/// Writes what the audit writers hold (10 s at most), then stops them.
+async fn stop_writers(audit: writer::AuditSink, stop: CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    if tokio::time::timeout(Duration::from_secs(10), audit.flush()).await.is_err() {
+        tracing::warn!("audit writer did not flush in time; those kicks stay pending and are retried");
+    }
+    drop(audit);
+    stop.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+}
+
 /// Connects to PostgreSQL and applies migrations, retrying until it works or `shutdown`.
 async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Option<PgPool> {
-    let mut wait = Duration::from_millis(500);
-    loop {
-        let attempt = async {
-            audit::migrate(&config.postgres, Duration::from_secs(5)).await?;
-            audit::connect(&config.postgres, Duration::from_secs(5)).await
-        };
-        match attempt.await {
-            Ok(pool) => return Some(pool),
-            Err(e) => {
-                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL not ready");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {},
-                    () = shutdown.cancelled() => return None,
-                }
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let attempt = || async {
+        audit::migrate(&config.postgres, Duration::from_secs(5)).await?;
+        audit::connect(&config.postgres, Duration::from_secs(5)).await
+    };
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
+        .until_ok(shutdown, attempt, |e: &audit::AuditError, wait| {
+            tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL not ready");
+        })
+        .await
 }
 
 /// This replica's name: configured, else host name and process id.
@@ -84,31 +118,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     for vendor in crate::vendors::NAMES {
         metrics::counter!("bouncer_deferrals_total", "vendor" => vendor).absolute(0);
     }
-    let Some(pool) = prepare_database(&config, &shutdown).await else { return };
-    // Leases and wake-ups on connections of their own: a busy main pool must not cost a renewal.
-    let Some(reserved) = reserved_pool(&config, 3, &shutdown).await else { return };
-    // Intake too: new verdicts are recorded without queueing behind enforcement's fetches and
-    // result writes for a connection.
-    let Some(intake_pool) = reserved_pool(&config, crate::intake::PIPELINE_DEPTH as u32, &shutdown).await else {
-        return;
-    };
-    // Vendor calls run on a thread of their own: a call is charged to its quota right before it is
-    // sent, and intake's or the audit writer's bursts of work on the main runtime must not sit in
-    // between (the pacing absorbs only `pacing.jitter_ms` of variation).
-    let calls = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bouncer-calls")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the vendor-call runtime");
-            return;
-        }
-    };
+    let Some(Pools { main: pool, reserved, intake: intake_pool }) = connect(&config, &shutdown).await else { return };
+    let Some(calls) = calls_runtime() else { return };
     let (me, hostname) = worker_id(&config);
-    let (audit, writer_tasks) = writer::spawn(pool.clone());
+    let writers_stop = CancellationToken::new();
+    let (audit, writer_tasks) = writer::spawn(pool.clone(), writers_stop.clone());
     let groups = enforcement::groups(&config);
     let apps: HashSet<_> =
         groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| AppKey::new(g.vendor, c.app_id()))).collect();
@@ -122,10 +136,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     // On SIGTERM intake stops and the quotas are handed over at the same moment: another replica
     // takes over while this one finishes.
     let listener = tokio::spawn(wake::listen(reserved.clone(), wakers.clone(), me.clone(), shutdown.clone()));
-    let enforcement = Enforcement::new(
-        pool.clone(),
+    let enforcement = Enforcement::new(Wiring {
+        pool: pool.clone(),
         groups,
-        EnforceSettings {
+        settings: EnforceSettings {
             retry: RetrySchedule::from(&config.retry),
             linger: Duration::from_millis(config.batch.linger_ms),
             buffer_secs: config.pacing.buffer.as_secs_f64(),
@@ -133,10 +147,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
             grace: config.shutdown.grace,
             calls: calls.handle().clone(),
         },
-        audit.clone(),
-        wakers.clone(),
-        view.lanes.clone(),
-    );
+        audit: audit.clone(),
+        wakers: wakers.clone(),
+        view: view.lanes.clone(),
+    });
     let identity = Identity { worker_id: me.clone(), hostname };
     let elector = Elector::new(
         reserved.clone(),
@@ -163,28 +177,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     reserved.close().await;
     // Every call was answered or given up before the leases were released.
     calls.shutdown_background();
-    if tokio::time::timeout(Duration::from_secs(10), audit.flush()).await.is_err() {
-        tracing::warn!("audit writer did not flush in time; those kicks stay pending and are retried");
-    }
-    drop(audit);
-    writer_tasks.iter().for_each(|t| t.abort());
+    stop_writers(audit, writers_stop, writer_tasks).await;
     pool.close().await;
     intake_pool.close().await;
     tracing::info!("stopped");
 }
 
-/// A pool of `size` connections of its own, retried until PostgreSQL answers or shutdown.
+/// A pool of `size` connections of its own, retried every second until PostgreSQL answers or
+/// shutdown.
 async fn reserved_pool(config: &Config, size: u32, shutdown: &CancellationToken) -> Option<PgPool> {
-    loop {
-        match audit::connect_reserved(&config.postgres, size, Duration::from_secs(5)).await {
-            Ok(p) => return Some(p),
-            Err(e) => {
-                tracing::error!(error = %e, "PostgreSQL not ready");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    () = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    }
+    let attempt = || audit::connect_reserved(&config.postgres, size, Duration::from_secs(5));
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
+        .until_ok(shutdown, attempt, |e: &audit::AuditError, _| tracing::error!(error = %e, "PostgreSQL not ready"))
+        .await
 }

@@ -83,126 +83,13 @@ pub async fn record(
     wake: Option<&WakeNote>,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
     let mut tx = pool.begin().await?;
-    if !rejections.is_empty() {
-        let capped: Vec<&[u8]> =
-            rejections.iter().map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_CAP)]).collect();
-        sqlx::query(
-            "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::jsonb[])",
-        )
-        .bind(rejections.iter().map(|r| r.reason).collect::<Vec<_>>())
-        .bind(rejections.iter().map(|r| r.field).collect::<Vec<_>>())
-        .bind(rejections.iter().map(|r| r.rule).collect::<Vec<_>>())
-        .bind(capped)
-        .bind(rejections.iter().map(|r| i32::try_from(r.payload.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-        .bind(rejections.iter().map(|r| &r.headers).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-
+    insert_rejections(&mut tx, rejections).await?;
     let mut result = HashMap::new();
     if !verdicts.is_empty() {
-        let rows: Vec<VerdictRow<'_>> = verdicts
-            .iter()
-            .map(|n| {
-                let v = n.verdict;
-                VerdictRow {
-                    verdict_id: &v.verdict_id,
-                    vendor: v.vendor.as_str(),
-                    app_id: i64::from(v.app_id),
-                    room_id: v.room_id.to_string(),
-                    room_id_numeric: v.room_id.is_numeric(),
-                    user_ids: &v.user_ids,
-                    reason: v.reason.as_deref(),
-                    source: v.source.as_deref(),
-                    detected_at: v.detected_at,
-                    evidence: v.evidence.as_ref(),
-                    payload: n.payload,
-                    deliveries: n.deliveries,
-                }
-            })
-            .collect();
-        let doc = serde_json::to_value(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let upserted: Vec<(String, VerdictStatus, i32, bool)> = sqlx::query_as(
-            "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
-                                        source, detected_at, evidence, payload, deliveries)
-             SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
-                    evidence, payload, deliveries
-             FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
-                  room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
-                  evidence jsonb, payload jsonb, deliveries integer)
-             ON CONFLICT (verdict_id) DO UPDATE
-                SET deliveries = v.deliveries + EXCLUDED.deliveries,
-                    last_delivery_at = now()
-                -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
-                -- room or set of users differs is left alone and not returned (the caller keeps
-                -- that message as rejected, rule verdict_id_reused).
-                WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
-                  AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
-                  AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
-             RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
-        )
-        .bind(&doc)
-        .fetch_all(&mut *tx)
-        .await?;
-
-        let by_id: HashMap<&str, &NewVerdict<'_>> =
-            verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n)).collect();
-        let (mut kick_v, mut kick_u, mut kick_vendor, mut kick_app) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut resumed = Vec::new();
-        let (mut unconfigured_ids, mut unconfigured_why) = (Vec::new(), Vec::new());
-        for (id, status, deliveries, inserted) in upserted {
-            if let Some(n) = by_id.get(id.as_str()) {
-                if inserted {
-                    for u in &n.verdict.user_ids {
-                        kick_v.push(id.clone());
-                        kick_u.push(u.clone());
-                        kick_vendor.push(n.verdict.vendor.as_str());
-                        kick_app.push(i64::from(n.verdict.app_id));
-                    }
-                }
-                if status == VerdictStatus::Pending {
-                    match &n.unconfigured {
-                        Some(why) => {
-                            unconfigured_ids.push(id.clone());
-                            unconfigured_why.push(why.clone());
-                        }
-                        None if !inserted => resumed.push(id.clone()),
-                        None => {}
-                    }
-                }
-            }
-            result.insert(id, Recorded { status, deliveries, inserted });
-        }
-        if !kick_v.is_empty() {
-            // Due at once: the owner's linger counts from `next_attempt_at`.
-            sqlx::query(
-                "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, next_attempt_at)
-                 SELECT v, u, vendor, app, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
-                      AS x(v, u, vendor, app)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&kick_v)
-            .bind(&kick_u)
-            .bind(&kick_vendor)
-            .bind(&kick_app)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !unconfigured_ids.is_empty() {
-            sqlx::query(
-                "UPDATE kicks k SET status = 'failed', last_error = x.error, next_attempt_at = NULL, updated_at = now()
-                 FROM UNNEST($1::text[], $2::text[]) AS x(verdict_id, error)
-                 WHERE k.verdict_id = x.verdict_id AND k.status = 'pending'",
-            )
-            .bind(&unconfigured_ids)
-            .bind(&unconfigured_why)
-            .execute(&mut *tx)
-            .await?;
-            resumed.extend(unconfigured_ids);
-        }
+        let upserted = upsert_verdicts(&mut tx, verdicts).await?;
+        let resumed = insert_kicks(&mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
-        // path, or it was just failed above) is closed here.
+        // path, or it was just failed as unconfigured) is closed here.
         for (id, status) in results::close_finished(&mut tx, &resumed).await? {
             if let Some(r) = result.get_mut(&id) {
                 r.status = status;
@@ -214,4 +101,144 @@ pub async fn record(
     }
     tx.commit().await?;
     Ok(result)
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Malformed messages, capped, as `rejected_messages` rows.
+async fn insert_rejections(tx: &mut Tx, rejections: &[Rejection<'_>]) -> Result<(), AuditError> {
+    if rejections.is_empty() {
+        return Ok(());
+    }
+    let capped: Vec<&[u8]> =
+        rejections.iter().map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_CAP)]).collect();
+    sqlx::query(
+        "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::jsonb[])",
+    )
+    .bind(rejections.iter().map(|r| r.reason).collect::<Vec<_>>())
+    .bind(rejections.iter().map(|r| r.field).collect::<Vec<_>>())
+    .bind(rejections.iter().map(|r| r.rule).collect::<Vec<_>>())
+    .bind(capped)
+    .bind(rejections.iter().map(|r| i32::try_from(r.payload.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rejections.iter().map(|r| &r.headers).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts new verdicts and counts redeliveries of known ones, in one statement. Returns each
+/// verdict it touched: (id, status, deliveries, inserted now).
+async fn upsert_verdicts(
+    tx: &mut Tx,
+    verdicts: &[NewVerdict<'_>],
+) -> Result<Vec<(String, VerdictStatus, i32, bool)>, AuditError> {
+    let rows: Vec<VerdictRow<'_>> = verdicts
+        .iter()
+        .map(|n| {
+            let v = n.verdict;
+            VerdictRow {
+                verdict_id: &v.verdict_id,
+                vendor: v.vendor.as_str(),
+                app_id: i64::from(v.app_id),
+                room_id: v.room_id.to_string(),
+                room_id_numeric: v.room_id.is_numeric(),
+                user_ids: &v.user_ids,
+                reason: v.reason.as_deref(),
+                source: v.source.as_deref(),
+                detected_at: v.detected_at,
+                evidence: v.evidence.as_ref(),
+                payload: n.payload,
+                deliveries: n.deliveries,
+            }
+        })
+        .collect();
+    let doc = serde_json::to_value(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    Ok(sqlx::query_as(
+        "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
+                                    source, detected_at, evidence, payload, deliveries)
+         SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
+                evidence, payload, deliveries
+         FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
+              room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
+              evidence jsonb, payload jsonb, deliveries integer)
+         ON CONFLICT (verdict_id) DO UPDATE
+            SET deliveries = v.deliveries + EXCLUDED.deliveries,
+                last_delivery_at = now()
+            -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
+            -- room or set of users differs is left alone and not returned (the caller keeps
+            -- that message as rejected, rule verdict_id_reused).
+            WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
+              AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
+              AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
+         RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
+    )
+    .bind(&doc)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The pending kicks of verdicts inserted now (due at once), and the failure of those nobody here
+/// serves. Fills `result`; returns the pending verdicts that may have nothing left to kick.
+async fn insert_kicks(
+    tx: &mut Tx,
+    verdicts: &[NewVerdict<'_>],
+    upserted: Vec<(String, VerdictStatus, i32, bool)>,
+    result: &mut HashMap<String, Recorded>,
+) -> Result<Vec<String>, AuditError> {
+    let by_id: HashMap<&str, &NewVerdict<'_>> = verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n)).collect();
+    let (mut kick_v, mut kick_u, mut kick_vendor, mut kick_app) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut resumed = Vec::new();
+    let (mut unconfigured_ids, mut unconfigured_why) = (Vec::new(), Vec::new());
+    for (id, status, deliveries, inserted) in upserted {
+        if let Some(n) = by_id.get(id.as_str()) {
+            if inserted {
+                for u in &n.verdict.user_ids {
+                    kick_v.push(id.clone());
+                    kick_u.push(u.clone());
+                    kick_vendor.push(n.verdict.vendor.as_str());
+                    kick_app.push(i64::from(n.verdict.app_id));
+                }
+            }
+            if status == VerdictStatus::Pending {
+                match &n.unconfigured {
+                    Some(why) => {
+                        unconfigured_ids.push(id.clone());
+                        unconfigured_why.push(why.clone());
+                    }
+                    None if !inserted => resumed.push(id.clone()),
+                    None => {}
+                }
+            }
+        }
+        result.insert(id, Recorded { status, deliveries, inserted });
+    }
+    if !kick_v.is_empty() {
+        // Due at once: the owner's linger counts from `next_attempt_at`.
+        sqlx::query(
+            "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, next_attempt_at)
+             SELECT v, u, vendor, app, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                  AS x(v, u, vendor, app)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&kick_v)
+        .bind(&kick_u)
+        .bind(&kick_vendor)
+        .bind(&kick_app)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !unconfigured_ids.is_empty() {
+        sqlx::query(
+            "UPDATE kicks k SET status = 'failed', last_error = x.error, next_attempt_at = NULL, updated_at = now()
+             FROM UNNEST($1::text[], $2::text[]) AS x(verdict_id, error)
+             WHERE k.verdict_id = x.verdict_id AND k.status = 'pending'",
+        )
+        .bind(&unconfigured_ids)
+        .bind(&unconfigured_why)
+        .execute(&mut **tx)
+        .await?;
+        resumed.extend(unconfigured_ids);
+    }
+    Ok(resumed)
 }

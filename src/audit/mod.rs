@@ -83,9 +83,10 @@ pub async fn connect_reserved(
 /// creating the database (the demo, the benchmark, `kick --wait`).
 pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<PgPool, AuditError> {
     let started = std::time::Instant::now();
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_millis(200));
     loop {
         match connect(cfg, Duration::from_secs(2)).await {
-            Err(_) if started.elapsed() < within => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) if started.elapsed() < within => tokio::time::sleep(backoff.next_wait()).await,
             result => return result,
         }
     }

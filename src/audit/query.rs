@@ -291,6 +291,16 @@ pub struct ReplayCandidate {
 }
 
 /// Verdicts matching the filter (status on the verdict only; `failed` when no status is given).
+/// The one rule for what a replay selects, for `bouncer replay` and the console alike: failed
+/// (or pending) verdicts; done ones, and kick statuses, never. Without a status a replay takes the
+/// failed verdicts (or the named ones).
+pub fn replay_status_rule(status: Option<&str>) -> Result<(), String> {
+    match status {
+        None | Some("failed" | "pending") => Ok(()),
+        Some(_) => Err("a replay takes failed (or pending) verdicts; done verdicts are never enforced twice".into()),
+    }
+}
+
 pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
     let mut f = f.clone();
     if f.status.is_none() && f.verdicts.is_empty() {

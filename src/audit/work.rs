@@ -84,3 +84,19 @@ pub async fn pending_by_app(pool: &PgPool) -> Result<Vec<PendingByApp>, AuditErr
     .fetch_all(pool)
     .await?)
 }
+
+/// Whether PostgreSQL answers (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), AuditError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// Unfinished verdicts in the whole deployment and the age of the oldest, in seconds (`/metrics`).
+pub async fn unfinished(pool: &PgPool) -> Result<(i64, f64), AuditError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8
+         FROM verdicts WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await?)
+}

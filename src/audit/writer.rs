@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 
 use super::results::{self, AttemptRow, KickOutcome};
 use crate::keys::KickKey;
+use crate::retry::Backoff;
+use tokio_util::sync::CancellationToken;
 
 /// Most messages folded into one transaction.
 const MAX_BATCH: usize = 4_096;
@@ -62,49 +64,58 @@ impl AuditSink {
 }
 
 /// Starts the writers. They end when every [`AuditSink`] is dropped and their queues are written.
-pub fn spawn(pool: PgPool) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
+/// Starts the writers. Once `stop` is cancelled a writer that cannot reach PostgreSQL gives its
+/// batch up instead of holding it (those kicks stay pending and are retried by the next owner).
+pub fn spawn(pool: PgPool, stop: CancellationToken) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
     let (senders, tasks) = (0..WRITERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-            (tx, tokio::spawn(run(pool.clone(), rx)))
+            (tx, tokio::spawn(run(pool.clone(), rx, stop.clone())))
         })
         .unzip();
     (AuditSink(senders), tasks)
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<AuditMsg>) {
+async fn run(pool: PgPool, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-        let (mut attempts, mut outcomes, mut settle, mut flushes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut attempts, mut outcomes, mut settled_lanes, mut flushes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for msg in buf.drain(..) {
             match msg {
                 AuditMsg::Attempt(a) => attempts.push(*a),
                 AuditMsg::Outcomes { outcomes: o, settled, .. } => {
                     let keys: Vec<KickKey> =
                         o.iter().map(|k| KickKey::new(k.verdict_id.as_str(), k.user_id.as_str())).collect();
-                    settle.push((settled, keys));
+                    settled_lanes.push((settled, keys));
                     outcomes.extend(o);
                 }
                 AuditMsg::Flush(done) => flushes.push(done),
             }
         }
-        let mut wait = Duration::from_millis(100);
         let started = std::time::Instant::now();
-        let finished = loop {
-            match results::record(&pool, &attempts, &outcomes).await {
-                Ok(f) => break f,
-                Err(e) => {
+        // 100 ms, doubling to 5 s while PostgreSQL is away.
+        let written = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+            .until_ok(
+                &stop,
+                || results::record(&pool, &attempts, &outcomes),
+                |e: &super::AuditError, wait| {
                     metrics::counter!("bouncer_database_errors_total", "op" => "results").increment(1);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write audit rows; holding them and retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
+                },
+            )
+            .await;
+        let Some(finished) = written else {
+            tracing::warn!(
+                outcomes = outcomes.len(),
+                "stopping without PostgreSQL: these kicks stay pending and are retried by the next owner"
+            );
+            return;
         };
         for (_, status) in &finished {
             metrics::counter!("bouncer_verdicts_finished_total", "status" => status.as_str()).increment(1);
         }
-        for (lane, keys) in settle {
+        for (lane, keys) in settled_lanes {
             // A lane that has stopped (ownership moved) no longer needs to know.
             let _ = lane.send(keys);
         }

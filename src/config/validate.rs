@@ -5,7 +5,57 @@ use super::*;
 /// Checks meaning and limits, resolves secrets, and turns file types into domain types.
 pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
     let mut p = Vec::new();
+    let Sections { prefetch, listen, warnings } = check_sections(&f, &mut p);
+    let zego_apps = check_zego(f.zego, env, &mut p);
+    let trtc_apps = check_trtc(f.trtc, env, &mut p);
+    let web = validate_web(f.web, env, &mut p);
 
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Config {
+        amqp: AmqpConfig {
+            url: f.amqp.url,
+            queue: f.amqp.queue,
+            prefetch,
+            connection_name: f.amqp.connection_name,
+            delivery_limit: f.amqp.delivery_limit,
+        },
+        postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
+        http: HttpConfig { listen },
+        batch: BatchConfig { linger_ms: f.batch.linger_ms },
+        ownership: OwnershipConfig {
+            lease: Duration::from_millis(f.ownership.lease_ms),
+            heartbeat: Duration::from_millis(f.ownership.heartbeat_ms),
+            worker_id: f.ownership.worker_id,
+        },
+        pacing: PacingConfig {
+            jitter: Duration::from_millis(f.pacing.jitter_ms),
+            buffer: Duration::from_millis(f.pacing.buffer_ms),
+        },
+        warnings,
+        retry: RetryConfig {
+            initial: Duration::from_millis(f.retry.initial_ms),
+            max_interval: Duration::from_millis(f.retry.max_interval_ms),
+            deadline: Duration::from_secs(f.retry.deadline_secs),
+        },
+        shutdown: ShutdownConfig { grace: Duration::from_secs(f.shutdown.grace_secs) },
+        web,
+        zego: zego_apps,
+        trtc: trtc_apps,
+    })
+}
+
+/// What the general sections' checks produce besides problems.
+struct Sections {
+    prefetch: u16,
+    listen: SocketAddr,
+    warnings: Vec<Problem>,
+}
+
+/// `[amqp]`, `[postgres]`, `[http]`, `[batch]`, `[retry]`, `[ownership]`, `[pacing]`, and the
+/// obsolete keys still accepted.
+fn check_sections(f: &FileConfig, p: &mut Vec<Problem>) -> Sections {
     let amqp_url = f.amqp.url.expose_secret();
     if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
         p.push(problem("amqp.url", "must start with amqp:// or amqps://"));
@@ -77,12 +127,16 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     if f.retry.deadline_secs == 0 {
         p.push(problem("retry.deadline_secs", "must be at least 1"));
     }
+    Sections { prefetch, listen, warnings }
+}
 
+/// Every `[[zego]]` entry.
+fn check_zego(entries: Vec<FileZego>, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Problem>) -> Vec<ZegoApp> {
     let mut zego_apps = Vec::new();
     let mut seen = HashMap::new();
-    for (i, z) in f.zego.into_iter().enumerate() {
+    for (i, z) in entries.into_iter().enumerate() {
         let key = |k: &str| format!("zego[{i}].{k}");
-        check_app_id("zego", i, "app_id", z.app_id, &mut seen, &mut p);
+        check_app_id("zego", i, "app_id", z.app_id, &mut seen, p);
         let resolved = check_connection(
             &key,
             AppEntry {
@@ -95,7 +149,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
                 timeout_ms: z.timeout_ms,
             },
             env,
-            &mut p,
+            p,
         );
         if let Some((server_secret, endpoint, timeouts)) = resolved {
             zego_apps.push(ZegoApp {
@@ -109,12 +163,16 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             });
         }
     }
+    zego_apps
+}
 
+/// Every `[[trtc]]` entry; apps sharing a SecretId share its rate.
+fn check_trtc(entries: Vec<FileTrtc>, env: &dyn Fn(&str) -> Option<String>, p: &mut Vec<Problem>) -> Vec<TrtcApp> {
     let mut trtc_apps: Vec<TrtcApp> = Vec::new();
     let mut seen = HashMap::new();
-    for (i, t) in f.trtc.into_iter().enumerate() {
+    for (i, t) in entries.into_iter().enumerate() {
         let key = |k: &str| format!("trtc[{i}].{k}");
-        check_app_id("trtc", i, "sdk_app_id", t.sdk_app_id, &mut seen, &mut p);
+        check_app_id("trtc", i, "sdk_app_id", t.sdk_app_id, &mut seen, p);
         if t.secret_id.trim().is_empty() {
             p.push(problem(key("secret_id"), "must not be empty"));
         }
@@ -148,7 +206,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
                 timeout_ms: t.timeout_ms,
             },
             env,
-            &mut p,
+            p,
         );
         if let Some((secret_key, endpoint, timeouts)) = resolved {
             trtc_apps.push(TrtcApp {
@@ -163,43 +221,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             });
         }
     }
-
-    let web = validate_web(f.web, env, &mut p);
-
-    if !p.is_empty() {
-        return Err(p);
-    }
-    Ok(Config {
-        amqp: AmqpConfig {
-            url: f.amqp.url,
-            queue: f.amqp.queue,
-            prefetch,
-            connection_name: f.amqp.connection_name,
-            delivery_limit: f.amqp.delivery_limit,
-        },
-        postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
-        http: HttpConfig { listen },
-        batch: BatchConfig { linger_ms: f.batch.linger_ms },
-        ownership: OwnershipConfig {
-            lease: Duration::from_millis(f.ownership.lease_ms),
-            heartbeat: Duration::from_millis(f.ownership.heartbeat_ms),
-            worker_id: f.ownership.worker_id,
-        },
-        pacing: PacingConfig {
-            jitter: Duration::from_millis(f.pacing.jitter_ms),
-            buffer: Duration::from_millis(f.pacing.buffer_ms),
-        },
-        warnings,
-        retry: RetryConfig {
-            initial: Duration::from_millis(f.retry.initial_ms),
-            max_interval: Duration::from_millis(f.retry.max_interval_ms),
-            deadline: Duration::from_secs(f.retry.deadline_secs),
-        },
-        shutdown: ShutdownConfig { grace: Duration::from_secs(f.shutdown.grace_secs) },
-        web,
-        zego: zego_apps,
-        trtc: trtc_apps,
-    })
+    trtc_apps
 }
 
 /// An app id is set and configured once per vendor (`seen`: app id → first index).

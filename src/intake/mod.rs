@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::intake as record;
 use crate::config::{AmqpConfig, redact_url};
 use crate::keys::AppKey;
+use crate::retry::Backoff;
 use crate::wake::Wakers;
 
 /// Most deliveries recorded in one transaction.
@@ -86,8 +87,10 @@ impl Intake {
     /// after half a second; the broker dead-letters the poison once it reaches the delivery
     /// limit, and the prefetch is restored after `session::QUARANTINE_DELIVERIES` (50) clean deliveries.
     pub async fn run(&self, shutdown: &CancellationToken) {
-        // Halved here so the first failure waits the first step.
-        let mut wait = Duration::from_millis(100);
+        // 200 ms, doubling to 30 s while sessions fail at once; back to the first step after one
+        // that worked for 30 s (a broker restart tomorrow should not wait as long as the outage
+        // last week ended at).
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut quarantined = false;
         loop {
             if shutdown.is_cancelled() {
@@ -96,7 +99,7 @@ impl Intake {
             let started = std::time::Instant::now();
             match self.session(shutdown, &mut quarantined).await {
                 Ok(conn) => {
-                    // Unacked deliveries (none once a batch is settled) go back to the broker.
+                    // Unacked deliveries (none once a batch is answered) go back to the broker.
                     let _ = conn.close(200, "bouncer shutting down".into()).await;
                     return;
                 }
@@ -116,20 +119,21 @@ impl Intake {
                     quarantined = true;
                     tracing::error!(error = %detail, queue = %self.amqp.queue, delivery_limit = self.amqp.delivery_limit,
                         "a delivery could not be parsed; quarantined: one delivery at a time until the broker dead-letters it");
-                    tokio::select! {
-                        () = tokio::time::sleep(QUARANTINE_RECONNECT) => {},
-                        () = shutdown.cancelled() => return,
+                    if !Backoff::sleep(QUARANTINE_RECONNECT, shutdown).await {
+                        return;
                     }
                 }
                 Err(e) => {
-                    wait = reconnect_wait(wait, started.elapsed());
+                    if started.elapsed() >= SESSION_THAT_WORKED {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_wait();
                     self.status.connected.store(false, Ordering::Relaxed);
                     self.status.consuming.store(false, Ordering::Relaxed);
                     tracing::error!(error = %e, url = %redact_url(self.amqp.url.expose_secret()), retry_in_ms = wait.as_millis() as u64,
                         "RabbitMQ session ended; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {},
-                        () = shutdown.cancelled() => return,
+                    if !Backoff::sleep(wait, shutdown).await {
+                        return;
                     }
                 }
             }
@@ -137,29 +141,5 @@ impl Intake {
     }
 }
 
-/// The wait before reconnecting after a session that lasted `lasted`: doubling up to 30 s while
-/// sessions fail at once, back to the first step after one that worked for a while (a broker
-/// restart tomorrow should not wait as long as the outage last week ended at).
-fn reconnect_wait(previous: Duration, lasted: Duration) -> Duration {
-    const FIRST: Duration = Duration::from_millis(200);
-    if lasted >= Duration::from_secs(30) { FIRST } else { (previous * 2).clamp(FIRST, Duration::from_secs(30)) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_backoff_grows_while_sessions_fail_and_resets_after_one_that_worked() {
-        let ms = Duration::from_millis;
-        let mut wait = ms(100);
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            wait = reconnect_wait(wait, ms(5));
-            seen.push(wait.as_millis());
-        }
-        assert_eq!(seen, [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
-        assert_eq!(reconnect_wait(Duration::from_secs(30), Duration::from_secs(3600)), ms(200));
-        assert_eq!(reconnect_wait(Duration::from_secs(30), Duration::from_secs(29)), Duration::from_secs(30));
-    }
-}
+/// A broker session that lasted this long worked: the next reconnect starts from the first step.
+const SESSION_THAT_WORKED: Duration = Duration::from_secs(30);

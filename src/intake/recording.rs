@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Intake, unix_ms};
 use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
 use crate::keys::{AppKey, WakeNote};
+use crate::retry::Backoff;
 use crate::states::{KickStatus, VerdictStatus};
 use crate::verdict::{ContractError, Rule, Verdict};
 
@@ -24,14 +25,14 @@ type Rejected = Vec<(Delivery, ContractError)>;
 /// How recording a batch ended.
 enum Recording {
     Recorded(HashMap<String, Recorded>, BTreeSet<AppKey>),
-    /// Shutdown came while PostgreSQL was away; nothing was settled.
+    /// Shutdown came while PostgreSQL was away; no delivery was answered.
     Stopped,
     /// PostgreSQL refused the data (see [`crate::audit::AuditError::is_data_error`]).
     Refused(crate::audit::AuditError),
 }
 
 impl Intake {
-    /// Records a batch, then settles every delivery in it. A batch the database refuses for its
+    /// Records a batch, then answers the broker for every delivery in it (ack or dead-letter). A batch the database refuses for its
     /// data is recorded message by message, so one message nobody can store costs only itself.
     pub(super) async fn handle_batch(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
         let mut rejected: Vec<(Delivery, ContractError)> = Vec::new();
@@ -46,7 +47,7 @@ impl Intake {
         rejected.extend(reused);
         match self.record_held(&arrivals, &rejected, shutdown).await {
             Recording::Recorded(recorded, woken) => {
-                self.settle_recorded(arrivals, rejected, recorded, woken, shutdown).await;
+                self.answer_recorded(arrivals, rejected, recorded, woken, shutdown).await;
             }
             Recording::Stopped => {}
             Recording::Refused(e) => {
@@ -72,7 +73,7 @@ impl Intake {
     ) {
         let e = match self.record_held(&arrivals, &rejected, shutdown).await {
             Recording::Recorded(recorded, woken) => {
-                return self.settle_recorded(arrivals, rejected, recorded, woken, shutdown).await;
+                return self.answer_recorded(arrivals, rejected, recorded, woken, shutdown).await;
             }
             Recording::Stopped => return,
             Recording::Refused(e) => e,
@@ -87,9 +88,9 @@ impl Intake {
         }
     }
 
-    /// Settles what was recorded. A verdict the database left out names, under an id already
+    /// Answers the broker for what was recorded. A verdict the database left out names, under an id already
     /// recorded, a different verdict: that message is kept as rejected instead of acked.
-    async fn settle_recorded(
+    async fn answer_recorded(
         &self,
         arrivals: Vec<(Delivery, Verdict)>,
         rejected: Vec<(Delivery, ContractError)>,
@@ -102,7 +103,7 @@ impl Intake {
         for (d, _) in reused {
             self.keep_as_rejected(d, reused_id(), shutdown).await;
         }
-        self.settle(arrivals, rejected, recorded, woken).await;
+        self.answer(arrivals, rejected, recorded, woken).await;
     }
 
     /// Records one message as rejected and dead-letters it. Should the database refuse even that,
@@ -110,7 +111,7 @@ impl Intake {
     async fn keep_as_rejected(&self, d: Delivery, why: ContractError, shutdown: &CancellationToken) {
         let one = vec![(d, why)];
         match self.record_held(&[], &one, shutdown).await {
-            Recording::Recorded(recorded, woken) => self.settle(vec![], one, recorded, woken).await,
+            Recording::Recorded(recorded, woken) => self.answer(vec![], one, recorded, woken).await,
             Recording::Stopped => {}
             Recording::Refused(e) => {
                 metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
@@ -122,7 +123,7 @@ impl Intake {
         }
     }
 
-    /// Records, holding on while PostgreSQL is away: nothing is settled without it, and while we
+    /// Records, holding on while PostgreSQL is away: no delivery is answered without it, and while we
     /// wait no new deliveries are taken. Gives up at once on a data error.
     async fn record_held(
         &self,
@@ -130,7 +131,8 @@ impl Intake {
         rejected: &[(Delivery, ContractError)],
         shutdown: &CancellationToken,
     ) -> Recording {
-        let mut wait = Duration::from_millis(100);
+        // 100 ms, doubling to 5 s while PostgreSQL is away.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = std::time::Instant::now();
         loop {
             match self.record(arrivals, rejected).await {
@@ -152,20 +154,19 @@ impl Intake {
                         Ordering::Relaxed,
                     );
                     metrics::counter!("bouncer_database_errors_total", "op" => "intake").increment(1);
+                    let wait = backoff.next_wait();
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record deliveries; holding them");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {},
-                        // Unsettled deliveries go back to the broker when the connection closes.
-                        () = shutdown.cancelled() => return Recording::Stopped,
+                    // Unanswered deliveries go back to the broker when the connection closes.
+                    if !Backoff::sleep(wait, shutdown).await {
+                        return Recording::Stopped;
                     }
-                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         }
     }
 
-    /// Settles a recorded batch: malformed messages dead-lettered, the rest acked.
-    async fn settle(
+    /// Answers the broker for a recorded batch: malformed messages dead-lettered, the rest acked.
+    async fn answer(
         &self,
         arrivals: Vec<(Delivery, Verdict)>,
         rejected: Vec<(Delivery, ContractError)>,

@@ -69,20 +69,19 @@ impl Intake {
         result.map(|()| conn)
     }
 
-    async fn consume(
+    /// Declares the topology and starts consuming (one delivery at a time while quarantined).
+    /// Returns the channel, the consumer and its tag.
+    async fn start_consumer(
         &self,
         conn: &Connection,
-        shutdown: &CancellationToken,
-        quarantined: &mut bool,
-        unparseable: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) -> Result<(), SessionError> {
+        quarantined: bool,
+    ) -> Result<(lapin::Channel, lapin::Consumer, String), SessionError> {
         let consume = conn.create_channel().await?;
         topology::declare(&consume, &self.amqp).await?;
-        let prefetch = if *quarantined { 1 } else { self.amqp.prefetch };
+        let prefetch = if quarantined { 1 } else { self.amqp.prefetch };
         consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let mut clean = 0usize;
         let tag = format!("{}-{}", self.amqp.connection_name, uuid::Uuid::new_v4().simple());
-        let mut consumer = consume
+        let consumer = consume
             .basic_consume(
                 self.amqp.queue.as_str().into(),
                 tag.as_str().into(),
@@ -92,7 +91,19 @@ impl Intake {
             .await?;
         self.status.connected.store(true, Ordering::Relaxed);
         self.status.consuming.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %self.amqp.queue, prefetch, quarantined = *quarantined, "consuming verdicts");
+        tracing::info!(queue = %self.amqp.queue, prefetch, quarantined, "consuming verdicts");
+        Ok((consume, consumer, tag))
+    }
+
+    async fn consume(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+        quarantined: &mut bool,
+        unparseable: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> Result<(), SessionError> {
+        let (consume, mut consumer, tag) = self.start_consumer(conn, *quarantined).await?;
+        let mut clean = 0usize;
         let mut watchdog = tokio::time::interval(Duration::from_secs(2));
         let mut disconnected_for = 0u32;
         let batch_cap = (usize::from(self.amqp.prefetch) / PIPELINE_DEPTH).clamp(1, MAX_BATCH);

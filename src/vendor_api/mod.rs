@@ -125,25 +125,20 @@ impl CallReport {
         } else {
             format!("transport: {}", error_chain(err))
         };
-        CallReport {
-            outcome: Outcome::Retry { reason, slow_down: false },
-            action,
-            http_status: None,
-            vendor_code: None,
-            vendor_message: None,
-            vendor_request_id: None,
-            latency,
-        }
+        CallReport::unanswered(action, reason, latency)
     }
 
     /// A call sent and then given up on before its answer, because this process stopped owning
     /// the quota: whether the vendor acted on it is unknown, so it is retried like a timeout.
     pub fn abandoned(action: &'static str, latency: Duration) -> CallReport {
+        let reason = "abandoned in flight: this replica stopped owning the quota".to_owned();
+        CallReport::unanswered(action, reason, latency)
+    }
+
+    /// No answer came (nothing from the vendor to record but why): retried later.
+    fn unanswered(action: &'static str, reason: String, latency: Duration) -> CallReport {
         CallReport {
-            outcome: Outcome::Retry {
-                reason: "abandoned in flight: this replica stopped owning the quota".to_owned(),
-                slow_down: false,
-            },
+            outcome: Outcome::Retry { reason, slow_down: false },
             action,
             http_status: None,
             vendor_code: None,

@@ -87,18 +87,13 @@ pub async fn serve(pool: PgPool, config: WebConfig, shutdown: CancellationToken)
     if let Some(why) = refusal(&config) {
         return Err(why);
     }
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("web.listen {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, addr) = crate::serve::bind(config.listen, "web.listen").await?;
     tracing::info!(%addr, "console listening");
     let csrf = match &config.csrf_secret {
         Some(key) => Csrf::with_key(key.expose_secret().as_bytes()),
         None => Csrf::new(),
     };
     let console = Arc::new(Console { pool, auth: Auth::new(config), csrf });
-    let app = router(console).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| e.to_string())
+    crate::serve::serve(listener, router(console), crate::serve::CONSOLE, shutdown).await;
+    Ok(())
 }

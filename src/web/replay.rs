@@ -91,11 +91,9 @@ pub(crate) async fn replay_one(
 /// becomes the moment of the confirmation, so the POST replays what the operator was shown, not
 /// verdicts that failed since.
 fn fixed(form: &SearchForm) -> Result<(SearchForm, Filter), String> {
-    if !matches!(form.status.trim(), "failed" | "pending") {
-        return Err(
-            "status: a replay takes failed (or pending) verdicts; done verdicts are never enforced twice".into()
-        );
-    }
+    // A bulk replay names its status (the list it confirms shows one); the rule is the CLI's.
+    let status = Some(form.status.trim()).filter(|s| !s.is_empty()).unwrap_or("(none)");
+    crate::audit::query::replay_status_rule(Some(status)).map_err(|e| format!("status: {e}"))?;
     let mut filter = form.filter()?;
     let now = Utc::now();
     filter.until = Some(filter.until.map_or(now, |u| u.min(now)));

@@ -116,6 +116,46 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     )?;
     point_vendors_at(&mut file, &running.endpoint());
     let config = Config::from_toml(&file.to_toml()).map_err(|e| e.to_string())?;
+    demo_faults(&running);
+
+    // A clean demo database every run.
+    let admin = format!("{}/postgres", args.postgres.trim_end_matches('/'));
+    drop_database(&admin, &Names::of(&[&args.name]).database).await;
+    println!(
+        "▶ simulator for ZEGO apps {ZEGO_OK} (healthy) and {ZEGO_FLAKY} (20% HTTP 502, 5% throttled), TRTC {TRTC}"
+    );
+    println!(
+        "▶ worker consuming queue {:?}, auditing to {}",
+        config.amqp.queue,
+        bouncer::config::redact_url(config.postgres.url.expose_secret())
+    );
+
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
+    let pool = publish_and_wait(&config).await?;
+    shutdown.cancel();
+    let _ = worker.await;
+
+    print_summary(&pool).await?;
+    print_vendor_side(&running)?;
+
+    print_stories(&pool).await?;
+    pool.close().await;
+    drop(running);
+    delete_queues(config.amqp.url.expose_secret(), &config.amqp.queue).await;
+    println!(
+        "\n✔ demo finished in {:.1} s. The audit trail stays in database bouncer_{name}; explore it with\n  \
+         BOUNCER_POSTGRES__URL={}/bouncer_{name} bouncer audit --summary",
+        started.elapsed().as_secs_f64(),
+        args.postgres.trim_end_matches('/'),
+        name = args.name
+    );
+    Ok(())
+}
+
+/// The simulator's faults for the demo's apps: a flaky ZEGO app, a TRTC user id the vendor
+/// refuses, a room that no longer exists.
+fn demo_faults(running: &bouncer_sim::RunningSim) {
     running.sim.set_faults(Faults {
         vendor: Some("zego".into()),
         app_id: Some(ZEGO_FLAKY),
@@ -136,21 +176,11 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         gone_rooms: vec!["closed-room".into()],
         ..Faults::default()
     });
+}
 
-    // A clean demo database every run.
-    let admin = format!("{}/postgres", args.postgres.trim_end_matches('/'));
-    drop_database(&admin, &Names::of(&[&args.name]).database).await;
-    println!(
-        "▶ simulator for ZEGO apps {ZEGO_OK} (healthy) and {ZEGO_FLAKY} (20% HTTP 502, 5% throttled), TRTC {TRTC}"
-    );
-    println!(
-        "▶ worker consuming queue {:?}, auditing to {}",
-        config.amqp.queue,
-        bouncer::config::redact_url(config.postgres.url.expose_secret())
-    );
-
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
+/// Publishes the demo's stream in a dozen bursts over ~6 s, then waits (40 s at most) until every
+/// verdict is finished. Returns a pool on the demo's database.
+async fn publish_and_wait(config: &Config) -> Result<sqlx::PgPool, String> {
     let publisher = Publisher::connect(&config.amqp, "demo-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let bodies = stream();
     let valid = VERDICTS;
@@ -186,11 +216,13 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    shutdown.cancel();
-    let _ = worker.await;
+    Ok(pool)
+}
 
+/// `bouncer audit --summary`, as the demo prints it, with the rejected and duplicate counts.
+async fn print_summary(pool: &sqlx::PgPool) -> Result<(), String> {
     println!("\n■ audit summary (bouncer audit --summary)");
-    let summary = query::summary(&pool, &Filter::default()).await.map_err(|e| e.to_string())?;
+    let summary = query::summary(pool, &Filter::default()).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout();
     let rows = summary
         .iter()
@@ -209,15 +241,20 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         .collect();
     output::table(&mut out, &["vendor", "app_id", "verdicts", "done", "failed", "kicked", "gone", "kick_failed"], rows)
         .map_err(|e| e.to_string())?;
-    let rejected = query::rejected_count(&pool, &Filter::default()).await.map_err(|e| e.to_string())?;
+    let rejected = query::rejected_count(pool, &Filter::default()).await.map_err(|e| e.to_string())?;
     let dup: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE deliveries > 1")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .map_err(|e| e.to_string())?;
     println!(
         "malformed messages recorded and dead-lettered: {rejected}; verdicts delivered more than once (enforced once): {dup}"
     );
+    Ok(())
+}
 
+/// Calls per quota at the simulator against the documented limit, and how full the calls were.
+fn print_vendor_side(running: &bouncer_sim::RunningSim) -> Result<(), String> {
+    let mut out = std::io::stdout();
     println!("\n■ vendor side (simulator): calls per quota vs the documented limit");
     let stats = running.sim.stats();
     let mut rows = Vec::new();
@@ -244,7 +281,11 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         "successful calls by users per call: {}",
         sizes.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join("  ")
     );
+    Ok(())
+}
 
+/// Four verdicts' stories, as `bouncer audit --verdict` prints them.
+async fn print_stories(pool: &sqlx::PgPool) -> Result<(), String> {
     let pick = |sql: &'static str| {
         let pool = pool.clone();
         async move { sqlx::query_scalar::<_, String>(sql).fetch_optional(&pool).await.ok().flatten() }
@@ -260,19 +301,9 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     for (title, id) in stories {
         let Some(id) = id else { continue };
         println!("\n■ {title} (bouncer audit --verdict {id})");
-        if let Ok(Some(s)) = query::story(&pool, &id).await {
+        if let Ok(Some(s)) = query::story(pool, &id).await {
             bouncer::cli::print_story(&s).map_err(|e| e.to_string())?;
         }
     }
-    pool.close().await;
-    drop(running);
-    delete_queues(config.amqp.url.expose_secret(), &config.amqp.queue).await;
-    println!(
-        "\n✔ demo finished in {:.1} s. The audit trail stays in database bouncer_{name}; explore it with\n  \
-         BOUNCER_POSTGRES__URL={}/bouncer_{name} bouncer audit --summary",
-        started.elapsed().as_secs_f64(),
-        args.postgres.trim_end_matches('/'),
-        name = args.name
-    );
     Ok(())
 }
