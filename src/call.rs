@@ -298,7 +298,7 @@ fn decide(ctx: &LaneCtx, target: &Target, part: &mut Part, outcome: Outcome, quo
                 quota.slow_down();
             }
             metrics::counter!("bouncer_retries_total", "vendor" => vendor.as_str(), "slow_down" => if slow_down { "true" } else { "false" }).increment(1);
-            tracing::debug!(vendor = %vendor, app_id = ctx.stats.app_id, room = %target, %reason, "retry scheduled");
+            tracing::debug!(vendor = %vendor, app_id = ctx.stats.app_id, room = %crate::text::single_line(&target.to_string()), %reason, "retry scheduled");
             Next::Done(Some(End::Retry { not_before: Utc::now(), error: reason }))
         }
         Outcome::Permanent { blame: Blame::Parameters, .. } if part.entries.len() > 1 => Next::Done(None),

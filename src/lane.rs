@@ -23,6 +23,7 @@ use crate::audit::work::{self, DueKick};
 use crate::batch::{Claim, RoomBatches, Target};
 use crate::keys::KickKey;
 use crate::states::KickStatus;
+use crate::text::single_line;
 use crate::vendor_api::Client;
 
 /// The polling fallback: a lane looks for due work at least this often (wake-ups are faster).
@@ -116,8 +117,9 @@ pub async fn run(
                 ctx.stats.calls_in_flight.fetch_add(1, Ordering::Relaxed);
                 // Every log line about this call names its verdicts, vendor, app and room.
                 let ids: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().map(|c| &*c.verdict)).collect();
-                let span = tracing::info_span!("chunk", verdict_id = %ids.join(","), vendor = %ctx.stats.vendor,
-                    app_id = ctx.stats.app_id, room_id = %room);
+                // Ids and rooms are data: escaped, so a CR/LF in one cannot forge a text log line.
+                let span = tracing::info_span!("chunk", verdict_id = %single_line(&ids.join(",")), vendor = %ctx.stats.vendor,
+                    app_id = ctx.stats.app_id, room_id = %single_line(&room.to_string()));
                 let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk), span);
                 tracker.spawn_on(call, &ctx.calls);
                 if held.batches.pending_users() < limits.capacity / 2 {
@@ -157,7 +159,7 @@ async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
             continue;
         }
         let Some(room) = row.room() else {
-            tracing::error!(verdict_id = %row.verdict_id, room_id = %row.room_id, "stored room is not a room; failing the kick");
+            tracing::error!(verdict_id = %single_line(&row.verdict_id), room_id = %single_line(&row.room_id), "stored room is not a room; failing the kick");
             expired.push(ended_without_call(&row, "the stored room id cannot be sent to the vendor".into()));
             held.keys.insert(key);
             continue;
@@ -165,7 +167,7 @@ async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
         let target = row.action().map(|action| Target { room, action });
         let Some(target) = target.filter(|t| ctx.api_for(t).is_some()) else {
             let why = format!("{vendor} has no API to {} in this room", row.action);
-            tracing::error!(verdict_id = %row.verdict_id, action = %row.action, "{why}; failing the kick");
+            tracing::error!(verdict_id = %single_line(&row.verdict_id), action = %single_line(&row.action), "{}; failing the kick", single_line(&why));
             expired.push(ended_without_call(&row, why));
             held.keys.insert(key);
             continue;

@@ -37,6 +37,26 @@ pub fn single_line(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` for a page: like [`single_line`], but line breaks and tabs stay (pages show multi-line
+/// payloads in `<pre>`); every other control and bidi character is a visible escape.
+pub fn for_page(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| needs_escape(c) && c != '\n' && c != '\t') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +70,12 @@ mod tests {
         assert_eq!(single_line("\u{7f}\u{0}"), "\\u{7f}\\u{0}");
         assert_eq!(single_line("违规 user-1 émoji 🙂"), "违规 user-1 émoji 🙂");
         assert!(matches!(single_line("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_page_keeps_line_breaks_and_shows_the_rest() {
+        assert_eq!(for_page("a\nb\tc\rd"), "a\nb\tc\\rd");
+        assert_eq!(for_page("xss-8-\u{202e}evil\u{202c}-rtl"), "xss-8-\\u{202e}evil\\u{202c}-rtl");
+        assert!(matches!(for_page("plain\n"), Cow::Borrowed(_)));
     }
 }

@@ -42,7 +42,14 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
     };
     let too_far = || format!("{s:?} reaches before the earliest time this tool can show");
     let secs = n.checked_mul(unit_secs).ok_or_else(too_far)?;
-    chrono::Duration::try_seconds(secs).and_then(|d| Utc::now().checked_sub_signed(d)).ok_or_else(too_far)
+    let t = chrono::Duration::try_seconds(secs).and_then(|d| Utc::now().checked_sub_signed(d)).ok_or_else(too_far)?;
+    // PostgreSQL keeps no time before 4713 BC: anything earlier means "from the beginning".
+    Ok(t.max(earliest_time()))
+}
+
+/// The earliest time a filter passes to PostgreSQL (year 1: before any trail was written).
+fn earliest_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Which rows the filters narrow, and so how `user` and `status` are matched.
@@ -405,5 +412,7 @@ mod tests {
         for far in ["99999999999999d", "9223372036854775807w", "9999999999999s"] {
             assert!(parse_when(far).unwrap_err().contains(far), "{far}");
         }
+        // Far, but within what chrono counts: clamped to year 1, which PostgreSQL takes.
+        assert_eq!(parse_when("36500000d").unwrap().to_rfc3339(), "0001-01-01T00:00:00+00:00");
     }
 }

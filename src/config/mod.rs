@@ -34,7 +34,7 @@ pub use file::{FileConfig, FileTrtc, FileZego};
 use secret::resolve_secret;
 use validate::*;
 use web::validate_web;
-pub use web::{FileWeb, FileWebAuth, FileWebUser, Role, WebConfig, WebUser};
+pub use web::{FileWeb, FileWebAuth, FileWebUser, Role, WebConfig, WebUser, host_name};
 
 /// Environment variables with the `BOUNCER_` prefix that belong to the CLI, not the config file.
 pub const RESERVED_ENV: [&str; 4] = ["BOUNCER_CONFIG", "BOUNCER_LOG_FORMAT", "BOUNCER_LOG", "BOUNCER_ACTOR"];

@@ -12,6 +12,12 @@ use super::*;
 #[serde(deny_unknown_fields, default)]
 pub struct FileWeb {
     pub listen: String,
+    /// Host names (with or without a port) the console answers to besides its listen address and,
+    /// on loopback, `localhost`: the name people and proxies use to reach it. Any other `Host`
+    /// is refused (421), so a page whose name re-resolves to this address (DNS rebinding) reads
+    /// nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     pub auth: FileWebAuth,
     /// The key CSRF tokens are signed with, shared by every console replica behind one address
     /// (inline, `_env` or `_file`). Unset: a random key per process, which is right for one.
@@ -27,6 +33,7 @@ impl Default for FileWeb {
     fn default() -> Self {
         FileWeb {
             listen: "127.0.0.1:9190".into(),
+            allowed_hosts: Vec::new(),
             auth: FileWebAuth::default(),
             csrf_secret: None,
             csrf_secret_env: None,
@@ -112,6 +119,8 @@ pub struct WebUser {
 #[derive(Clone, Debug)]
 pub struct WebConfig {
     pub listen: SocketAddr,
+    /// `web.allowed_hosts`, lower case, ports dropped.
+    pub allowed_hosts: Vec<String>,
     pub users: Vec<WebUser>,
     pub proxy_header: Option<axum::http::HeaderName>,
     pub proxy_addresses: Vec<IpAddr>,
@@ -188,5 +197,28 @@ pub(super) fn validate_web(f: FileWeb, env: &dyn Fn(&str) -> Option<String>, p: 
         p.push(problem("web.auth.proxy_operators", "needs web.auth.proxy_header: it names users the proxy signs in"));
     }
     let proxy_operators = f.auth.proxy_operators;
-    WebConfig { listen, users, proxy_header, proxy_addresses, proxy_role, proxy_operators, csrf_secret }
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in f.allowed_hosts.iter().enumerate() {
+        match host_name(h) {
+            Some(name) => allowed_hosts.push(name),
+            None => p.push(problem(format!("web.allowed_hosts[{i}]"), format!("not a host name: {h:?}"))),
+        }
+    }
+    WebConfig { listen, allowed_hosts, users, proxy_header, proxy_addresses, proxy_role, proxy_operators, csrf_secret }
+}
+
+/// The host of a `Host` header value or a configured name, lower case, without its port; `None`
+/// if it is not one (empty, or with characters no host name has).
+pub fn host_name(value: &str) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let host = if let Some(rest) = v.strip_prefix('[') {
+        // [::1]:9190
+        format!("[{}]", rest.split(']').next()?)
+    } else {
+        v.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(v.clone(), |(h, _)| h.to_owned())
+    };
+    let ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c));
+    ok.then_some(host)
 }

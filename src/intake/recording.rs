@@ -16,6 +16,7 @@ use crate::audit::intake::{self as record, NewVerdict, Recorded, Rejection};
 use crate::keys::{AppKey, WakeNote};
 use crate::retry::Backoff;
 use crate::states::{KickStatus, VerdictStatus};
+use crate::text::single_line;
 use crate::verdict::{ContractError, Rule, Verdict};
 
 /// Deliveries that parsed as verdicts, and deliveries kept as rejected with why.
@@ -190,7 +191,8 @@ impl Intake {
             if let Some(r) = recorded.get(&v.verdict_id) {
                 let outcome = outcome(r, first_in_batch, self.serves(v));
                 metrics::counter!("bouncer_verdicts_received_total", "outcome" => outcome).increment(1);
-                tracing::debug!(verdict_id = %v.verdict_id, vendor = %v.vendor, app_id = v.app_id, room_id = %v.room_id,
+                tracing::debug!(verdict_id = %single_line(&v.verdict_id), vendor = %v.vendor, app_id = v.app_id,
+                    room_id = %single_line(&v.room_id.to_string()),
                     status = %r.status, deliveries = r.deliveries, outcome, "verdict recorded");
             }
         }
@@ -263,7 +265,7 @@ impl Intake {
                     woken.insert(AppKey::new(v.vendor, v.app_id));
                     None
                 } else {
-                    tracing::error!(verdict_id = %id, vendor = %v.vendor, app_id = v.app_id,
+                    tracing::error!(verdict_id = %single_line(id), vendor = %v.vendor, app_id = v.app_id,
                         "verdict for an app not configured here recorded as failed");
                     Some(format!("{} app {} is not configured in this worker; replay once it is", v.vendor, v.app_id))
                 };

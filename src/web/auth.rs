@@ -45,12 +45,21 @@ impl Auth {
         Auth { config, verified: Mutex::default(), cache_key: rand::random() }
     }
 
+    pub fn config(&self) -> &WebConfig {
+        &self.config
+    }
+
     /// The actor behind a request from `peer`, or why it is refused.
     pub fn actor(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Actor, Refused> {
         if let Some(name) = &self.config.proxy_header
             && self.config.proxy_addresses.contains(&peer.ip())
-            && let Some(user) = headers.get(name).and_then(|v| v.to_str().ok()).filter(|u| !u.is_empty())
+            && headers.contains_key(name)
         {
+            // Exactly one: a proxy that appends the header instead of replacing it would let a
+            // client name itself in a second copy, whichever copy we believed.
+            let mut values = headers.get_all(name).iter();
+            let (Some(value), None) = (values.next(), values.next()) else { return Err(Refused::ProxyHeader) };
+            let Some(user) = value.to_str().ok().filter(|u| !u.is_empty()) else { return Err(Refused::ProxyHeader) };
             let operator = self.config.proxy_operators.iter().any(|o| o == user);
             let role = if operator { Role::Operator } else { self.config.proxy_role };
             return Ok(Actor { name: user.to_owned(), role });
@@ -97,6 +106,8 @@ pub(crate) enum Refused {
     SignIn,
     /// Only the reverse proxy signs people in, and this request did not come through it.
     ProxyOnly,
+    /// The proxy's user header came more than once, or empty, or not as text.
+    ProxyHeader,
 }
 
 impl IntoResponse for Refused {
@@ -109,6 +120,9 @@ impl IntoResponse for Refused {
             )
                 .into_response(),
             Refused::ProxyOnly => (StatusCode::FORBIDDEN, "sign in through the configured proxy").into_response(),
+            Refused::ProxyHeader => {
+                (StatusCode::BAD_REQUEST, "the proxy's user header must come exactly once, as text").into_response()
+            }
         }
     }
 }
@@ -150,6 +164,17 @@ mod tests {
         assert_eq!((alice.name.as_str(), alice.role), ("alice@corp", Role::Operator));
         assert_eq!(from(&auth, [10, 0, 0, 5], "bob@corp").unwrap().role, Role::Viewer);
         assert_eq!(from(&auth, [10, 0, 0, 6], "alice@corp").unwrap_err(), Refused::ProxyOnly);
+    }
+
+    #[test]
+    fn two_proxy_user_headers_are_refused_whichever_comes_first() {
+        let auth = proxied("0.0.0.0:9190");
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-user", "mallory".parse().unwrap());
+        headers.append("x-forwarded-user", "alice@corp".parse().unwrap());
+        let got = auth.actor(&headers, SocketAddr::from(([10, 0, 0, 5], 40000)));
+        assert_eq!(got.unwrap_err(), Refused::ProxyHeader);
+        assert_eq!(from(&auth, [10, 0, 0, 5], "").unwrap_err(), Refused::ProxyHeader);
     }
 
     #[test]

@@ -30,6 +30,18 @@ use csrf::Csrf;
 
 pub use auth::refusal;
 
+/// The escaper of every `{{ }}` in the console's HTML templates (`askama.toml`): HTML-escaped as
+/// askama's own escaper does, with control and bidi characters made visible as the CLI shows them
+/// (`\u{202e}`), so data cannot reorder or hide what an operator reads. Line breaks stay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VisibleHtml;
+
+impl askama::filters::Escaper for VisibleHtml {
+    fn write_escaped_str<W: std::fmt::Write>(&self, dest: W, string: &str) -> std::fmt::Result {
+        askama::filters::Html.write_escaped_str(dest, &crate::text::for_page(string))
+    }
+}
+
 /// What every handler shares: the pool, who may sign in, the CSRF key.
 pub(crate) struct Console {
     pool: PgPool,
@@ -67,7 +79,52 @@ async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
+/// The `Host` names the console answers to: its listen address (any name when it listens on every
+/// address: sign-in is then required, and a browser sends no credentials to a rebound name),
+/// `localhost` names on loopback, and `web.allowed_hosts`.
+#[derive(Clone)]
+struct Hosts {
+    any: bool,
+    names: Arc<Vec<String>>,
+}
+
+impl Hosts {
+    fn of(config: &WebConfig) -> Hosts {
+        let ip = config.listen.ip();
+        let mut names = config.allowed_hosts.clone();
+        names.push(match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        });
+        if ip.is_loopback() {
+            names.extend(["localhost", "127.0.0.1", "[::1]"].map(str::to_owned));
+        }
+        Hosts { any: ip.is_unspecified() && config.allowed_hosts.is_empty(), names: Arc::new(names) }
+    }
+
+    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        if self.any {
+            return true;
+        }
+        let mut values = headers.get_all(header::HOST).iter();
+        let (Some(value), None) = (values.next(), values.next()) else { return false };
+        let host = value.to_str().ok().and_then(crate::config::host_name);
+        host.is_some_and(|h| self.names.iter().any(|n| *n == h))
+    }
+}
+
+/// Refuses a request for a name the console does not answer to (421 Misdirected Request): DNS
+/// rebinding would otherwise let any web page read the console through a visitor's browser.
+async fn check_host(hosts: Hosts, request: Request, next: Next) -> Response {
+    if !hosts.allows(request.headers()) {
+        return (axum::http::StatusCode::MISDIRECTED_REQUEST, "this console does not answer to that host name")
+            .into_response();
+    }
+    next.run(request).await
+}
+
 fn router(console: Arc<Console>) -> Router {
+    let hosts = Hosts::of(console.auth.config());
     Router::new()
         .route("/", get(pages::overview))
         .route("/verdicts", get(pages::verdicts))
@@ -77,6 +134,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/users/{id}", get(pages::user))
         .route("/rejected", get(pages::rejected))
         .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS).into_response() }))
+        .layer(middleware::from_fn(move |r, n| check_host(hosts.clone(), r, n)))
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
 }

@@ -20,21 +20,39 @@ use crate::states::VerdictStatus;
 
 const PAGE: i64 = 50;
 
-/// A failure to read or render, shown without details (they go to the log).
-pub(crate) struct PageError(String);
+/// Why a page could not be served.
+pub(crate) enum PageError {
+    /// Reading or rendering failed: shown without details (they go to the log).
+    Internal(String),
+    /// A parameter the console cannot use: 400, naming it.
+    Parameter { name: &'static str, why: &'static str },
+}
 
 impl<E: std::fmt::Display> From<E> for PageError {
     fn from(e: E) -> Self {
-        PageError(e.to_string())
+        PageError::Internal(e.to_string())
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self.0, "console page failed");
-        (StatusCode::INTERNAL_SERVER_ERROR, "the console could not read the audit database; see its log")
-            .into_response()
+        match self {
+            PageError::Internal(e) => {
+                tracing::error!(error = %crate::text::single_line(&e), "console page failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "the console could not read the audit database; see its log")
+                    .into_response()
+            }
+            PageError::Parameter { name, why } => (StatusCode::BAD_REQUEST, format!("{name}: {why}")).into_response(),
+        }
     }
+}
+
+/// Refuses a value PostgreSQL cannot take as text (a NUL character) before it gets there.
+pub(crate) fn no_nul(name: &'static str, value: &str) -> Result<(), PageError> {
+    if value.contains('\0') {
+        return Err(PageError::Parameter { name, why: "contains a NUL character" });
+    }
+    Ok(())
 }
 
 pub(crate) type PageResult = Result<Response, PageError>;
@@ -183,6 +201,11 @@ fn some(s: &str) -> Option<String> {
 
 impl SearchForm {
     pub(crate) fn filter(&self) -> Result<query::Filter, String> {
+        for (name, value) in self.pairs() {
+            if value.contains('\0') {
+                return Err(format!("{name}: contains a NUL character"));
+            }
+        }
         let time = |name: &str, v: &str| -> Result<Option<DateTime<Utc>>, String> {
             some(v).map(|v| crate::audit::query::parse_when(&v).map_err(|e| format!("{name}: {e}"))).transpose()
         };
@@ -260,7 +283,11 @@ async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: Stri
     let offer = actor.may_replay() && problem.is_none() && !rows.is_empty() && form.status.trim() == "failed";
     let bulk_replay = offer.then(|| format!("/replay?{}", form.query(&[])));
     let vendors = VendorChoice::all(&form.vendor);
-    render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay })
+    // A form problem is the asker's: the page shows it, with 400.
+    let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let mut page = render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay })?;
+    *page.status_mut() = status;
+    Ok(page)
 }
 
 pub(crate) async fn verdicts(
@@ -287,6 +314,7 @@ struct StoryPage {
 }
 
 pub(crate) async fn story(State(c): State<Arc<Console>>, actor: Actor, Path(id): Path<String>) -> PageResult {
+    no_nul("id", &id)?;
     let Some(story) = query::story(&c.pool, &id).await? else {
         return Ok((StatusCode::NOT_FOUND, "no such verdict").into_response());
     };

@@ -3,6 +3,7 @@
 //! with the signed-in actor as `web:<name>`. Each is a GET that shows what will happen and a POST
 //! that does it, carrying the CSRF token the GET handed out.
 
+use crate::text::single_line;
 use std::sync::Arc;
 
 use askama::Template;
@@ -83,7 +84,7 @@ pub(crate) async fn replay_one(
     }
     let filter = Filter { verdicts: vec![id.clone()], ..Filter::default() };
     let reopened = reopen(&c, &query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
-    tracing::info!(verdict_id = %id, actor = %actor.name, reopened, "replay from the console");
+    tracing::info!(verdict_id = %single_line(&id), actor = %single_line(&actor.name), reopened, "replay from the console");
     Ok(Redirect::to(&format!("/verdicts/{}", url_part(&id))).into_response())
 }
 

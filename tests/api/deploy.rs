@@ -218,7 +218,7 @@ fn the_dockerfile_copies_everything_the_workspace_build_reads() {
     let manifest: toml::Table = toml::from_str(&file("Cargo.toml")).unwrap();
     let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".to_string(), "src".to_string()];
     needed.extend(
-        ["build.rs", "migrations", "benches", "templates"]
+        ["build.rs", "askama.toml", "migrations", "benches", "templates"]
             .into_iter()
             .filter(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p).exists())
             .map(String::from),

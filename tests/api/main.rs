@@ -1,6 +1,7 @@
 //! One integration-test binary: every test talks to the real RabbitMQ, PostgreSQL and `bouncer sim`
 //! and cleans up after itself, so all of them can run in parallel.
 
+mod attacks;
 mod browser;
 mod cli;
 mod contract;

@@ -1,0 +1,124 @@
+//! Attacks on the console and the ops port, scripted: each was found working against an earlier
+//! version (issue "Hardening the console and the ops port") and must keep failing.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Apps, ConsoleProcess, EnvOptions, TestEnv, stderr};
+
+/// A migrated trail with the given failed verdicts (id, user, room), no worker.
+async fn trail(verdicts: &[(&str, &str, &str)]) -> TestEnv {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let out = env.cli(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pool = env.pool().await;
+    let app = i64::from(env.apps.zego[0].0);
+    for (id, user, room) in verdicts {
+        sqlx::query(
+            "INSERT INTO verdicts (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, payload, status, finished_at)
+             VALUES ($1, 'zego', $2, $3, false, ARRAY[$4], '{}'::jsonb, 'failed', now())",
+        )
+        .bind(id)
+        .bind(app)
+        .bind(room)
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, status, attempts, last_error)
+             VALUES ($1, $2, 'zego', $3, 'failed', 1, 'vendor code 1')",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(app)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    env
+}
+
+/// A raw HTTP/1.1 GET with the given Host header; returns the status and body.
+async fn get_with_host(base: &str, path: &str, host: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn a_page_whose_name_rebinds_to_the_console_reads_nothing_and_replays_nothing() {
+    let mut env = trail(&[("rebind-1", "u1", "r1")]).await;
+    env.edit_config(|c| c.web.allowed_hosts = vec!["console.example.com".into()]);
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let port = console.base.rsplit(':').next().unwrap().to_owned();
+    // No sign-in on loopback: before the fix this answered 200 with the whole trail.
+    let (status, _) =
+        get_with_host(&console.base, "/verdicts?status=failed", &format!("rebind.attacker.example:{port}")).await;
+    assert_eq!(status, 421);
+    let (status, _) =
+        get_with_host(&console.base, "/replay?status=failed", &format!("rebind.attacker.example:{port}")).await;
+    assert_eq!(status, 421, "nor the confirmation that carries a CSRF token");
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "console.example.com".to_owned()] {
+        let (status, body) = get_with_host(&console.base, "/verdicts?status=failed", &host).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_id_with_a_slash_is_one_verdict_and_links_to_nobody_elses_replay() {
+    let env = trail(&[("victim-1", "u1", "r1"), ("victim-1/replay", "u2", "r2")]).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let list = reqwest::get(format!("{}/verdicts?status=failed", console.base)).await.unwrap().text().await.unwrap();
+    assert!(list.contains("href=\"/verdicts/victim-1%2Freplay\""), "{list}");
+    assert!(!list.contains("href=\"/verdicts/victim-1/replay\""), "a link to victim-1's replay confirmation");
+    let story = reqwest::get(format!("{}/verdicts/victim-1%2Freplay", console.base)).await.unwrap();
+    assert_eq!(story.status(), 200);
+    let story = story.text().await.unwrap();
+    assert!(story.contains("<code>victim-1/replay</code>"), "its own story: {story}");
+}
+
+#[tokio::test]
+async fn bidi_and_control_characters_in_data_show_as_visible_escapes() {
+    let env = trail(&[("xss-8-\u{202e}evil\u{202c}-rtl", "u\u{1b}[31m", "r")]).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let list = reqwest::get(format!("{}/verdicts?status=failed", console.base)).await.unwrap().text().await.unwrap();
+    assert!(list.contains("xss-8-\\u{202e}evil\\u{202c}-rtl"), "{list}");
+    assert!(!list.contains('\u{202e}') && !list.contains('\u{1b}'), "a raw bidi or escape character reached the page");
+}
+
+#[tokio::test]
+async fn a_nul_or_a_time_before_postgres_is_a_form_problem_not_a_server_error() {
+    let env = trail(&[("n-1", "u1", "r1")]).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let status = |path: &'static str| {
+        let url = format!("{}{path}", console.base);
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/verdicts?user=a%00b").await, 400);
+    assert_eq!(status("/verdicts/a%00b").await, 400);
+    assert_eq!(status("/users/a%00b").await, 400);
+    assert_eq!(status("/verdicts?since=36500000d").await, 200, "clamped to the beginning");
+    assert_eq!(status("/verdicts?since=99999999999999d").await, 400);
+}
+
+#[tokio::test]
+async fn a_half_sent_request_to_the_console_is_closed_after_its_header_timeout() {
+    let env = trail(&[]).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let mut s = tokio::net::TcpStream::connect(console.base.trim_start_matches("http://")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    // Before, axum::serve held it for as long as the client liked (65 s measured).
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(bouncer::serve::CONSOLE.header_read_timeout * 3, s.read(&mut buf)).await;
+    assert!(closed.is_ok(), "the half-sent request was still open");
+}
