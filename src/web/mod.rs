@@ -109,7 +109,7 @@ impl Hosts {
         let mut values = headers.get_all(header::HOST).iter();
         let (Some(value), None) = (values.next(), values.next()) else { return false };
         let host = value.to_str().ok().and_then(crate::config::host_name);
-        host.is_some_and(|h| self.names.iter().any(|n| *n == h))
+        host.is_some_and(|h| self.names.contains(&h))
     }
 }
 
