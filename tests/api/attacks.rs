@@ -1,8 +1,6 @@
 //! Attacks on the console and the ops port, scripted: each was found working against an earlier
 //! version (issue "Hardening the console and the ops port") and must keep failing.
 
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Apps, ConsoleProcess, EnvOptions, TestEnv, stderr};
