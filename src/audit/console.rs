@@ -195,3 +195,17 @@ pub async fn search(
     qb.push(" ORDER BY received_at DESC, verdict_id DESC LIMIT ").push_bind(limit);
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
+
+/// Spends a confirmation token (by its fingerprint): true the first time, false once spent.
+/// Spent tokens older than `ttl` are cleared on the way.
+pub async fn spend_token(pool: &PgPool, fingerprint: &[u8], ttl: chrono::Duration) -> Result<bool, AuditError> {
+    let spent: Option<i32> = sqlx::query_scalar(
+        "WITH old AS (DELETE FROM console_tokens WHERE used_at < now() - $2 * interval '1 second')
+         INSERT INTO console_tokens (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+    )
+    .bind(fingerprint)
+    .bind(ttl.num_seconds() as f64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(spent.is_some())
+}

@@ -10,3 +10,5 @@ GRANT UPDATE (status, finished_at, replays) ON verdicts TO console_role;
 GRANT UPDATE (status, next_attempt_at, first_attempt_at, scheduled_retries, updated_at) ON kicks TO console_role;
 GRANT INSERT (verdict_id, actor, previous_status, published) ON replays TO console_role;
 GRANT USAGE ON SEQUENCE replays_id_seq TO console_role;
+-- A replay spends its confirmation's token (and clears spent ones past their life).
+GRANT SELECT, INSERT, DELETE ON console_tokens TO console_role;

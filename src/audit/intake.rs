@@ -162,6 +162,8 @@ async fn upsert_verdicts(
          FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
               room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
               evidence jsonb, payload jsonb, deliveries integer)
+         -- Verdict rows are locked in verdict_id order everywhere (see reopen_for_replay).
+         ORDER BY verdict_id
          ON CONFLICT (verdict_id) DO UPDATE
             SET deliveries = v.deliveries + EXCLUDED.deliveries,
                 last_delivery_at = now()

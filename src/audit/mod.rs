@@ -50,6 +50,11 @@ impl AuditError {
             _ => false,
         }
     }
+
+    /// A deadlock (40P01) or serialization failure (40001): the transaction may simply be retried.
+    pub fn is_serialization_failure(&self) -> bool {
+        matches!(self, AuditError::Db(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
+    }
 }
 
 fn options(cfg: &PostgresConfig) -> Result<PgConnectOptions, sqlx::Error> {

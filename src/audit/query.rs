@@ -288,13 +288,49 @@ pub async fn story(pool: &PgPool, verdict_id: &str) -> Result<Option<Story>, Aud
     Ok(Some(Story { verdict, kicks, attempts, replays }))
 }
 
-/// A verdict chosen for replay, with the message to publish again.
+/// A verdict chosen for replay.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReplayCandidate {
     pub verdict_id: String,
     pub status: VerdictStatus,
     pub app_id: i64,
     pub vendor: String,
+    /// Where a keyset page of candidates resumes (with the id).
+    pub received_at: DateTime<Utc>,
+}
+
+/// What a replay selects: `failed` verdicts when neither a status nor verdicts are named.
+fn replay_filter(f: &Filter) -> Filter {
+    let mut f = f.clone();
+    if f.status.is_none() && f.verdicts.is_empty() {
+        f.status = Some("failed".into());
+    }
+    f
+}
+
+/// How many verdicts a replay with this filter would take (the console's confirmation).
+pub async fn replay_count(pool: &PgPool, f: &Filter) -> Result<i64, AuditError> {
+    let mut qb = QueryBuilder::new("SELECT count(*) FROM verdicts WHERE true");
+    push_filters(&mut qb, &replay_filter(f), Rows::Verdicts);
+    Ok(qb.build_query_scalar().fetch_one(pool).await?)
+}
+
+/// Up to `limit` replay candidates after `after` (received_at, verdict_id), in that order: the
+/// console replays a search page by page, so memory does not grow with the number of verdicts,
+/// and a verdict that fails again meanwhile is not met twice.
+pub async fn replay_page(
+    pool: &PgPool,
+    f: &Filter,
+    after: Option<&(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<ReplayCandidate>, AuditError> {
+    let mut qb = QueryBuilder::new("SELECT verdict_id, status, app_id, vendor, received_at FROM verdicts WHERE true");
+    push_filters(&mut qb, &replay_filter(f), Rows::Verdicts);
+    if let Some((at, id)) = after {
+        qb.push(" AND (received_at, verdict_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+    }
+    qb.push(" ORDER BY received_at, verdict_id LIMIT ").push_bind(limit);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 
 /// Verdicts matching the filter (status on the verdict only; `failed` when no status is given).
@@ -309,13 +345,10 @@ pub fn replay_status_rule(status: Option<&str>) -> Result<(), String> {
 }
 
 pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
-    let mut f = f.clone();
-    if f.status.is_none() && f.verdicts.is_empty() {
-        f.status = Some("failed".into());
-    }
+    let f = replay_filter(f);
     // Straight from verdicts (a user through kicks' index), not through the audit_log join: a
     // bulk replay's confirmation counts thousands of failed verdicts while an operator waits.
-    let mut qb = QueryBuilder::new("SELECT verdict_id, status, app_id, vendor FROM verdicts WHERE true");
+    let mut qb = QueryBuilder::new("SELECT verdict_id, status, app_id, vendor, received_at FROM verdicts WHERE true");
     push_filters(&mut qb, &f, Rows::Verdicts);
     qb.push(" ORDER BY received_at");
     if let Some(limit) = f.limit {
@@ -339,8 +372,20 @@ pub async fn replay(
 ) -> Result<usize, AuditError> {
     let mut reopened = 0;
     for chunk in candidates.chunks(REPLAY_CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|c| c.verdict_id.clone()).collect();
-        reopened += reopen_for_replay(pool, &ids, actor).await?.len();
+        let mut tries = 0;
+        let n = loop {
+            tries += 1;
+            match reopen_for_replay(pool, chunk, actor).await {
+                Ok(ids) => break ids.len(),
+                // The lock order makes these unexpected; a retry of the chunk is harmless (it
+                // reopens only what is still as selected).
+                Err(e) if tries < 3 && e.is_serialization_failure() => {
+                    tracing::warn!(error = %e, "replay chunk met a deadlock or serialization failure; trying again");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        reopened += n;
         progress(reopened);
     }
     Ok(reopened)
@@ -349,14 +394,28 @@ pub async fn replay(
 /// Puts verdicts back to work, due now: failed ones (and their failed kicks) to `pending`, with a
 /// fresh retry schedule and deadline; pending ones become due at once. Records who asked in
 /// `replays` and wakes the owners. Only verdicts not `done` are touched; returns the ids reopened.
-pub async fn reopen_for_replay(pool: &PgPool, ids: &[String], actor: &str) -> Result<Vec<String>, AuditError> {
+pub async fn reopen_for_replay(
+    pool: &PgPool,
+    candidates: &[ReplayCandidate],
+    actor: &str,
+) -> Result<Vec<String>, AuditError> {
     let mut tx = pool.begin().await?;
+    let (ids, statuses): (Vec<&str>, Vec<VerdictStatus>) =
+        candidates.iter().map(|c| (c.verdict_id.as_str(), c.status)).unzip();
+    // Lock order, everywhere verdicts and kicks change together: verdict rows first, in
+    // verdict_id order, then their kicks (the audit writer and intake do the same), so replays and
+    // the writer never deadlock. Only a verdict still as it was selected is reopened: of two
+    // replays of one selection, the second finds it pending and leaves it.
     let reopened: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "WITH old AS (SELECT verdict_id, status FROM verdicts WHERE verdict_id = ANY($1) AND status <> 'done' FOR UPDATE)
+        "WITH old AS (SELECT v.verdict_id, v.status FROM verdicts v
+                      JOIN UNNEST($1::text[], $2::text[]) AS x(id, status) ON v.verdict_id = x.id
+                      WHERE v.status = x.status AND v.status <> 'done'
+                      ORDER BY v.verdict_id FOR NO KEY UPDATE OF v)
          UPDATE verdicts v SET status = 'pending', finished_at = NULL, replays = v.replays + 1
          FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status, v.vendor, v.app_id",
     )
-    .bind(ids)
+    .bind(&ids)
+    .bind(&statuses)
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<&str> = reopened.iter().map(|(id, ..)| id.as_str()).collect();

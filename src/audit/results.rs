@@ -77,6 +77,15 @@ pub async fn record(
     }
     let mut ids: Vec<String> = Vec::new();
     if !outcomes.is_empty() {
+        // Lock order: the verdicts first, in verdict_id order, then their kicks — as replays do
+        // (`reopen_for_replay`), so the two never deadlock.
+        let mut verdict_ids: Vec<&str> = outcomes.iter().map(|o| o.verdict_id.as_str()).collect();
+        verdict_ids.sort_unstable();
+        verdict_ids.dedup();
+        sqlx::query("SELECT 1 FROM verdicts WHERE verdict_id = ANY($1) ORDER BY verdict_id FOR NO KEY UPDATE")
+            .bind(&verdict_ids)
+            .execute(&mut *tx)
+            .await?;
         let status: Vec<KickStatus> = outcomes
             .iter()
             .map(|o| match o.change {

@@ -16,19 +16,33 @@ use serde::Deserialize;
 
 use super::Console;
 use super::auth::Actor;
+use super::csrf::{CsrfRefusal, TOKEN_TTL, fingerprint};
 use super::pages::{PageResult, SearchForm, render};
 use crate::audit::AuditError;
+use crate::audit::console;
 use crate::audit::query::{self, Filter, ReplayCandidate};
 
 /// Verdict ids listed on the bulk confirmation.
 const SHOWN: usize = 20;
+/// Verdicts a bulk replay selects at a time.
+const BULK_PAGE: i64 = 500;
 
 fn forbidden() -> PageResult {
     Ok((StatusCode::FORBIDDEN, "only operators replay verdicts").into_response())
 }
 
-fn cross_site() -> PageResult {
-    Ok((StatusCode::FORBIDDEN, "refused: this form did not come from the console (CSRF)").into_response())
+fn refused_form(why: CsrfRefusal) -> PageResult {
+    Ok((StatusCode::FORBIDDEN, why.message()).into_response())
+}
+
+/// What a single replay's form does, as its token names it.
+fn one_action(id: &str) -> String {
+    format!("replay:{id}")
+}
+
+/// What a bulk replay's form does: its fixed search.
+fn all_action(form: &SearchForm) -> String {
+    format!("replay-all:{}", form.query(&[]))
 }
 
 fn url_part(s: &str) -> String {
@@ -46,12 +60,26 @@ async fn reopen(c: &Console, candidates: &[ReplayCandidate], actor: &Actor) -> R
     query::replay(&c.pool, candidates, &format!("web:{}", actor.name), |_| {}).await
 }
 
-/// Why a replay POST is refused, if it is: not an operator, or no valid CSRF token.
-fn refusal(c: &Console, actor: &Actor, form: &ReplayForm, headers: &HeaderMap) -> Option<PageResult> {
+/// Why a replay POST is refused, if it is: not an operator, no valid CSRF token for this action,
+/// or a confirmation already used (its token is spent here, once).
+async fn refusal(
+    c: &Console,
+    actor: &Actor,
+    action: &str,
+    form: &ReplayForm,
+    headers: &HeaderMap,
+) -> Result<Option<PageResult>, AuditError> {
     if !actor.may_replay() {
-        return Some(forbidden());
+        return Ok(Some(forbidden()));
     }
-    (!c.csrf.allows(&actor.name, &form.csrf, headers)).then(cross_site)
+    if let Err(why) = c.csrf.check(&actor.name, action, &form.csrf, headers) {
+        return Ok(Some(refused_form(why)));
+    }
+    if !console::spend_token(&c.pool, &fingerprint(&form.csrf), TOKEN_TTL).await? {
+        let used = (StatusCode::CONFLICT, "this confirmation was already used; nothing was replayed twice");
+        return Ok(Some(Ok(used.into_response())));
+    }
+    Ok(None)
 }
 
 #[derive(Template)]
@@ -67,7 +95,7 @@ pub(crate) async fn confirm_one(State(c): State<Arc<Console>>, actor: Actor, Pat
     if !actor.may_replay() {
         return forbidden();
     }
-    let csrf = c.csrf.token(&actor.name);
+    let csrf = c.csrf.token(&actor.name, &one_action(&id));
     render(ReplayPage { actor, verdict_id: id, csrf })
 }
 
@@ -79,7 +107,7 @@ pub(crate) async fn replay_one(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> PageResult {
-    if let Some(refused) = refusal(&c, &actor, &form, &headers) {
+    if let Some(refused) = refusal(&c, &actor, &one_action(&id), &form, &headers).await? {
         return refused;
     }
     let filter = Filter { verdicts: vec![id.clone()], ..Filter::default() };
@@ -130,13 +158,16 @@ pub(crate) async fn confirm_all(
         Ok(f) => f,
         Err(problem) => return Ok((StatusCode::BAD_REQUEST, problem).into_response()),
     };
-    let candidates = query::replay_candidates(&c.pool, &filter).await?;
+    // A count and the first ids, not every candidate: eight operators confirming a replay of
+    // 300,000 failed verdicts must not hold them all in memory.
+    let count = usize::try_from(query::replay_count(&c.pool, &filter).await?).unwrap_or(0);
+    let first = query::replay_page(&c.pool, &filter, None, SHOWN as i64).await?;
     render(BulkPage {
         filters: form.pairs().into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
-        count: candidates.len(),
-        shown: candidates.iter().take(SHOWN).map(|c| c.verdict_id.clone()).collect(),
+        count,
+        shown: first.into_iter().map(|c| c.verdict_id).collect(),
         action: format!("/replay?{}", form.query(&[])),
-        csrf: c.csrf.token(&actor.name),
+        csrf: c.csrf.token(&actor.name, &all_action(&form)),
         actor,
     })
 }
@@ -150,7 +181,7 @@ pub(crate) async fn replay_all(
     headers: HeaderMap,
     Form(token): Form<ReplayForm>,
 ) -> PageResult {
-    if let Some(refused) = refusal(&c, &actor, &token, &headers) {
+    if let Some(refused) = refusal(&c, &actor, &all_action(&form), &token, &headers).await? {
         return refused;
     }
     // Already fixed by the confirmation; fixing again only caps `until` at now, a no-op for it.
@@ -158,8 +189,20 @@ pub(crate) async fn replay_all(
         Ok(f) => f,
         Err(problem) => return Ok((StatusCode::BAD_REQUEST, problem).into_response()),
     };
-    let reopened = reopen(&c, &query::replay_candidates(&c.pool, &filter).await?, &actor).await?;
-    tracing::info!(actor = %actor.name, reopened, filters = %form.query(&[]), "bulk replay from the console");
+    // Page by page (keyset), each page its own transactions: memory stays flat, and a partial
+    // failure leaves what was done done (the count below says how far it got).
+    let mut reopened = 0;
+    let mut after = None;
+    loop {
+        let page = query::replay_page(&c.pool, &filter, after.as_ref(), BULK_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.received_at, last.verdict_id.clone()));
+        reopened += reopen(&c, &page, &actor).await?;
+        if (page.len() as i64) < BULK_PAGE {
+            break;
+        }
+    }
+    tracing::info!(actor = %single_line(&actor.name), reopened, filters = %single_line(&form.query(&[])), "bulk replay from the console");
     let list = SearchForm { status: String::new(), ..form };
     let replayed = reopened.to_string();
     Ok(Redirect::to(&format!("/verdicts?{}", list.query(&[("replayed", &replayed)]))).into_response())

@@ -120,3 +120,86 @@ async fn a_half_sent_request_to_the_console_is_closed_after_its_header_timeout()
     let closed = tokio::time::timeout(bouncer::serve::CONSOLE.header_read_timeout * 3, s.read(&mut buf)).await;
     assert!(closed.is_ok(), "the half-sent request was still open");
 }
+
+/// The bulk confirmation's form: where it posts (the fixed search) and its token.
+async fn confirm_all(base: &str) -> (String, String) {
+    let page = reqwest::get(format!("{base}/replay?status=failed")).await.unwrap().text().await.unwrap();
+    let attr = |name: &str| {
+        let at = page.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("{name} on {page}")) + name.len() + 2;
+        page[at..].split('"').next().unwrap().replace("&#38;", "&").replace("&amp;", "&")
+    };
+    (attr("action"), attr("value"))
+}
+
+async fn post_replay(base: &str, action: &str, token: &str, origin: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{action}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={token}"));
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    http.execute(req.build().unwrap()).await.unwrap().status().as_u16()
+}
+
+fn failed_verdicts(n: usize) -> Vec<(String, String, String)> {
+    (0..n).map(|i| (format!("f-{i:04}"), format!("u{i}"), format!("r{}", i % 10))).collect()
+}
+
+#[tokio::test]
+async fn one_confirmation_posted_eight_times_at_once_replays_each_verdict_once() {
+    let rows = failed_verdicts(300);
+    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    let env = trail(&refs).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let (action, token) = confirm_all(&console.base).await;
+    // A double click, or two operators on one confirmation: before, four of eight answered 500
+    // and verdicts were replayed up to eight times.
+    let posts: Vec<_> = (0..8).map(|_| post_replay(&console.base, &action, &token, None)).collect();
+    let mut statuses = futures_util::future::join_all(posts).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 409, 409, 409, 409, 409, 409, 409], "one replay, seven refusals");
+    let pool = env.pool().await;
+    let (replays, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT verdict_id) FROM replays").fetch_one(&pool).await.unwrap();
+    assert_eq!((replays, distinct), (300, 300));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn eight_confirmations_replayed_beside_a_working_worker_neither_deadlock_nor_replay_twice() {
+    let rows = failed_verdicts(400);
+    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    let env = trail(&refs).await;
+    let worker = env.worker();
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let mut forms = Vec::new();
+    for _ in 0..8 {
+        forms.push(confirm_all(&console.base).await);
+    }
+    let posts: Vec<_> = forms.iter().map(|(action, token)| post_replay(&console.base, action, token, None)).collect();
+    let statuses = futures_util::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 303), "{statuses:?}");
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", 400, std::time::Duration::from_secs(120))
+        .await;
+    let pool = env.pool().await;
+    let (replays, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT verdict_id) FROM replays").fetch_one(&pool).await.unwrap();
+    assert_eq!((replays, distinct), (400, 400), "each verdict replayed once");
+    assert!(!worker.log_text().contains("deadlock"), "the audit writer met a deadlock");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_confirmation_posted_from_another_origin_or_for_another_verdict_is_refused() {
+    let env = trail(&[("o-1", "u1", "r1"), ("o-2", "u2", "r2")]).await;
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let page = reqwest::get(format!("{}/verdicts/o-1/replay", console.base)).await.unwrap().text().await.unwrap();
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let token = page[at..].split('"').next().unwrap().to_owned();
+    assert_eq!(post_replay(&console.base, "/verdicts/o-1/replay", &token, Some("http://evil.example")).await, 403);
+    assert_eq!(post_replay(&console.base, "/verdicts/o-2/replay", &token, None).await, 403, "another verdict");
+    assert_eq!(post_replay(&console.base, "/verdicts/o-1/replay", &token, None).await, 303);
+    assert_eq!(post_replay(&console.base, "/verdicts/o-1/replay", &token, None).await, 409, "used once");
+}

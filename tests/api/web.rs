@@ -121,7 +121,9 @@ async fn a_hostile_verdict_shows_as_text_and_only_an_operator_replays_it_through
     assert_eq!(browser.post("bob", "/replay?status=failed", &[("csrf", &token)], false).await, 403);
     assert_eq!(browser.post("alice", "/replay?status=failed", &[], false).await, 403);
     assert_eq!(browser.post("alice", "/replay?status=failed", &[("csrf", &token)], true).await, 403);
-    assert_eq!(browser.post("alice", "/replay?status=done", &[("csrf", &token)], false).await, 400);
+    // A token is bound to its form: this one, for one verdict, replays nothing else.
+    assert_eq!(browser.post("alice", "/replay?status=failed", &[("csrf", &token)], false).await, 403);
+    assert_eq!(browser.get("alice", "/replay?status=done").await.0, 400);
     let (status, bulk) = browser.get("alice", "/replay?status=failed").await;
     assert!(status == 200 && bulk.contains("Replay 1 verdict?"), "{bulk}");
     let replays: i64 = sqlx::query_scalar("SELECT count(*) FROM replays").fetch_one(&pool).await.unwrap();
@@ -147,7 +149,7 @@ async fn every_console_page_carries_the_security_headers() {
         let csp = h.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
         assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
         assert_eq!(h.get("x-frame-options").map(|v| v.as_bytes()), Some(&b"DENY"[..]), "{path}");
-        assert_eq!(h.get("referrer-policy").map(|v| v.as_bytes()), Some(&b"no-referrer"[..]), "{path}");
+        assert_eq!(h.get("referrer-policy").map(|v| v.as_bytes()), Some(&b"same-origin"[..]), "{path}");
     }
 }
 
