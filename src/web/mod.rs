@@ -58,7 +58,7 @@ impl FromRequestParts<Arc<Console>> for Actor {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| *a)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        c.auth.actor(&parts.headers, peer)
+        c.auth.actor(&parts.headers, peer).await
     }
 }
 

@@ -203,3 +203,36 @@ async fn a_confirmation_posted_from_another_origin_or_for_another_verdict_is_ref
     assert_eq!(post_replay(&console.base, "/verdicts/o-1/replay", &token, None).await, 303);
     assert_eq!(post_replay(&console.base, "/verdicts/o-1/replay", &token, None).await, 409, "used once");
 }
+
+#[tokio::test]
+async fn a_password_guesser_is_made_to_wait_after_five_failures() {
+    let mut env = trail(&[]).await;
+    let hash = {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default().hash_password(b"right").expect("hash").to_string()
+    };
+    env.edit_config(|c| {
+        c.web.auth.users = vec![bouncer::config::FileWebUser {
+            name: "alice".into(),
+            password_hash: hash.into(),
+            role: "operator".into(),
+        }]
+    });
+    let console = ConsoleProcess::start(&env.config.0).await;
+    let http = reqwest::Client::new();
+    let try_as = |user: &'static str, password: &'static str| {
+        let req = http.get(format!("{}/", console.base)).basic_auth(user, Some(password));
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(try_as("alice", "right").await.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(try_as("alice", "guess").await.status(), 401);
+    }
+    // Before, ~25 guesses a second went on without end.
+    let refused = try_as("alice", "guess").await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_eq!(try_as("nobody", "guess").await.status(), 429, "the address waits too");
+    // A session already checked is not slowed by the guessing.
+    assert_eq!(try_as("alice", "right").await.status(), 200);
+}
