@@ -236,3 +236,51 @@ async fn a_password_guesser_is_made_to_wait_after_five_failures() {
     // A session already checked is not slowed by the guessing.
     assert_eq!(try_as("alice", "right").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_get_through_a_flood_of_half_sent_and_reconnecting_connections() {
+    let env = trail(&[]).await;
+    let worker = env.worker();
+    let addr = worker.http_addr();
+    let base = format!("http://{addr}");
+    // Wait until the ops port answers at all.
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap();
+    let started = std::time::Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the ops port never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // 400 half-sent requests (more than the 256 slots) held open ...
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+            held.push(s);
+        }
+    }
+    // ... and 64 clients reconnecting at once, each with a half-sent request, for three seconds.
+    let stop = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let flood: Vec<_> = (0..64)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                while std::time::Instant::now() < stop {
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                        let _ = s.write_all(b"GET / HTTP/1.1\r\n").await;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Before, the 257th connection was closed at once: probes failed 99 % of the time.
+    for _ in 0..10 {
+        let r = http.get(format!("{base}/healthz")).send().await;
+        assert!(r.as_ref().is_ok_and(|r| r.status() == 200), "a probe failed under the flood: {r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for f in flood {
+        let _ = f.await;
+    }
+    drop(held);
+}

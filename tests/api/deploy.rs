@@ -25,12 +25,19 @@ fn kubernetes_manifests_are_valid_yaml_with_the_probes_wired() {
         "console-deployment.yaml",
         "console-service.yaml",
         "console-grants-job.yaml",
+        "networkpolicy.yaml",
     ] {
         let docs = yaml(&format!("deploy/k8s/{f}"));
         assert!(!docs.is_empty() && docs[0]["kind"].as_str().is_some(), "{f} has a kind");
         assert!(file("deploy/k8s/kustomization.yaml").contains(f) || f == "kustomization.yaml", "{f} is applied");
     }
+    // Only the scraper reaches the ops port, only the ingress the console's proxy.
+    let policies = yaml("deploy/k8s/networkpolicy.yaml");
+    let worker =
+        policies.iter().find(|p| p["metadata"]["name"].as_str() == Some("bouncer-worker")).expect("worker policy");
+    assert_eq!(worker["spec"]["ingress"][0]["ports"][0]["port"].as_i64(), Some(9187));
     let d = &yaml("deploy/k8s/deployment.yaml")[0];
+    assert_eq!(worker["spec"]["podSelector"], d["spec"]["selector"]);
     // Several replicas, rolled without a gap, never more than one away by choice.
     assert!(d["spec"]["replicas"].as_i64().is_some_and(|n| n >= 2));
     assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("RollingUpdate"));
