@@ -51,10 +51,19 @@ impl WorkerProcess {
 
     /// A worker with extra environment (`BOUNCER_*` overrides: a replica's own name, say).
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> WorkerProcess {
+        Self::spawn(config, env, "json")
+    }
+
+    /// A worker logging in the text format people read (its `http_addr` is not readable then).
+    pub fn start_with_text_log(config: &Path) -> WorkerProcess {
+        Self::spawn(config, &[], "text")
+    }
+
+    fn spawn(config: &Path, env: &[(&str, &str)], log_format: &str) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("bouncer-worker-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = bouncer_command()
-            .args(["run", "--config", config.to_str().expect("utf-8 path"), "--log-format", "json"])
+            .args(["run", "--config", config.to_str().expect("utf-8 path"), "--log-format", log_format])
             .env("BOUNCER_LOG", "info,bouncer=debug")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
