@@ -120,8 +120,7 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     health: watch::Receiver<Option<Health>>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = crate::serve::bind(listen, "http.listen").await.map_err(std::io::Error::other)?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -4,19 +4,21 @@
 //! live here, once.
 //!
 //! - **a connection cap** that no client can use to starve a probe: when the listener is full, a
-//!   new connection takes the place of the oldest one that is *not* serving a request (idle
-//!   between requests, or still sending its head). A client that reconnects at once to keep every
-//!   slot full only evicts its own half-sent connections, while a probe, which sends its request
-//!   the moment it connects, is the newest and served within milliseconds. Only when every
-//!   connection is mid-request is a new one closed at once;
+//!   new connection takes the place of one held by the address holding the most connections — the
+//!   oldest of its connections that has *never completed a request* (still sending its first
+//!   head), else its oldest idle one. A client that floods the listener from one address, or a
+//!   few, only ever evicts its own connections, while the kubelet's probes and the scraper come
+//!   from addresses of their own and hold one or two. (Many attacking addresses degrade this
+//!   toward "oldest first"; the NetworkPolicy in `deploy/k8s` keeps them out.) Only when no
+//!   connection is evictable (all mid-request) is a new one closed at once;
 //! - **a header-read timeout**: a half-sent request does not hold its connection;
 //! - **a connection lifetime**: a connection is closed gracefully after it, however busy;
 //! - **a head size**: the largest request head read.
 //!
 //! Every request sees its peer as `ConnectInfo<SocketAddr>`.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,29 +65,69 @@ pub const CONSOLE: Limits = Limits {
     name: "console",
 };
 
-/// The connections a listener serves now, oldest first, and whether each is serving a request.
+/// What a connection is doing, as eviction reads it.
+#[derive(Default)]
+struct ConnState {
+    /// Serving a request now.
+    busy: AtomicBool,
+    /// Has completed a request (a real client, not a half-sent head).
+    served: AtomicBool,
+}
+
+/// The connections a listener serves now, oldest first.
 #[derive(Default)]
 struct Open {
     next_id: u64,
-    /// id (increasing with age) → (serving a request now, stops the connection).
-    connections: BTreeMap<u64, (Arc<AtomicBool>, CancellationToken)>,
+    /// id (increasing with age) → (its peer, its state, stops the connection).
+    connections: BTreeMap<u64, (IpAddr, Arc<ConnState>, CancellationToken)>,
+    /// Connections held per peer address.
+    per_peer: HashMap<IpAddr, usize>,
 }
 
 impl Open {
-    /// Makes room for one more if needed (closing the oldest connection not serving a request)
-    /// and registers it; `None` when every connection is mid-request.
-    fn admit(&mut self, max: usize) -> Option<(u64, Arc<AtomicBool>, CancellationToken)> {
+    /// Makes room for one more if needed (closing the oldest connection that never completed a
+    /// request, else the oldest idle one) and registers it; `None` when every connection is
+    /// mid-request.
+    fn admit(&mut self, peer: IpAddr, max: usize) -> Option<(u64, Arc<ConnState>, CancellationToken)> {
         if self.connections.len() >= max {
-            let oldest_idle =
-                self.connections.iter().find(|(_, (busy, _))| !busy.load(Ordering::Relaxed)).map(|(id, _)| *id)?;
-            if let Some((_, stop)) = self.connections.remove(&oldest_idle) {
-                stop.cancel();
-            }
+            let victim = self.victim()?;
+            self.remove(victim);
         }
         self.next_id += 1;
-        let (busy, stop) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
-        self.connections.insert(self.next_id, (busy.clone(), stop.clone()));
-        Some((self.next_id, busy, stop))
+        let (state, stop) = (Arc::new(ConnState::default()), CancellationToken::new());
+        self.connections.insert(self.next_id, (peer, state.clone(), stop.clone()));
+        *self.per_peer.entry(peer).or_default() += 1;
+        Some((self.next_id, state, stop))
+    }
+
+    /// The connection to close for a new one: the busiest address's oldest half-sent connection,
+    /// else its oldest idle one; failing those, anyone's, in the same order.
+    fn victim(&self) -> Option<u64> {
+        let idle = |c: &ConnState| !c.busy.load(Ordering::Relaxed);
+        let never_served = |c: &ConnState| idle(c) && !c.served.load(Ordering::Relaxed);
+        let pick = |of: Option<IpAddr>| {
+            let mine = |p: &IpAddr| of.is_none_or(|o| o == *p);
+            self.connections
+                .iter()
+                .find(|(_, (p, c, _))| mine(p) && never_served(c))
+                .or_else(|| self.connections.iter().find(|(_, (p, c, _))| mine(p) && idle(c)))
+                .map(|(id, _)| *id)
+        };
+        let busiest = self.per_peer.iter().max_by_key(|(_, n)| **n).map(|(p, _)| *p);
+        pick(busiest).or_else(|| pick(None))
+    }
+
+    /// Forgets a connection (ended, or evicted: then it is also stopped).
+    fn remove(&mut self, id: u64) {
+        if let Some((peer, _, stop)) = self.connections.remove(&id) {
+            stop.cancel();
+            if let Some(n) = self.per_peer.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_peer.remove(&peer);
+                }
+            }
+        }
     }
 }
 
@@ -108,8 +150,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 continue;
             }
         };
-        let admitted = open.lock().unwrap_or_else(|e| e.into_inner()).admit(limits.max_connections);
-        let Some((id, busy, stop)) = admitted else {
+        let admitted = open.lock().unwrap_or_else(|e| e.into_inner()).admit(peer.ip(), limits.max_connections);
+        let Some((id, state, stop)) = admitted else {
             // Every connection is mid-request: close this one at once rather than leave it (and
             // whoever waits behind it) in the accept queue.
             metrics::counter!("bouncer_http_connections_refused_total", "listener" => limits.name).increment(1);
@@ -117,14 +159,14 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let serving = busy.clone();
         let app = app.clone().layer(axum::Extension(ConnectInfo(peer))).layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let serving = serving.clone();
+                let state = state.clone();
                 async move {
-                    serving.store(true, Ordering::Relaxed);
+                    state.busy.store(true, Ordering::Relaxed);
                     let response = next.run(request).await;
-                    serving.store(false, Ordering::Relaxed);
+                    state.served.store(true, Ordering::Relaxed);
+                    state.busy.store(false, Ordering::Relaxed);
                     response
                 }
             },
@@ -147,17 +189,27 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                     let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
                 }
             }
-            open.lock().unwrap_or_else(|e| e.into_inner()).connections.remove(&id);
+            open.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         });
     }
     connections.close();
     let _ = tokio::time::timeout(limits.header_read_timeout, connections.wait()).await;
 }
 
+/// Connections the kernel queues before they are accepted. The standard library's 128 overflows
+/// under a flood of connections, and a probe whose SYN is dropped waits a second to try again;
+/// the kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
 /// Binds `listen` for [`serve`], naming the listener's config key in the error.
 pub async fn bind(listen: SocketAddr, key: &str) -> Result<(TcpListener, SocketAddr), String> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| format!("{key} {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| format!("{key} {listen}: {e}"))?;
+    let err = |e: std::io::Error| format!("{key} {listen}: {e}");
+    let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(listen).map_err(err)?;
+    let listener = socket.listen(ACCEPT_BACKLOG).map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
     Ok((listener, addr))
 }
 
@@ -166,18 +218,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_listener_closes_its_oldest_idle_connection_and_never_one_mid_request() {
+    fn a_full_listener_closes_a_half_sent_connection_first_then_an_idle_one_never_one_mid_request() {
+        let me: IpAddr = [10, 0, 0, 1].into();
         let mut open = Open::default();
-        let (_, first_busy, first_stop) = open.admit(3).unwrap();
-        let (_, _, second_stop) = open.admit(3).unwrap();
-        let (_, third_busy, third_stop) = open.admit(3).unwrap();
-        first_busy.store(true, Ordering::Relaxed);
-        third_busy.store(true, Ordering::Relaxed);
-        // Full: the oldest not serving a request (the second) makes room.
-        let (_, fourth_busy, _) = open.admit(3).unwrap();
-        assert!(second_stop.is_cancelled());
-        assert!(!first_stop.is_cancelled() && !third_stop.is_cancelled());
-        fourth_busy.store(true, Ordering::Relaxed);
-        assert!(open.admit(3).is_none(), "every connection is mid-request");
+        let (_, scraper, scraper_stop) = open.admit(me, 3).unwrap();
+        let (_, _, half_sent_stop) = open.admit(me, 3).unwrap();
+        let (_, busy, busy_stop) = open.admit(me, 3).unwrap();
+        scraper.served.store(true, Ordering::Relaxed); // kept alive between scrapes, older
+        busy.busy.store(true, Ordering::Relaxed);
+        // Full: the half-sent one goes, though the scraper's connection is older.
+        let (_, fourth, _) = open.admit(me, 3).unwrap();
+        assert!(half_sent_stop.is_cancelled());
+        assert!(!scraper_stop.is_cancelled() && !busy_stop.is_cancelled());
+        // With no half-sent connection left, the oldest idle one does.
+        fourth.busy.store(true, Ordering::Relaxed);
+        let (_, fifth, _) = open.admit(me, 3).unwrap();
+        assert!(scraper_stop.is_cancelled());
+        fifth.busy.store(true, Ordering::Relaxed);
+        assert!(open.admit(me, 3).is_none(), "every connection is mid-request");
+    }
+
+    #[test]
+    fn a_flooding_address_only_ever_evicts_its_own_connections() {
+        let (kubelet, attacker): (IpAddr, IpAddr) = ([10, 0, 0, 9].into(), [10, 6, 6, 6].into());
+        let mut open = Open::default();
+        let (_, _, probe_stop) = open.admit(kubelet, 4).unwrap(); // oldest, still sending its head
+        let stops: Vec<_> = (0..3).map(|_| open.admit(attacker, 4).unwrap().2).collect();
+        for _ in 0..100 {
+            open.admit(attacker, 4).unwrap();
+        }
+        assert!(!probe_stop.is_cancelled(), "the probe's connection survived the flood");
+        assert!(stops.iter().all(CancellationToken::is_cancelled));
+        assert_eq!(open.per_peer[&kubelet], 1);
+        assert_eq!(open.per_peer[&attacker], 3);
     }
 }
