@@ -144,15 +144,17 @@ async fn post_replay(base: &str, action: &str, token: &str, origin: Option<&str>
     http.execute(req.build().unwrap()).await.unwrap().status().as_u16()
 }
 
-fn failed_verdicts(n: usize) -> Vec<(String, String, String)> {
-    (0..n).map(|i| (format!("f-{i:04}"), format!("u{i}"), format!("r{}", i % 10))).collect()
+/// A trail of `n` failed verdicts `f-0000`… in ten rooms.
+async fn trail_of_failed(n: usize) -> TestEnv {
+    let rows: Vec<(String, String, String)> =
+        (0..n).map(|i| (format!("f-{i:04}"), format!("u{i}"), format!("r{}", i % 10))).collect();
+    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    trail(&refs).await
 }
 
 #[tokio::test]
 async fn one_confirmation_posted_eight_times_at_once_replays_each_verdict_once() {
-    let rows = failed_verdicts(300);
-    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
-    let env = trail(&refs).await;
+    let env = trail_of_failed(300).await;
     let console = ConsoleProcess::start(&env.config.0).await;
     let (action, token) = confirm_all(&console.base).await;
     // A double click, or two operators on one confirmation: before, four of eight answered 500
@@ -170,9 +172,7 @@ async fn one_confirmation_posted_eight_times_at_once_replays_each_verdict_once()
 
 #[tokio::test]
 async fn eight_confirmations_replayed_beside_a_working_worker_neither_deadlock_nor_replay_twice() {
-    let rows = failed_verdicts(400);
-    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
-    let env = trail(&refs).await;
+    let env = trail_of_failed(400).await;
     let worker = env.worker();
     let console = ConsoleProcess::start(&env.config.0).await;
     let mut forms = Vec::new();
@@ -424,9 +424,7 @@ async fn a_room_only_search_reads_an_index_not_the_whole_table() {
 
 #[tokio::test]
 async fn a_bulk_replay_larger_than_a_page_replays_every_verdict_once() {
-    let rows = failed_verdicts(1_200);
-    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
-    let env = trail(&refs).await;
+    let env = trail_of_failed(1_200).await;
     let console = ConsoleProcess::start(&env.config.0).await;
     let page = reqwest::get(format!("{}/replay?status=failed", console.base)).await.unwrap().text().await.unwrap();
     assert!(page.contains("Replay 1200 verdicts?"), "a count, not a list: {page}");
