@@ -16,8 +16,8 @@ pub struct Filter {
     pub user: Option<String>,
     pub app: Option<i64>,
     pub vendor: Option<Vendor>,
-    /// A verdict status (`pending`, `done`, `failed`) or a kick status (`kicked`, `gone`, ...).
-    pub status: Option<String>,
+    /// A verdict status or a kick status.
+    pub status: Option<StatusFilter>,
     /// On `received_at` of the verdict.
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -50,6 +50,40 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
 /// The earliest time a filter passes to PostgreSQL (year 1: before any trail was written).
 fn earliest_time() -> DateTime<Utc> {
     DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A status to filter by: a verdict's (`pending`, `done`, `failed`) or a kick's (`pending`,
+/// `kicked`, `gone`, `failed`); the audit rows match either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFilter {
+    Pending,
+    Done,
+    Failed,
+    Kicked,
+    Gone,
+}
+
+impl StatusFilter {
+    pub const ALL: [StatusFilter; 5] =
+        [StatusFilter::Pending, StatusFilter::Done, StatusFilter::Failed, StatusFilter::Kicked, StatusFilter::Gone];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusFilter::Pending => "pending",
+            StatusFilter::Done => "done",
+            StatusFilter::Failed => "failed",
+            StatusFilter::Kicked => "kicked",
+            StatusFilter::Gone => "gone",
+        }
+    }
+
+    /// Reads a status as written on the command line or in the console's form.
+    pub fn parse(s: &str) -> Result<StatusFilter, String> {
+        StatusFilter::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = StatusFilter::ALL.iter().map(|f| f.as_str()).collect();
+            format!("{s:?} is not a status; one of: {}", names.join(", "))
+        })
+    }
 }
 
 /// Which rows the filters narrow, and so how `user` and `status` are matched.
@@ -90,11 +124,11 @@ pub(crate) fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &Filter, rows: Ro
     if let Some(status) = &f.status {
         match rows {
             Rows::AuditLog => {
-                qb.push(" AND (verdict_status = ").push_bind(status.clone());
-                qb.push(" OR kick_status = ").push_bind(status.clone()).push(")");
+                qb.push(" AND (verdict_status = ").push_bind(status.as_str());
+                qb.push(" OR kick_status = ").push_bind(status.as_str()).push(")");
             }
             Rows::Verdicts => {
-                qb.push(" AND status = ").push_bind(status.clone());
+                qb.push(" AND status = ").push_bind(status.as_str());
             }
         }
     }
@@ -303,7 +337,7 @@ pub struct ReplayCandidate {
 fn replay_filter(f: &Filter) -> Filter {
     let mut f = f.clone();
     if f.status.is_none() && f.verdicts.is_empty() {
-        f.status = Some("failed".into());
+        f.status = Some(StatusFilter::Failed);
     }
     f
 }
@@ -337,9 +371,9 @@ pub async fn replay_page(
 /// The one rule for what a replay selects, for `bouncer replay` and the console alike: failed
 /// (or pending) verdicts; done ones, and kick statuses, never. Without a status a replay takes the
 /// failed verdicts (or the named ones).
-pub fn replay_status_rule(status: Option<&str>) -> Result<(), String> {
+pub fn replay_status_rule(status: Option<StatusFilter>) -> Result<(), String> {
     match status {
-        None | Some("failed" | "pending") => Ok(()),
+        None | Some(StatusFilter::Failed | StatusFilter::Pending) => Ok(()),
         Some(_) => Err("a replay takes failed (or pending) verdicts; done verdicts are never enforced twice".into()),
     }
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::output::{self, Format, Tabular, opt, time};
 use super::{Cli, CliError, CliResult};
-use crate::audit::query::{self, AuditRow, Filter, Story, SummaryRow, parse_when};
+use crate::audit::query::{self, AuditRow, Filter, StatusFilter, Story, SummaryRow, parse_when};
 use crate::vendors::{self, Vendor};
 
 /// A vendor named on the command line: one of the registry's names.
@@ -29,8 +29,8 @@ pub struct FilterArgs {
     #[arg(long, value_parser = parse_vendor)]
     pub vendor: Option<Vendor>,
     /// Verdict status (pending, done, failed) or kick status (pending, kicked, gone, failed).
-    #[arg(long, value_parser = ["pending", "done", "failed", "kicked", "gone"])]
-    pub status: Option<String>,
+    #[arg(long, value_parser = StatusFilter::parse)]
+    pub status: Option<StatusFilter>,
     /// Received at or after: a duration back from now (90s, 30m, 2h, 7d) or an RFC 3339 time.
     #[arg(long, value_parser = parse_when)]
     pub since: Option<DateTime<Utc>>,
@@ -55,7 +55,7 @@ impl FilterArgs {
             user: self.user.clone(),
             app: self.app,
             vendor: self.vendor,
-            status: self.status.clone(),
+            status: self.status,
             since: self.since,
             until: self.until,
             limit: self.limit.or(default_limit).filter(|n| *n > 0),

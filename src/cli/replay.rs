@@ -49,7 +49,7 @@ pub fn os_user() -> String {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &ReplayArgs) -> CliResult {
-    query::replay_status_rule(args.filter.status.as_deref()).map_err(|e| CliError::usage(format!("--status: {e}")))?;
+    query::replay_status_rule(args.filter.status).map_err(|e| CliError::usage(format!("--status: {e}")))?;
     let pool = cli.audit_pool().await?;
     // Without --limit a replay takes every match; with it, at most that many.
     let filter = args.filter.filter(None);

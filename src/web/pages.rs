@@ -216,7 +216,9 @@ impl SearchForm {
             vendor: some(&self.vendor)
                 .map(|v| crate::vendors::Vendor::parse(&v).ok_or_else(|| format!("vendor: unknown vendor {v:?}")))
                 .transpose()?,
-            status: some(&self.status),
+            status: some(&self.status)
+                .map(|s| query::StatusFilter::parse(&s).map_err(|e| format!("status: {e}")))
+                .transpose()?,
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
             ..query::Filter::default()

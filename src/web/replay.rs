@@ -121,8 +121,8 @@ pub(crate) async fn replay_one(
 /// verdicts that failed since.
 fn fixed(form: &SearchForm) -> Result<(SearchForm, Filter), String> {
     // A bulk replay names its status (the list it confirms shows one); the rule is the CLI's.
-    let status = Some(form.status.trim()).filter(|s| !s.is_empty()).unwrap_or("(none)");
-    crate::audit::query::replay_status_rule(Some(status)).map_err(|e| format!("status: {e}"))?;
+    let status = query::StatusFilter::parse(form.status.trim()).map_err(|e| format!("status: {e}"))?;
+    query::replay_status_rule(Some(status)).map_err(|e| format!("status: {e}"))?;
     let mut filter = form.filter()?;
     let now = Utc::now();
     filter.until = Some(filter.until.map_or(now, |u| u.min(now)));
