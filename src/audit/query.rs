@@ -358,6 +358,8 @@ pub async fn replay_page(
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<ReplayCandidate>, AuditError> {
+    // Straight from verdicts (a user through kicks' index), not through the audit_log join: a
+    // bulk replay's confirmation counts thousands of failed verdicts while an operator waits.
     let mut qb = QueryBuilder::new("SELECT verdict_id, status, app_id, vendor, received_at FROM verdicts WHERE true");
     push_filters(&mut qb, &replay_filter(f), Rows::Verdicts);
     if let Some((at, id)) = after {
@@ -379,16 +381,7 @@ pub fn replay_status_rule(status: Option<StatusFilter>) -> Result<(), String> {
 }
 
 pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
-    let f = replay_filter(f);
-    // Straight from verdicts (a user through kicks' index), not through the audit_log join: a
-    // bulk replay's confirmation counts thousands of failed verdicts while an operator waits.
-    let mut qb = QueryBuilder::new("SELECT verdict_id, status, app_id, vendor, received_at FROM verdicts WHERE true");
-    push_filters(&mut qb, &f, Rows::Verdicts);
-    qb.push(" ORDER BY received_at");
-    if let Some(limit) = f.limit {
-        qb.push(" LIMIT ").push_bind(limit);
-    }
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    replay_page(pool, f, None, f.limit.unwrap_or(i64::MAX)).await
 }
 
 /// Verdicts reopened per transaction by [`replay`]: a bulk replay neither holds thousands of row

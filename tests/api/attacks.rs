@@ -11,32 +11,9 @@ async fn trail(verdicts: &[(&str, &str, &str)]) -> TestEnv {
     let env = TestEnv::new(Apps::random(2, 0), EnvOptions::default()).await;
     let out = env.cli(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let pool = env.pool().await;
-    let app = i64::from(env.apps.zego[0].0);
-    for (id, user, room) in verdicts {
-        sqlx::query(
-            "INSERT INTO verdicts (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, payload, status, finished_at)
-             VALUES ($1, 'zego', $2, $3, false, ARRAY[$4], '{}'::jsonb, 'failed', now())",
-        )
-        .bind(id)
-        .bind(app)
-        .bind(room)
-        .bind(user)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, status, attempts, last_error)
-             VALUES ($1, $2, 'zego', $3, 'failed', 1, 'vendor code 1')",
-        )
-        .bind(id)
-        .bind(user)
-        .bind(app)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    pool.close().await;
+    let rows: Vec<(String, String, String)> =
+        verdicts.iter().map(|(id, u, r)| ((*id).to_owned(), (*u).to_owned(), (*r).to_owned())).collect();
+    env.insert_failed_verdicts(&rows).await;
     env
 }
 
@@ -146,10 +123,11 @@ async fn post_replay(base: &str, action: &str, token: &str, origin: Option<&str>
 
 /// A trail of `n` failed verdicts `f-0000`… in ten rooms.
 async fn trail_of_failed(n: usize) -> TestEnv {
+    let env = trail(&[]).await;
     let rows: Vec<(String, String, String)> =
         (0..n).map(|i| (format!("f-{i:04}"), format!("u{i}"), format!("r{}", i % 10))).collect();
-    let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
-    trail(&refs).await
+    env.insert_failed_verdicts(&rows).await;
+    env
 }
 
 #[tokio::test]

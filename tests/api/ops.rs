@@ -217,26 +217,11 @@ async fn replay_with_a_limit_of_a_thousand_replays_a_thousand_and_without_one_th
     let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
     let out = env.cli(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let pool = env.pool().await;
     // 1,005 failed verdicts of one user each, written as the trail would hold them.
-    let app = i64::from(env.apps.zego[0].0);
-    sqlx::query(
-        "INSERT INTO verdicts (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, payload, status, finished_at)
-         SELECT 'f-' || i, 'zego', $1, 'r', false, ARRAY['u' || i], '{}'::jsonb, 'failed', now()
-         FROM generate_series(1, 1005) AS i",
-    )
-    .bind(app)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, status, attempts, last_error)
-         SELECT 'f-' || i, 'u' || i, 'zego', $1, 'failed', 1, 'vendor code 1' FROM generate_series(1, 1005) AS i",
-    )
-    .bind(app)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, String)> =
+        (1..=1005).map(|i| (format!("f-{i}"), format!("u{i}"), "r".to_owned())).collect();
+    env.insert_failed_verdicts(&rows).await;
+    let pool = env.pool().await;
     let status = |s: &'static str| {
         let pool = pool.clone();
         async move {

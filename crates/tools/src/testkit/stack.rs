@@ -243,6 +243,37 @@ impl TestEnv {
         assert_eq!(self.queue_depth(".rejected").await, want, "messages in the dead-letter queue");
     }
 
+    /// Writes failed verdicts of one user each (id, user, room) for the first ZEGO app, with their
+    /// failed kicks, as the trail would hold them: replays and console tests without a worker.
+    pub async fn insert_failed_verdicts(&self, rows: &[(String, String, String)]) {
+        let pool = self.pool().await;
+        let app = i64::from(self.apps.zego[0].0);
+        let (ids, users, rooms): (Vec<&str>, Vec<&str>, Vec<&str>) = columns(rows);
+        sqlx::query(
+            "INSERT INTO verdicts (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, payload, status, finished_at)
+             SELECT id, 'zego', $4, room, false, ARRAY[u], '{}'::jsonb, 'failed', now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(id, u, room)",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&rooms)
+        .bind(app)
+        .execute(&pool)
+        .await
+        .expect("insert verdicts");
+        sqlx::query(
+            "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, status, attempts, last_error)
+             SELECT id, u, 'zego', $3, 'failed', 1, 'vendor code 1' FROM UNNEST($1::text[], $2::text[]) AS x(id, u)",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(app)
+        .execute(&pool)
+        .await
+        .expect("insert kicks");
+        pool.close().await;
+    }
+
     /// Waits until `count(sql)` returns `want`, or fails after `timeout` showing the last value.
     pub async fn wait_for_count(&self, sql: &'static str, want: i64, timeout: Duration) {
         let pool = self.pool().await;
@@ -285,4 +316,14 @@ impl TestEnv {
         all.extend(["--config", self.config.0.to_str().expect("utf-8 path")]);
         bouncer(&all, &[])
     }
+}
+
+fn columns(rows: &[(String, String, String)]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c) in rows {
+        out.0.push(a.as_str());
+        out.1.push(b.as_str());
+        out.2.push(c.as_str());
+    }
+    out
 }
