@@ -5,14 +5,19 @@
 # The console's browser tests need Debian's Chromium and ChromeDriver (/usr/bin/chromium,
 # /usr/bin/chromedriver); as root they are installed when missing. `--no-browser` skips them
 # (the demo needs no browser).
+# The pooler tests go through PgBouncer in transaction mode (Debian's `pgbouncer`) in front of
+# that PostgreSQL; as root it is installed when missing and started with a configuration of ours
+# (every database, user postgres, pool_mode = transaction). `--no-pooler` skips it.
 #
-# Addresses come from BOUNCER_TEST_AMQP / BOUNCER_TEST_PG (URLs) and default to
-# amqp://guest:guest@127.0.0.1:5672/%2f and postgres://postgres@127.0.0.1:5432/postgres.
-# A server on another host is only checked, never started.
+# Addresses come from BOUNCER_TEST_AMQP / BOUNCER_TEST_PG / BOUNCER_TEST_PGBOUNCER (URLs) and
+# default to amqp://guest:guest@127.0.0.1:5672/%2f, postgres://postgres@127.0.0.1:5432/postgres
+# and postgres://postgres@127.0.0.1:6432/postgres. A server on another host is only checked,
+# never started.
 set -euo pipefail
 
 AMQP_URL=${BOUNCER_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 PG_URL=${BOUNCER_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}
+PGB_URL=${BOUNCER_TEST_PGBOUNCER:-postgres://postgres@127.0.0.1:6432/postgres}
 
 # host and port of a URL: scheme://[user[:pass]@]host[:port]/...
 host_of() { local r=${1#*://}; r=${r%%/*}; r=${r##*@}; echo "${r%%:*}"; }
@@ -20,6 +25,7 @@ port_of() { local r=${1#*://}; r=${r%%/*}; r=${r##*@}; [[ $r == *:* ]] && echo "
 
 AMQP_HOST=$(host_of "$AMQP_URL"); AMQP_PORT=$(port_of "$AMQP_URL" 5672)
 PG_HOST=$(host_of "$PG_URL"); PG_PORT=$(port_of "$PG_URL" 5432)
+PGB_HOST=$(host_of "$PGB_URL"); PGB_PORT=$(port_of "$PGB_URL" 6432)
 
 say() { echo "services: $*"; }
 reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -111,16 +117,71 @@ ensure_chromium() {
   fi
 }
 
+ensure_pgbouncer() {
+  if reachable "$PGB_HOST" "$PGB_PORT"; then say "PgBouncer answers at $PGB_HOST:$PGB_PORT"; return 0; fi
+  if ! is_local "$PGB_HOST"; then
+    say "PgBouncer at $PGB_HOST:$PGB_PORT does not answer; start it there (or unset BOUNCER_TEST_PGBOUNCER)"; return 1
+  fi
+  local bin=/usr/sbin/pgbouncer
+  if [[ ! -x $bin ]]; then
+    if ! is_root; then
+      say "PgBouncer is not running and not installed. As root run: apt-get install pgbouncer"
+      say "then run this script again (or point BOUNCER_TEST_PGBOUNCER at a PgBouncer in transaction mode)."
+      return 1
+    fi
+    say "installing PgBouncer from Debian packages"
+    apt_install pgbouncer
+  fi
+  # A configuration of our own (the package's /etc/pgbouncer is left alone): transaction pooling
+  # in front of the test server, any database, user postgres let in as that server lets it in.
+  # `extra_float_digits` and other unknown startup parameters stay refused, as PgBouncer's default
+  # is: Bouncer must not send them in pooler mode, and the tests would notice if it did.
+  local dir=${BOUNCER_PGBOUNCER_DIR:-/tmp/bouncer-pgbouncer}
+  mkdir -p "$dir"
+  cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=$PG_HOST port=$PG_PORT
+[pgbouncer]
+listen_addr = $PGB_HOST
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+max_client_conn = 4000
+default_pool_size = 40
+reserve_pool_size = 10
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+admin_users = postgres
+INI
+  echo '"postgres" ""' >"$dir/userlist.txt"
+  say "starting PgBouncer (transaction pooling) at $PGB_HOST:$PGB_PORT"
+  if is_root; then
+    # PgBouncer refuses to run as root.
+    chown -R postgres "$dir"
+    $bin -d -u postgres "$dir/pgbouncer.ini" >/dev/null 2>&1 || true
+  else
+    $bin -d "$dir/pgbouncer.ini" >/dev/null 2>&1 || true
+  fi
+  if wait_for "$PGB_HOST" "$PGB_PORT" 15; then say "PgBouncer is up"; else
+    say "PgBouncer did not start; see $dir/pgbouncer.log"; return 1
+  fi
+}
+
 browser=1
+pooler=1
 for arg in "$@"; do
   case $arg in
     --no-browser) browser= ;;
-    *) say "unknown argument: $arg (known: --no-browser)"; exit 2 ;;
+    --no-pooler) pooler= ;;
+    *) say "unknown argument: $arg (known: --no-browser, --no-pooler)"; exit 2 ;;
   esac
 done
 
 status=0
 ensure_postgres || status=1
 ensure_rabbitmq || status=1
+if [[ -n $pooler && $status == 0 ]]; then ensure_pgbouncer || status=1; fi
 if [[ -n $browser ]]; then ensure_chromium || status=1; fi
 exit $status

@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppHealth, LaneCtx, LaneStats, Quotas};
+use crate::audit::Db;
 use crate::audit::writer::AuditSink;
 use crate::config::Config;
 use crate::keys::AppKey;
@@ -130,7 +130,7 @@ impl Stopped {
 /// What every group's lanes are started with, as the worker wires it.
 pub struct Wiring {
     /// The main pool, for the lanes' fetches.
-    pub pool: PgPool,
+    pub pool: Db,
     pub groups: Vec<GroupApps>,
     pub settings: EnforceSettings,
     pub audit: AuditSink,
@@ -201,7 +201,7 @@ impl Enforcement {
             });
             let limits =
                 LaneLimits::for_app(client, *rate, self.wiring.settings.linger, self.wiring.settings.buffer_secs);
-            let wake = self.wiring.wakers.get(app).unwrap_or_default();
+            let wake = self.wiring.wakers.for_lane(app);
             tracker.spawn(lane::run(ctx, self.wiring.pool.clone(), wake, settled_rx, limits, tracker.clone()));
             self.wiring.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(app, stats);
             apps.push(app);

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::PgPool;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{LaneCtx, deadline_message};
+use crate::audit::Db;
 use crate::audit::results::{KickChange, KickOutcome};
 use crate::audit::work::{self, DueKick};
 use crate::batch::{Claim, RoomBatches, Target};
@@ -25,9 +25,8 @@ use crate::keys::KickKey;
 use crate::states::KickStatus;
 use crate::text::single_line;
 use crate::vendor_api::Client;
+use crate::wake::LaneWake;
 
-/// The polling fallback: a lane looks for due work at least this often (wake-ups are faster).
-pub const POLL: Duration = Duration::from_secs(1);
 /// A fetch that takes longer than this is abandoned and tried again on the next wake-up.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,14 +62,16 @@ struct Held {
 /// for calls in flight.
 pub async fn run(
     ctx: Arc<LaneCtx>,
-    pool: PgPool,
-    wake: Arc<Notify>,
+    pool: Db,
+    wake: LaneWake,
     mut settled: mpsc::UnboundedReceiver<Vec<KickKey>>,
     limits: LaneLimits,
     tracker: TaskTracker,
 ) {
     let mut held = Held { batches: RoomBatches::new(ctx.client.chunk_size(), limits.linger), keys: HashSet::new() };
-    let mut poll = tokio::time::interval(POLL);
+    // The polling fallback (wake-ups are faster): see `LaneWake`.
+    let mut poll = tokio::time::interval(wake.tick());
+    let mut looked_at = Instant::now();
     let mut want_fetch = true;
     loop {
         while let Ok(keys) = settled.try_recv() {
@@ -80,6 +81,7 @@ pub async fn run(
         }
         if want_fetch && held.batches.pending_users() < limits.capacity {
             want_fetch = false;
+            looked_at = Instant::now();
             fetch(&ctx, &pool, &mut held, limits.capacity).await;
         }
         ctx.stats.waiting_users.store(held.batches.pending_users(), Ordering::Relaxed);
@@ -98,9 +100,9 @@ pub async fn run(
         };
         tokio::select! {
             () = ctx.cancel.cancelled() => break,
-            () = wake.notified() => want_fetch = true,
+            () = wake.notify.notified() => want_fetch = true,
             Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
-            _ = poll.tick() => want_fetch = true,
+            _ = poll.tick() => want_fetch |= wake.poll_due(looked_at.elapsed()),
             () = ctx.call_done.notified(), if at_cap => {},
             waited = async { match &quota { Some(q) => q.ready().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
@@ -134,7 +136,7 @@ pub async fn run(
 }
 
 /// Fills the batches with due kicks this lane does not hold yet.
-async fn fetch(ctx: &LaneCtx, pool: &PgPool, held: &mut Held, capacity: usize) {
+async fn fetch(ctx: &LaneCtx, pool: &Db, held: &mut Held, capacity: usize) {
     let want = capacity.saturating_sub(held.batches.pending_users());
     let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
     let rows = match tokio::time::timeout(FETCH_TIMEOUT, work::due(pool, vendor, app_id, held.keys.len() + want)).await

@@ -25,11 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::leases;
+use crate::audit::{Db, leases};
 use crate::config::OwnershipConfig;
 use crate::enforcement::{Enforcement, LaneView, QuotaGroup};
 use crate::lease::Lease;
@@ -57,7 +56,7 @@ pub struct Identity {
 
 pub struct Elector {
     /// The elector's own connections (leases must not wait behind enforcement traffic).
-    leases: PgPool,
+    leases: Db,
     me: Identity,
     ownership: OwnershipConfig,
     groups: Vec<QuotaGroup>,
@@ -70,7 +69,7 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(
-        leases: PgPool,
+        leases: Db,
         me: Identity,
         ownership: OwnershipConfig,
         enforcement: Enforcement,

@@ -1,11 +1,14 @@
 //! Telling the owner of a quota that new work is due, promptly: in-process when intake runs in
 //! the owner's own process, otherwise through PostgreSQL's LISTEN/NOTIFY (one notification per
-//! intake transaction). Lanes also poll every second, so a lost notification only costs latency.
+//! intake transaction). Lanes also poll every second, so a lost notification only costs latency;
+//! while no LISTEN connection is up — none configured behind a transaction pooler, or lost — they
+//! poll every `postgres.poll_interval_ms` instead.
 //!
 //! A notification's payload is a [`WakeNote`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -22,15 +25,32 @@ pub struct Wakers {
     apps: HashMap<AppKey, Arc<Notify>>,
     /// Woken when a lease is released somewhere, so contenders look at once.
     pub owners: Arc<Notify>,
+    /// Whether a LISTEN connection is up now.
+    listening: Arc<AtomicBool>,
+    /// How often lanes look for work while it is not (`postgres.poll_interval_ms`).
+    poll_interval: Duration,
 }
 
+/// The polling fallback while notifications arrive: a lost one costs at most this.
+pub const POLL_WHILE_LISTENING: Duration = Duration::from_secs(1);
+
 impl Wakers {
-    pub fn new(apps: impl IntoIterator<Item = AppKey>) -> Wakers {
-        Wakers { apps: apps.into_iter().map(|k| (k, Arc::new(Notify::new()))).collect(), owners: Arc::default() }
+    pub fn new(apps: impl IntoIterator<Item = AppKey>, poll_interval: Duration) -> Wakers {
+        Wakers {
+            apps: apps.into_iter().map(|k| (k, Arc::new(Notify::new()))).collect(),
+            owners: Arc::default(),
+            listening: Arc::default(),
+            poll_interval,
+        }
     }
 
-    pub fn get(&self, app: AppKey) -> Option<Arc<Notify>> {
-        self.apps.get(&app).cloned()
+    /// What the app's lane waits on.
+    pub fn for_lane(&self, app: AppKey) -> LaneWake {
+        LaneWake {
+            notify: self.apps.get(&app).cloned().unwrap_or_default(),
+            listening: self.listening.clone(),
+            poll_interval: self.poll_interval,
+        }
     }
 
     /// Wakes the app's lane if it runs here (or the next one to start).
@@ -57,8 +77,34 @@ impl Wakers {
     }
 }
 
-/// Listens until `shutdown`, reconnecting after errors (PgListener resubscribes by itself).
+/// A lane's wake-ups: notifications, and how often to look for work without one.
+pub struct LaneWake {
+    pub notify: Arc<Notify>,
+    listening: Arc<AtomicBool>,
+    poll_interval: Duration,
+}
+
+impl LaneWake {
+    /// The tick of the lane's polling clock: the fastest it may need to look.
+    pub fn tick(&self) -> Duration {
+        self.poll_interval.min(POLL_WHILE_LISTENING)
+    }
+
+    /// Whether a lane that last looked for work `since` ago should look now, at a tick.
+    pub fn poll_due(&self, since: Duration) -> bool {
+        // Half a tick of slack: a tick lands a hair early against a fetch made at the previous one.
+        !self.listening.load(Ordering::Relaxed) || since + self.tick() / 2 >= POLL_WHILE_LISTENING
+    }
+}
+
+/// Listens on `pool` (a session: not through a transaction pooler) until `shutdown`,
+/// reconnecting after errors (PgListener resubscribes by itself).
 pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: CancellationToken) {
+    listen_while_up(pool, &wakers, me, shutdown).await;
+    wakers.listening.store(false, Ordering::Relaxed);
+}
+
+async fn listen_while_up(pool: PgPool, wakers: &Wakers, me: String, shutdown: CancellationToken) {
     // 200 ms, doubling to 5 s while PostgreSQL is away.
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     'connect: loop {
@@ -71,6 +117,7 @@ pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: Can
             |e: &sqlx::Error, _| tracing::warn!(error = %e, "cannot LISTEN for new work; lanes poll meanwhile");
         let Some(mut listener) = backoff.until_ok(&shutdown, connect, failed).await else { return };
         backoff.reset();
+        wakers.listening.store(true, Ordering::Relaxed);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -78,6 +125,7 @@ pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: Can
                     Ok(n) if n.channel() == WORK_CHANNEL => wakers.on_work(&me, n.payload()),
                     Ok(_) => wakers.owners.notify_one(),
                     Err(e) => {
+                        wakers.listening.store(false, Ordering::Relaxed);
                         tracing::warn!(error = %e, "LISTEN connection lost; lanes poll until it is back");
                         if !Backoff::sleep(backoff.next_wait(), &shutdown).await {
                             return;
@@ -100,8 +148,8 @@ mod tests {
     #[tokio::test]
     async fn a_notification_wakes_the_named_lanes_but_not_from_this_process() {
         let (zego, trtc) = (AppKey::new(Vendor::Zego, 1), AppKey::new(Vendor::Trtc, 2));
-        let w = Wakers::new([zego, trtc]);
-        let (z, t) = (w.get(zego).unwrap(), w.get(trtc).unwrap());
+        let w = Wakers::new([zego, trtc], Duration::from_millis(250));
+        let (z, t) = (w.for_lane(zego).notify, w.for_lane(trtc).notify);
         w.on_work("me", "me|zego:1");
         w.on_work("me", "other|trtc:2,zego:999,bogus");
         let woke = |n: &Arc<Notify>| n.notified().now_or_never_is_ready();
@@ -109,6 +157,20 @@ mod tests {
         assert!(woke(&t));
         w.on_work("me", "other|*");
         assert!(woke(&z) && woke(&t));
+    }
+
+    #[test]
+    fn lanes_poll_at_the_configured_interval_until_a_listen_connection_is_up_then_every_second() {
+        let app = AppKey::new(Vendor::Zego, 1);
+        let w = Wakers::new([app], Duration::from_millis(250));
+        let lane = w.for_lane(app);
+        assert_eq!(lane.tick(), Duration::from_millis(250));
+        assert!(lane.poll_due(Duration::from_millis(200)), "no LISTEN: every tick looks");
+        w.listening.store(true, Ordering::Relaxed);
+        assert!(!lane.poll_due(Duration::from_millis(500)));
+        assert!(lane.poll_due(Duration::from_millis(900)), "a tick short of a second, with slack");
+        let slow = Wakers::new([app], Duration::from_secs(5));
+        assert_eq!(slow.for_lane(app).tick(), POLL_WHILE_LISTENING, "never slower than a second while listening");
     }
 
     trait Ready {

@@ -18,10 +18,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, writer};
+use crate::audit::{self, Db, writer};
 use crate::config::Config;
 use crate::enforcement::{self, EnforceSettings, Enforcement, Wiring};
 use crate::intake::{BrokerStatus, Intake};
@@ -34,26 +33,29 @@ use crate::wake::{self, Wakers};
 #[derive(Clone)]
 pub struct Health {
     pub broker: Arc<BrokerStatus>,
-    pub pool: PgPool,
+    pub pool: Db,
     pub ownership: Arc<OwnershipView>,
 }
 
 /// The worker's connections to PostgreSQL.
 struct Pools {
     /// Enforcement's fetches and the audit writer.
-    main: PgPool,
-    /// Leases and wake-ups: a busy main pool must not cost a renewal.
-    reserved: PgPool,
+    main: Db,
+    /// Leases: a busy main pool must not cost a renewal.
+    reserved: Db,
     /// Intake: new verdicts are recorded without queueing behind enforcement for a connection.
-    intake: PgPool,
+    intake: Db,
 }
 
-/// Migrates and connects every pool, retrying until PostgreSQL answers or `shutdown`.
-async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<Pools> {
-    let main = prepare_database(config, shutdown).await?;
-    let reserved = reserved_pool(config, 3, shutdown).await?;
-    let intake = reserved_pool(config, crate::intake::PIPELINE_DEPTH as u32, shutdown).await?;
-    Some(Pools { main, reserved, intake })
+/// Migrates and connects every pool, retrying until PostgreSQL answers or `shutdown`; refuses
+/// (`Err`) when the schema needs migrating and nothing can migrate it.
+async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option<Pools>, String> {
+    let Some(main) = prepare_database(config, shutdown).await? else { return Ok(None) };
+    let Some(reserved) = reserved_pool(config, 3, shutdown).await else { return Ok(None) };
+    let Some(intake) = reserved_pool(config, crate::intake::PIPELINE_DEPTH as u32, shutdown).await else {
+        return Ok(None);
+    };
+    Ok(Some(Pools { main, reserved, intake }))
 }
 
 /// Vendor calls run on a thread of their own: a call is charged to its quota right before it is
@@ -81,17 +83,28 @@ async fn stop_writers(audit: writer::AuditSink, stop: CancellationToken, tasks: 
     }
 }
 
-/// Connects to PostgreSQL and applies migrations, retrying until it works or `shutdown`.
-async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Option<PgPool> {
+/// Connects to PostgreSQL and applies migrations, retrying until it works or `shutdown`. Behind
+/// a transaction pooler without `postgres.direct_url` nothing can migrate: a current schema is
+/// used as it is, one that needs migrating is refused (`Err`, naming the key).
+async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Result<Option<Db>, String> {
     let attempt = || async {
-        audit::migrate(&config.postgres, Duration::from_secs(5)).await?;
-        audit::connect(&config.postgres, Duration::from_secs(5)).await
+        let can_migrate = config.postgres.session_url().is_some();
+        if can_migrate {
+            audit::migrate(&config.postgres, Duration::from_secs(5)).await?;
+        }
+        let db = audit::connect(&config.postgres, Duration::from_secs(5)).await?;
+        if !can_migrate && audit::pending_migrations(&db).await? > 0 {
+            db.close().await;
+            return Ok(Err(format!("the schema needs migrating, and {}", audit::NEEDS_DIRECT_URL)));
+        }
+        Ok::<_, audit::AuditError>(Ok(db))
     };
     Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
         .until_ok(shutdown, attempt, |e: &audit::AuditError, wait| {
             tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "PostgreSQL not ready");
         })
         .await
+        .transpose()
 }
 
 /// This replica's name: configured, else host name and process id.
@@ -109,8 +122,9 @@ fn worker_id(config: &Config) -> (String, String) {
 /// (everything it took is already recorded and acked), the elector hands every quota group over
 /// (calls in flight get up to half a second, within the grace period, then are given up and
 /// retried by the next owner; their results are written), and the process leaves.
-/// `on_ready` receives the health handle once the worker is wired up.
-pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) {
+/// `on_ready` receives the health handle once the worker is wired up. Refuses to start (`Err`,
+/// the reason) only when the database needs migrating and nothing can migrate it.
+pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) -> Result<(), String> {
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.reason);
     }
@@ -118,15 +132,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     for vendor in crate::vendors::NAMES {
         metrics::counter!("bouncer_deferrals_total", "vendor" => vendor).absolute(0);
     }
-    let Some(Pools { main: pool, reserved, intake: intake_pool }) = connect(&config, &shutdown).await else { return };
-    let Some(calls) = calls_runtime() else { return };
+    let Some(Pools { main: pool, reserved, intake: intake_pool }) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
+    let Some(calls) = calls_runtime() else { return Err("cannot start the vendor-call runtime".into()) };
     let (me, hostname) = worker_id(&config);
     let writers_stop = CancellationToken::new();
     let (audit, writer_tasks) = writer::spawn(pool.clone(), writers_stop.clone());
     let groups = enforcement::groups(&config);
     let apps: HashSet<_> =
         groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| AppKey::new(g.vendor, c.app_id()))).collect();
-    let wakers = Arc::new(Wakers::new(apps.iter().copied()));
+    let wakers = Arc::new(Wakers::new(apps.iter().copied(), config.postgres.poll_interval));
     let view = Arc::new(OwnershipView::default());
     let status = Arc::new(BrokerStatus::default());
     on_ready(Health { broker: status.clone(), pool: pool.clone(), ownership: view.clone() });
@@ -135,7 +151,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
 
     // On SIGTERM intake stops and the quotas are handed over at the same moment: another replica
     // takes over while this one finishes.
-    let listener = tokio::spawn(wake::listen(reserved.clone(), wakers.clone(), me.clone(), shutdown.clone()));
+    let listener = match audit::session_pool(&config.postgres, 1, Duration::from_secs(5)) {
+        Some(session) => tokio::spawn(wake::listen(session, wakers.clone(), me.clone(), shutdown.clone())),
+        None => {
+            tracing::info!(
+                poll_interval_ms = config.postgres.poll_interval.as_millis() as u64,
+                "no LISTEN connection behind a transaction pooler without postgres.direct_url: lanes poll for work"
+            );
+            tokio::spawn(async {})
+        }
+    };
     let enforcement = Enforcement::new(Wiring {
         pool: pool.clone(),
         groups,
@@ -181,11 +206,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     pool.close().await;
     intake_pool.close().await;
     tracing::info!("stopped");
+    Ok(())
 }
 
 /// A pool of `size` connections of its own, retried every second until PostgreSQL answers or
 /// shutdown.
-async fn reserved_pool(config: &Config, size: u32, shutdown: &CancellationToken) -> Option<PgPool> {
+async fn reserved_pool(config: &Config, size: u32, shutdown: &CancellationToken) -> Option<Db> {
     let attempt = || audit::connect_reserved(&config.postgres, size, Duration::from_secs(5));
     Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
         .until_ok(shutdown, attempt, |e: &audit::AuditError, _| tracing::error!(error = %e, "PostgreSQL not ready"))

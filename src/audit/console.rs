@@ -2,16 +2,19 @@
 //! replays are shared with the CLI (`query`, `work`, `leases`).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
-use super::AuditError;
 use super::query::{Filter, Rows, push_filters};
+use super::{AuditError, Db};
 
 /// The verdict as received, and its evidence, for the story page.
-pub async fn message(pool: &PgPool, verdict_id: &str) -> Result<Option<serde_json::Value>, AuditError> {
-    Ok(sqlx::query_scalar("SELECT payload FROM verdicts WHERE verdict_id = $1")
-        .bind(verdict_id)
-        .fetch_optional(pool)
+pub async fn message(db: &Db, verdict_id: &str) -> Result<Option<serde_json::Value>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_scalar("SELECT payload FROM verdicts WHERE verdict_id = $1")
+                .bind(verdict_id)
+                .fetch_optional(c)
+                .await
+        })
         .await?)
 }
 
@@ -30,15 +33,19 @@ pub struct RejectedView {
 }
 
 /// Rejected messages, newest first, before `before` (an id: keyset pagination).
-pub async fn rejected(pool: &PgPool, before: Option<i64>, limit: i64) -> Result<Vec<RejectedView>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT id, received_at, reason, field, rule, payload, payload_size, headers
-         FROM rejected_messages WHERE id < coalesce($1, 9223372036854775807) ORDER BY id DESC LIMIT $2",
-    )
-    .bind(before)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+pub async fn rejected(db: &Db, before: Option<i64>, limit: i64) -> Result<Vec<RejectedView>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT id, received_at, reason, field, rule, payload, payload_size, headers
+                 FROM rejected_messages WHERE id < coalesce($1, 9223372036854775807) ORDER BY id DESC LIMIT $2",
+            )
+            .bind(before)
+            .bind(limit)
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// Counts for the overview, over the last `hours`.
@@ -70,13 +77,17 @@ impl Totals {
 }
 
 /// Rejected messages received in the last `hours`.
-pub async fn rejected_count(pool: &PgPool, hours: i32) -> Result<i64, AuditError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM rejected_messages WHERE received_at > now() - make_interval(hours => $1)",
-    )
-    .bind(hours)
-    .fetch_one(pool)
-    .await?)
+pub async fn rejected_count(db: &Db, hours: i32) -> Result<i64, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_scalar(
+                "SELECT count(*) FROM rejected_messages WHERE received_at > now() - make_interval(hours => $1)",
+            )
+            .bind(hours)
+            .fetch_one(c)
+            .await
+        })
+        .await?)
 }
 
 /// A count in one time bucket for one vendor and outcome (a verdict's status, a call's outcome).
@@ -89,32 +100,40 @@ pub struct Sample {
 }
 
 /// Verdicts received in the last `minutes`, counted per `bucket_mins` by vendor and status.
-pub async fn verdicts_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT date_bin(make_interval(mins => $2), received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                vendor, status AS outcome, count(*) AS count
-         FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
-         GROUP BY 1, 2, 3",
-    )
-    .bind(minutes)
-    .bind(bucket_mins)
-    .fetch_all(pool)
-    .await?)
+pub async fn verdicts_over_time(db: &Db, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT date_bin(make_interval(mins => $2), received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
+                        vendor, status AS outcome, count(*) AS count
+                 FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
+                 GROUP BY 1, 2, 3",
+            )
+            .bind(minutes)
+            .bind(bucket_mins)
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// Users in vendor calls made in the last `minutes`, per `bucket_mins` by vendor and outcome
 /// (`ok` is a kick done; `retry` a call to be tried again).
-pub async fn kicks_over_time(pool: &PgPool, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT date_bin(make_interval(mins => $2), started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                vendor, outcome, sum(cardinality(user_ids))::bigint AS count
-         FROM kick_attempts WHERE started_at > now() - make_interval(mins => $1)
-         GROUP BY 1, 2, 3",
-    )
-    .bind(minutes)
-    .bind(bucket_mins)
-    .fetch_all(pool)
-    .await?)
+pub async fn kicks_over_time(db: &Db, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT date_bin(make_interval(mins => $2), started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
+                        vendor, outcome, sum(cardinality(user_ids))::bigint AS count
+                 FROM kick_attempts WHERE started_at > now() - make_interval(mins => $1)
+                 GROUP BY 1, 2, 3",
+            )
+            .bind(minutes)
+            .bind(bucket_mins)
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// Failed vendor calls by vendor and code over the last `hours`.
@@ -125,16 +144,20 @@ pub struct FailureCode {
     pub calls: i64,
 }
 
-pub async fn failures_by_code(pool: &PgPool, hours: i32) -> Result<Vec<FailureCode>, AuditError> {
-    Ok(sqlx::query_as(
+pub async fn failures_by_code(db: &Db, hours: i32) -> Result<Vec<FailureCode>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
         "SELECT vendor, coalesce(vendor_code, 'http ' || coalesce(http_status::text, 'none')) AS code, count(*) AS calls
          FROM kick_attempts
          WHERE started_at > now() - make_interval(hours => $1) AND outcome <> 'ok'
          GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20",
     )
     .bind(hours)
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(c)
+    .await
+        })
+        .await?)
 }
 
 /// Verdict → last kick latency percentiles (ms) of the verdicts received in the last `minutes`,
@@ -146,18 +169,22 @@ pub struct Latency {
     pub p99: Option<f64>,
 }
 
-pub async fn latency(pool: &PgPool, minutes: i32) -> Result<Latency, AuditError> {
+pub async fn latency(db: &Db, minutes: i32) -> Result<Latency, AuditError> {
     // One sort for the three percentiles (the array form), of intervals: cheaper than three
     // aggregates over a computed column, the overview's slowest query at a busy day's volume.
-    let p: Option<Vec<f64>> = sqlx::query_scalar(
-        "SELECT (SELECT array_agg(extract(epoch FROM p)::float8 * 1000) FROM unnest(ps) p)
-         FROM (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY finished_at - received_at) AS ps
-               FROM verdicts
-               WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(mins => $1)) t",
-    )
-    .bind(minutes)
-    .fetch_one(pool)
-    .await?;
+    let p: Option<Vec<f64>> = db
+        .run(async |c| {
+            db.query_scalar(
+                "SELECT (SELECT array_agg(extract(epoch FROM p)::float8 * 1000) FROM unnest(ps) p)
+                 FROM (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY finished_at - received_at) AS ps
+                       FROM verdicts
+                       WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(mins => $1)) t",
+            )
+            .bind(minutes)
+            .fetch_one(c)
+            .await
+        })
+        .await?;
     let at = |i: usize| p.as_ref().and_then(|p| p.get(i).copied());
     Ok(Latency { p50: at(0), p95: at(1), p99: at(2) })
 }
@@ -179,7 +206,7 @@ pub struct VerdictRow {
 /// `after` (received_at, verdict_id): keyset pagination, so a page deep in a million rows costs
 /// what the first does.
 pub async fn search(
-    pool: &PgPool,
+    db: &Db,
     f: &Filter,
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
@@ -193,19 +220,23 @@ pub async fn search(
         qb.push(" AND (received_at, verdict_id) < (").push_bind(at).push(", ").push_bind(id).push(")");
     }
     qb.push(" ORDER BY received_at DESC, verdict_id DESC LIMIT ").push_bind(limit);
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
 /// Spends a confirmation token (by its fingerprint): true the first time, false once spent.
 /// Spent tokens older than `ttl` are cleared on the way.
-pub async fn spend_token(pool: &PgPool, fingerprint: &[u8], ttl: chrono::Duration) -> Result<bool, AuditError> {
-    let spent: Option<i32> = sqlx::query_scalar(
-        "WITH old AS (DELETE FROM console_tokens WHERE used_at < now() - $2 * interval '1 second')
-         INSERT INTO console_tokens (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
-    )
-    .bind(fingerprint)
-    .bind(ttl.num_seconds() as f64)
-    .fetch_optional(pool)
-    .await?;
+pub async fn spend_token(db: &Db, fingerprint: &[u8], ttl: chrono::Duration) -> Result<bool, AuditError> {
+    let spent: Option<i32> = db
+        .run(async |c| {
+            db.query_scalar(
+                "WITH old AS (DELETE FROM console_tokens WHERE used_at < now() - $2 * interval '1 second')
+                 INSERT INTO console_tokens (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+            )
+            .bind(fingerprint)
+            .bind(ttl.num_seconds() as f64)
+            .fetch_optional(c)
+            .await
+        })
+        .await?;
     Ok(spent.is_some())
 }

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::PgPool;
 
-use super::{AuditError, REJECTED_PAYLOAD_CAP, results};
+use super::{AuditError, Db, REJECTED_PAYLOAD_CAP, results};
 use crate::keys::{WORK_CHANNEL, WakeNote};
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
@@ -61,13 +60,16 @@ pub struct Recorded {
 
 /// A delivery the AMQP client could not parse: no bytes to keep, only why (the message itself
 /// reaches `<queue>.rejected` when the broker's delivery limit is hit).
-pub async fn record_unparseable(pool: &PgPool, reason: &str) -> Result<(), AuditError> {
-    sqlx::query(
-        "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
-         VALUES ($1, NULL, 'unparseable_frame', ''::bytea, 0, '{}'::jsonb)",
-    )
-    .bind(reason)
-    .execute(pool)
+pub async fn record_unparseable(db: &Db, reason: &str) -> Result<(), AuditError> {
+    db.run(async |c| {
+        db.query(
+            "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
+             VALUES ($1, NULL, 'unparseable_frame', ''::bytea, 0, '{}'::jsonb)",
+        )
+        .bind(reason)
+        .execute(c)
+        .await
+    })
     .await?;
     Ok(())
 }
@@ -77,27 +79,27 @@ pub async fn record_unparseable(pool: &PgPool, reason: &str) -> Result<(), Audit
 /// touched and has no entry in the result. `wake`, if any,
 /// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch).
 pub async fn record(
-    pool: &PgPool,
+    db: &Db,
     verdicts: &[NewVerdict<'_>],
     rejections: &[Rejection<'_>],
     wake: Option<&WakeNote>,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
-    let mut tx = pool.begin().await?;
-    insert_rejections(&mut tx, rejections).await?;
+    let mut tx = db.begin().await?;
+    insert_rejections(db, &mut tx, rejections).await?;
     let mut result = HashMap::new();
     if !verdicts.is_empty() {
-        let upserted = upsert_verdicts(&mut tx, verdicts).await?;
-        let resumed = insert_kicks(&mut tx, verdicts, upserted, &mut result).await?;
+        let upserted = upsert_verdicts(db, &mut tx, verdicts).await?;
+        let resumed = insert_kicks(db, &mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
         // path, or it was just failed as unconfigured) is closed here.
-        for (id, status) in results::close_finished(&mut tx, &resumed).await? {
+        for (id, status) in results::close_finished(db, &mut tx, &resumed).await? {
             if let Some(r) = result.get_mut(&id) {
                 r.status = status;
             }
         }
     }
     if let Some(note) = wake {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(note.payload()).execute(&mut *tx).await?;
+        db.query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(note.payload()).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(result)
@@ -106,13 +108,13 @@ pub async fn record(
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// Malformed messages, capped, as `rejected_messages` rows.
-async fn insert_rejections(tx: &mut Tx, rejections: &[Rejection<'_>]) -> Result<(), AuditError> {
+async fn insert_rejections(db: &Db, tx: &mut Tx, rejections: &[Rejection<'_>]) -> Result<(), AuditError> {
     if rejections.is_empty() {
         return Ok(());
     }
     let capped: Vec<&[u8]> =
         rejections.iter().map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_CAP)]).collect();
-    sqlx::query(
+    db.query(
         "INSERT INTO rejected_messages (reason, field, rule, payload, payload_size, headers)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::jsonb[])",
     )
@@ -130,6 +132,7 @@ async fn insert_rejections(tx: &mut Tx, rejections: &[Rejection<'_>]) -> Result<
 /// Inserts new verdicts and counts redeliveries of known ones, in one statement. Returns each
 /// verdict it touched: (id, status, deliveries, inserted now).
 async fn upsert_verdicts(
+    db: &Db,
     tx: &mut Tx,
     verdicts: &[NewVerdict<'_>],
 ) -> Result<Vec<(String, VerdictStatus, i32, bool)>, AuditError> {
@@ -154,35 +157,37 @@ async fn upsert_verdicts(
         })
         .collect();
     let doc = serde_json::to_value(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    Ok(sqlx::query_as(
-        "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
-                                    source, detected_at, evidence, payload, deliveries)
-         SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
-                evidence, payload, deliveries
-         FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
-              room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
-              evidence jsonb, payload jsonb, deliveries integer)
-         -- Verdict rows are locked in verdict_id order everywhere (see reopen_for_replay).
-         ORDER BY verdict_id
-         ON CONFLICT (verdict_id) DO UPDATE
-            SET deliveries = v.deliveries + EXCLUDED.deliveries,
-                last_delivery_at = now()
-            -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
-            -- room or set of users differs is left alone and not returned (the caller keeps
-            -- that message as rejected, rule verdict_id_reused).
-            WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
-              AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
-              AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
-         RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
-    )
-    .bind(&doc)
-    .fetch_all(&mut **tx)
-    .await?)
+    Ok(db
+        .query_as(
+            "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
+                                        source, detected_at, evidence, payload, deliveries)
+             SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
+                    evidence, payload, deliveries
+             FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
+                  room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
+                  evidence jsonb, payload jsonb, deliveries integer)
+             -- Verdict rows are locked in verdict_id order everywhere (see reopen_for_replay).
+             ORDER BY verdict_id
+             ON CONFLICT (verdict_id) DO UPDATE
+                SET deliveries = v.deliveries + EXCLUDED.deliveries,
+                    last_delivery_at = now()
+                -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
+                -- room or set of users differs is left alone and not returned (the caller keeps
+                -- that message as rejected, rule verdict_id_reused).
+                WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
+                  AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
+                  AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
+             RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
+        )
+        .bind(&doc)
+        .fetch_all(&mut **tx)
+        .await?)
 }
 
 /// The pending kicks of verdicts inserted now (due at once), and the failure of those nobody here
 /// serves. Fills `result`; returns the pending verdicts that may have nothing left to kick.
 async fn insert_kicks(
+    db: &Db,
     tx: &mut Tx,
     verdicts: &[NewVerdict<'_>],
     upserted: Vec<(String, VerdictStatus, i32, bool)>,
@@ -217,7 +222,7 @@ async fn insert_kicks(
     }
     if !kick_v.is_empty() {
         // Due at once: the owner's linger counts from `next_attempt_at`.
-        sqlx::query(
+        db.query(
             "INSERT INTO kicks (verdict_id, user_id, vendor, app_id, next_attempt_at)
              SELECT v, u, vendor, app, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
                   AS x(v, u, vendor, app)
@@ -231,7 +236,7 @@ async fn insert_kicks(
         .await?;
     }
     if !unconfigured_ids.is_empty() {
-        sqlx::query(
+        db.query(
             "UPDATE kicks k SET status = 'failed', last_error = x.error, next_attempt_at = NULL, updated_at = now()
              FROM UNNEST($1::text[], $2::text[]) AS x(verdict_id, error)
              WHERE k.verdict_id = x.verdict_id AND k.status = 'pending'",

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
-use super::AuditError;
+use super::{AuditError, Db};
 
 use crate::keys::OWNERS_CHANNEL;
 
@@ -15,11 +14,14 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Removes this replica (on shutdown) and rows of replicas gone for over an hour.
-pub async fn leave(pool: &PgPool, worker: &str) -> Result<(), AuditError> {
-    sqlx::query("DELETE FROM workers WHERE worker_id = $1 OR expires_at < now() - interval '1 hour'")
-        .bind(worker)
-        .execute(pool)
-        .await?;
+pub async fn leave(db: &Db, worker: &str) -> Result<(), AuditError> {
+    db.run(async |c| {
+        db.query("DELETE FROM workers WHERE worker_id = $1 OR expires_at < now() - interval '1 hour'")
+            .bind(worker)
+            .execute(c)
+            .await
+    })
+    .await?;
     Ok(())
 }
 
@@ -27,34 +29,38 @@ pub async fn leave(pool: &PgPool, worker: &str) -> Result<(), AuditError> {
 /// `groups`. Returns how many replicas are live and the groups it still holds (a lease missing
 /// from the answer was lost).
 pub async fn renew(
-    pool: &PgPool,
+    db: &Db,
     worker: &str,
     hostname: &str,
     pid: u32,
     groups: &[String],
     ttl: Duration,
 ) -> Result<(i64, Vec<String>), AuditError> {
-    Ok(sqlx::query_as(
-        "WITH me AS (
-             INSERT INTO workers (worker_id, hostname, pid, expires_at)
-             VALUES ($1, $2, $3, now() + $5 * interval '1 millisecond')
-             ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), expires_at = EXCLUDED.expires_at
-             RETURNING 1),
-         kept AS (
-             UPDATE quota_owners SET confirmed_at = now(), expires_at = now() + $5 * interval '1 millisecond'
-             WHERE worker_id = $1 AND quota_group = ANY($4) AND expires_at > now()
-             RETURNING quota_group)
-         -- The statement's snapshot does not see `me` (it runs all the same): count this replica.
-         SELECT 1 + (SELECT count(*) FROM workers WHERE expires_at > now() AND worker_id <> $1),
-                ARRAY(SELECT quota_group FROM kept)",
-    )
-    .bind(worker)
-    .bind(hostname)
-    .bind(i32::try_from(pid).unwrap_or(i32::MAX))
-    .bind(groups)
-    .bind(millis(ttl))
-    .fetch_one(pool)
-    .await?)
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "WITH me AS (
+                     INSERT INTO workers (worker_id, hostname, pid, expires_at)
+                     VALUES ($1, $2, $3, now() + $5 * interval '1 millisecond')
+                     ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), expires_at = EXCLUDED.expires_at
+                     RETURNING 1),
+                 kept AS (
+                     UPDATE quota_owners SET confirmed_at = now(), expires_at = now() + $5 * interval '1 millisecond'
+                     WHERE worker_id = $1 AND quota_group = ANY($4) AND expires_at > now()
+                     RETURNING quota_group)
+                 -- The statement's snapshot does not see `me` (it runs all the same): count this replica.
+                 SELECT 1 + (SELECT count(*) FROM workers WHERE expires_at > now() AND worker_id <> $1),
+                        ARRAY(SELECT quota_group FROM kept)",
+            )
+            .bind(worker)
+            .bind(hostname)
+            .bind(i32::try_from(pid).unwrap_or(i32::MAX))
+            .bind(groups)
+            .bind(millis(ttl))
+            .fetch_one(c)
+            .await
+        })
+        .await?)
 }
 
 /// A lease just taken.
@@ -68,7 +74,7 @@ pub struct Acquired {
 
 /// Takes `group` if nobody holds a live lease on it.
 pub async fn acquire(
-    pool: &PgPool,
+    db: &Db,
     worker: &str,
     group: &str,
     ttl: Duration,
@@ -76,7 +82,7 @@ pub async fn acquire(
 ) -> Result<Option<Acquired>, AuditError> {
     // ON CONFLICT … WHERE re-checks the expiry under the row lock, so of two contenders only one
     // gets a row back.
-    let row: Option<(i64, f64)> = sqlx::query_as(
+    let row: Option<(i64, f64)> = db.run(async |c| db.query_as(
         "INSERT INTO quota_owners AS o (quota_group, worker_id, expires_at)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond')
          ON CONFLICT (quota_group) DO UPDATE
@@ -90,15 +96,15 @@ pub async fn acquire(
     .bind(worker)
     .bind(millis(ttl))
     .bind(millis(wait_after_previous))
-    .fetch_optional(pool)
-    .await?;
+    .fetch_optional(c)
+    .await).await?;
     Ok(row.map(|(term, wait_ms)| Acquired { term, first_call_in: Duration::from_secs_f64(wait_ms.max(0.0) / 1000.0) }))
 }
 
 /// Gives `group` up now (ends the lease at the current time) and tells contenders.
-pub async fn release(pool: &PgPool, worker: &str, group: &str, term: i64) -> Result<(), AuditError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+pub async fn release(db: &Db, worker: &str, group: &str, term: i64) -> Result<(), AuditError> {
+    let mut tx = db.begin().await?;
+    db.query(
         "UPDATE quota_owners SET expires_at = LEAST(expires_at, now())
          WHERE quota_group = $1 AND worker_id = $2 AND term = $3",
     )
@@ -107,20 +113,24 @@ pub async fn release(pool: &PgPool, worker: &str, group: &str, term: i64) -> Res
     .bind(term)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)").bind(OWNERS_CHANNEL).bind(group).execute(&mut *tx).await?;
+    db.query("SELECT pg_notify($1, $2)").bind(OWNERS_CHANNEL).bind(group).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// Leases on these groups that nobody holds now (free or expired).
-pub async fn free_groups(pool: &PgPool, groups: &[String]) -> Result<Vec<String>, AuditError> {
-    Ok(sqlx::query_scalar(
-        "SELECT g FROM UNNEST($1::text[]) AS g
-         WHERE NOT EXISTS (SELECT 1 FROM quota_owners o WHERE o.quota_group = g AND o.expires_at > now())",
-    )
-    .bind(groups)
-    .fetch_all(pool)
-    .await?)
+pub async fn free_groups(db: &Db, groups: &[String]) -> Result<Vec<String>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_scalar(
+                "SELECT g FROM UNNEST($1::text[]) AS g
+                 WHERE NOT EXISTS (SELECT 1 FROM quota_owners o WHERE o.quota_group = g AND o.expires_at > now())",
+            )
+            .bind(groups)
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// One lease, for `bouncer status`.
@@ -136,13 +146,17 @@ pub struct OwnerRow {
     pub live: bool,
 }
 
-pub async fn owners(pool: &PgPool) -> Result<Vec<OwnerRow>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT quota_group, worker_id, term, acquired_at, confirmed_at, expires_at, expires_at > now() AS live
-         FROM quota_owners ORDER BY quota_group",
-    )
-    .fetch_all(pool)
-    .await?)
+pub async fn owners(db: &Db) -> Result<Vec<OwnerRow>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT quota_group, worker_id, term, acquired_at, confirmed_at, expires_at, expires_at > now() AS live
+                 FROM quota_owners ORDER BY quota_group",
+            )
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// One replica, for `bouncer status`.
@@ -156,11 +170,15 @@ pub struct WorkerRow {
     pub live: bool,
 }
 
-pub async fn workers(pool: &PgPool) -> Result<Vec<WorkerRow>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT worker_id, hostname, pid, started_at, last_seen_at, expires_at > now() AS live
-         FROM workers ORDER BY started_at",
-    )
-    .fetch_all(pool)
-    .await?)
+pub async fn workers(db: &Db) -> Result<Vec<WorkerRow>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT worker_id, hostname, pid, started_at, last_seen_at, expires_at > now() AS live
+                 FROM workers ORDER BY started_at",
+            )
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }

@@ -4,7 +4,8 @@
 //! - [`work`]: what the owner of a quota fetches (due kicks);
 //! - [`results`] and [`writer`]: vendor calls, per-user outcomes and retry schedules;
 //! - [`leases`]: live replicas and who owns which vendor quota;
-//! - [`query`]: reading the trail for ops, and replays.
+//! - [`query`]: reading the trail for ops, and replays;
+//! - [`Db`]: how statements travel, directly or through a transaction pooler.
 
 pub mod console;
 pub(crate) mod intake;
@@ -18,10 +19,13 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool, Postgres};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
 
-use crate::config::PostgresConfig;
+use crate::config::{Pooler, PostgresConfig};
+
+mod db;
+pub use db::Db;
 
 /// The migrations in `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -35,7 +39,15 @@ pub enum AuditError {
     Db(#[from] sqlx::Error),
     #[error("PostgreSQL migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Migrating needs a session, and only a transaction pooler is configured.
+    #[error("{NEEDS_DIRECT_URL}")]
+    NeedsDirectUrl,
 }
+
+/// Why migrations are refused behind a transaction pooler without `postgres.direct_url`.
+pub const NEEDS_DIRECT_URL: &str = "migrating the schema needs a session of its own (sqlx holds a \
+    session advisory lock while it migrates), which postgres.url cannot give through a transaction pooler \
+    (postgres.pooler = \"transaction\"): set postgres.direct_url to a connection that bypasses the pooler";
 
 impl AuditError {
     /// The database refused the data itself (SQLSTATE classes 22 data exception, 23 integrity
@@ -57,36 +69,20 @@ impl AuditError {
     }
 }
 
-fn options(cfg: &PostgresConfig) -> Result<PgConnectOptions, sqlx::Error> {
-    let opts: PgConnectOptions = cfg.url.expose_secret().parse()?;
-    // Statement logging would put user ids into logs at INFO; keep it for slow statements only.
-    Ok(opts
-        .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
-}
-
 /// A pool to the configured database. Waits at most `connect_timeout` for the first connection.
-pub async fn connect(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<PgPool, AuditError> {
-    Ok(PgPoolOptions::new()
-        .max_connections(cfg.max_connections)
-        .acquire_timeout(connect_timeout)
-        .connect_with(options(cfg)?)
-        .await?)
+pub async fn connect(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<Db, AuditError> {
+    Ok(Db::connect(cfg, cfg.max_connections, connect_timeout).await?)
 }
 
 /// A pool of `size` connections of its own, for work that must never wait behind the main pool:
-/// the elector's lease renewals and the LISTEN connection.
-pub async fn connect_reserved(
-    cfg: &PostgresConfig,
-    size: u32,
-    connect_timeout: Duration,
-) -> Result<PgPool, AuditError> {
-    Ok(PgPoolOptions::new().max_connections(size).acquire_timeout(connect_timeout).connect_with(options(cfg)?).await?)
+/// the elector's lease renewals, intake.
+pub async fn connect_reserved(cfg: &PostgresConfig, size: u32, connect_timeout: Duration) -> Result<Db, AuditError> {
+    Ok(Db::connect(cfg, size, connect_timeout).await?)
 }
 
 /// Like [`connect`], but keeps trying for up to `within`: a worker starting alongside may still be
 /// creating the database (the demo, the benchmark, `kick --wait`).
-pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<PgPool, AuditError> {
+pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<Db, AuditError> {
     let started = std::time::Instant::now();
     let mut backoff = crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_millis(200));
     loop {
@@ -95,6 +91,24 @@ pub async fn connect_within(cfg: &PostgresConfig, within: Duration) -> Result<Pg
             result => return result,
         }
     }
+}
+
+/// A pool for what needs a session of its own (LISTEN), connected on first use: on
+/// `postgres.direct_url` behind a transaction pooler, on `postgres.url` otherwise; `None` when
+/// only a transaction pooler is configured.
+pub fn session_pool(cfg: &PostgresConfig, size: u32, connect_timeout: Duration) -> Option<PgPool> {
+    let url = cfg.session_url()?;
+    let opts = db::options(url, Pooler::None).ok()?;
+    Some(PgPoolOptions::new().max_connections(size).acquire_timeout(connect_timeout).connect_lazy_with(opts))
+}
+
+/// Opens a session where [`session_pool`] would and asks it one question: `bouncer check`.
+pub async fn check_session(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<(), AuditError> {
+    let Some(pool) = session_pool(cfg, 1, connect_timeout) else { return Err(AuditError::NeedsDirectUrl) };
+    let answered = sqlx::query("SELECT 1").execute(&pool).await;
+    pool.close().await;
+    answered?;
+    Ok(())
 }
 
 /// The console's grants (`console_grants.sql`), for `role`.
@@ -115,28 +129,35 @@ pub async fn grant_console(
     role: &str,
     connect_timeout: Duration,
 ) -> Result<Vec<String>, AuditError> {
-    let pool = connect(cfg, connect_timeout).await?;
+    let db = connect(cfg, connect_timeout).await?;
     let statements = console_grants(role);
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     for s in &statements {
+        // No parameters: the simple protocol, fine behind any pooler inside a transaction.
         sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone())).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    pool.close().await;
+    db.close().await;
     Ok(statements)
 }
 
 /// Creates the database if it does not exist yet, then applies pending migrations. Running it
-/// again is a no-op.
+/// again is a no-op. Both need a session: through `postgres.direct_url` behind a transaction
+/// pooler, refused ([`AuditError::NeedsDirectUrl`]) when there is none.
 pub async fn migrate(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<MigrateReport, AuditError> {
-    let url = cfg.url.expose_secret();
+    let session = cfg.session_url().ok_or(AuditError::NeedsDirectUrl)?;
+    let url = session.expose_secret();
     let created = if Postgres::database_exists(url).await? {
         false
     } else {
         Postgres::create_database(url).await?;
         true
     };
-    let pool = connect(cfg, connect_timeout).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(connect_timeout)
+        .connect_with(db::options(session, Pooler::None)?)
+        .await?;
     let before = applied_versions(&pool).await.unwrap_or_default();
     MIGRATOR.run(&pool).await?;
     let after = applied_versions(&pool).await?;
@@ -163,8 +184,16 @@ async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
 }
 
 /// How many of the compiled-in migrations this database has not applied yet.
-pub async fn pending_migrations(pool: &PgPool) -> Result<usize, AuditError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
-    let applied = if exists { applied_versions(pool).await? } else { Vec::new() };
+pub async fn pending_migrations(db: &Db) -> Result<usize, AuditError> {
+    let applied: Vec<i64> = db
+        .run(async |c| {
+            let exists: bool =
+                db.query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *c).await?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            db.query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(c).await
+        })
+        .await?;
     Ok(MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count())
 }

@@ -1,9 +1,9 @@
 //! Reading the audit trail for ops (`bouncer audit`) and selecting verdicts to replay.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{Postgres, QueryBuilder};
 
-use super::AuditError;
+use super::{AuditError, Db};
 use crate::keys::{AppKey, WORK_CHANNEL, WakeNote};
 use crate::states::{AttemptOutcome, KickStatus, VerdictStatus};
 use crate::vendors::Vendor;
@@ -162,7 +162,7 @@ pub struct AuditRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-pub async fn rows(pool: &PgPool, f: &Filter) -> Result<Vec<AuditRow>, AuditError> {
+pub async fn rows(db: &Db, f: &Filter) -> Result<Vec<AuditRow>, AuditError> {
     let mut qb = QueryBuilder::new(
         "SELECT received_at, verdict_id, vendor, app_id, room_id, room_id_numeric, user_id, kick_status,
                 verdict_status, attempts, last_error, vendor_request_id, updated_at, reason, source, deliveries,
@@ -174,7 +174,7 @@ pub async fn rows(pool: &PgPool, f: &Filter) -> Result<Vec<AuditRow>, AuditError
     if let Some(limit) = f.limit {
         qb.push(" LIMIT ").push_bind(limit);
     }
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
 /// Counts per vendor and app over the filtered rows.
@@ -193,7 +193,7 @@ pub struct SummaryRow {
     pub kicks_pending: i64,
 }
 
-pub async fn summary(pool: &PgPool, f: &Filter) -> Result<Vec<SummaryRow>, AuditError> {
+pub async fn summary(db: &Db, f: &Filter) -> Result<Vec<SummaryRow>, AuditError> {
     let mut qb = QueryBuilder::new(
         "SELECT vendor, app_id,
                 count(DISTINCT verdict_id) AS verdicts,
@@ -209,11 +209,11 @@ pub async fn summary(pool: &PgPool, f: &Filter) -> Result<Vec<SummaryRow>, Audit
     );
     push_filters(&mut qb, f, Rows::AuditLog);
     qb.push(" GROUP BY vendor, app_id ORDER BY vendor, app_id");
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
 /// Rejected messages in the window (they have no vendor or app).
-pub async fn rejected_count(pool: &PgPool, f: &Filter) -> Result<i64, AuditError> {
+pub async fn rejected_count(db: &Db, f: &Filter) -> Result<i64, AuditError> {
     let mut qb = QueryBuilder::new("SELECT count(*) FROM rejected_messages WHERE true");
     if let Some(since) = f.since {
         qb.push(" AND received_at >= ").push_bind(since);
@@ -221,7 +221,7 @@ pub async fn rejected_count(pool: &PgPool, f: &Filter) -> Result<i64, AuditError
     if let Some(until) = f.until {
         qb.push(" AND received_at < ").push_bind(until);
     }
-    Ok(qb.build_query_scalar().fetch_one(pool).await?)
+    Ok(db.run(async |c| qb.build_query_scalar().persistent(db.statements_named()).fetch_one(c).await).await?)
 }
 
 /// A verdict's header for its story.
@@ -286,39 +286,55 @@ pub struct Story {
     pub replays: Vec<ReplayView>,
 }
 
-pub async fn story(pool: &PgPool, verdict_id: &str) -> Result<Option<Story>, AuditError> {
-    let Some(verdict) = sqlx::query_as::<_, VerdictView>(
-        "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
-                received_at, deliveries, deferrals, replays, finished_at
-         FROM verdicts WHERE verdict_id = $1",
-    )
-    .bind(verdict_id)
-    .fetch_optional(pool)
-    .await?
+pub async fn story(db: &Db, verdict_id: &str) -> Result<Option<Story>, AuditError> {
+    let Some(verdict) = db
+        .run(async |c| {
+            db.query_as::<VerdictView>(
+                "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
+                        received_at, deliveries, deferrals, replays, finished_at
+                 FROM verdicts WHERE verdict_id = $1",
+            )
+            .bind(verdict_id)
+            .fetch_optional(c)
+            .await
+        })
+        .await?
     else {
         return Ok(None);
     };
-    let kicks = sqlx::query_as(
-        "SELECT user_id, status, attempts, last_error, vendor_request_id, updated_at
-         FROM kicks WHERE verdict_id = $1 ORDER BY user_id",
-    )
-    .bind(verdict_id)
-    .fetch_all(pool)
-    .await?;
-    let attempts = sqlx::query_as(
-        "SELECT id, started_at, action, attempt, user_ids, outcome, http_status, vendor_code, vendor_message,
-                vendor_request_id, latency_ms, error
-         FROM kick_attempts WHERE verdict_ids @> ARRAY[$1]::text[] ORDER BY started_at, id",
-    )
-    .bind(verdict_id)
-    .fetch_all(pool)
-    .await?;
-    let replays = sqlx::query_as(
-        "SELECT requested_at, actor, previous_status, published FROM replays WHERE verdict_id = $1 ORDER BY id",
-    )
-    .bind(verdict_id)
-    .fetch_all(pool)
-    .await?;
+    let kicks = db
+        .run(async |c| {
+            db.query_as(
+                "SELECT user_id, status, attempts, last_error, vendor_request_id, updated_at
+                 FROM kicks WHERE verdict_id = $1 ORDER BY user_id",
+            )
+            .bind(verdict_id)
+            .fetch_all(c)
+            .await
+        })
+        .await?;
+    let attempts = db
+        .run(async |c| {
+            db.query_as(
+                "SELECT id, started_at, action, attempt, user_ids, outcome, http_status, vendor_code, vendor_message,
+                        vendor_request_id, latency_ms, error
+                 FROM kick_attempts WHERE verdict_ids @> ARRAY[$1]::text[] ORDER BY started_at, id",
+            )
+            .bind(verdict_id)
+            .fetch_all(c)
+            .await
+        })
+        .await?;
+    let replays = db
+        .run(async |c| {
+            db.query_as(
+                "SELECT requested_at, actor, previous_status, published FROM replays WHERE verdict_id = $1 ORDER BY id",
+            )
+            .bind(verdict_id)
+            .fetch_all(c)
+            .await
+        })
+        .await?;
     Ok(Some(Story { verdict, kicks, attempts, replays }))
 }
 
@@ -343,17 +359,17 @@ fn replay_filter(f: &Filter) -> Filter {
 }
 
 /// How many verdicts a replay with this filter would take (the console's confirmation).
-pub async fn replay_count(pool: &PgPool, f: &Filter) -> Result<i64, AuditError> {
+pub async fn replay_count(db: &Db, f: &Filter) -> Result<i64, AuditError> {
     let mut qb = QueryBuilder::new("SELECT count(*) FROM verdicts WHERE true");
     push_filters(&mut qb, &replay_filter(f), Rows::Verdicts);
-    Ok(qb.build_query_scalar().fetch_one(pool).await?)
+    Ok(db.run(async |c| qb.build_query_scalar().persistent(db.statements_named()).fetch_one(c).await).await?)
 }
 
 /// Up to `limit` replay candidates after `after` (received_at, verdict_id), in that order: the
 /// console replays a search page by page, so memory does not grow with the number of verdicts,
 /// and a verdict that fails again meanwhile is not met twice.
 pub async fn replay_page(
-    pool: &PgPool,
+    db: &Db,
     f: &Filter,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
@@ -366,7 +382,7 @@ pub async fn replay_page(
         qb.push(" AND (received_at, verdict_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
     }
     qb.push(" ORDER BY received_at, verdict_id LIMIT ").push_bind(limit);
-    Ok(qb.build_query_as().fetch_all(pool).await?)
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
 /// Verdicts matching the filter (status on the verdict only; `failed` when no status is given).
@@ -380,8 +396,8 @@ pub fn replay_status_rule(status: Option<StatusFilter>) -> Result<(), String> {
     }
 }
 
-pub async fn replay_candidates(pool: &PgPool, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
-    replay_page(pool, f, None, f.limit.unwrap_or(i64::MAX)).await
+pub async fn replay_candidates(db: &Db, f: &Filter) -> Result<Vec<ReplayCandidate>, AuditError> {
+    replay_page(db, f, None, f.limit.unwrap_or(i64::MAX)).await
 }
 
 /// Verdicts reopened per transaction by [`replay`]: a bulk replay neither holds thousands of row
@@ -392,7 +408,7 @@ const REPLAY_CHUNK: usize = 500;
 /// `progress` with the running total after each chunk; returns how many were reopened. What
 /// `bouncer replay` and the console's replay buttons do.
 pub async fn replay(
-    pool: &PgPool,
+    db: &Db,
     candidates: &[ReplayCandidate],
     actor: &str,
     mut progress: impl FnMut(usize),
@@ -402,7 +418,7 @@ pub async fn replay(
         let mut tries = 0;
         let n = loop {
             tries += 1;
-            match reopen_for_replay(pool, chunk, actor).await {
+            match reopen_for_replay(db, chunk, actor).await {
                 Ok(ids) => break ids.len(),
                 // The lock order makes these unexpected; a retry of the chunk is harmless (it
                 // reopens only what is still as selected).
@@ -422,32 +438,33 @@ pub async fn replay(
 /// fresh retry schedule and deadline; pending ones become due at once. Records who asked in
 /// `replays` and wakes the owners. Only verdicts not `done` are touched; returns the ids reopened.
 pub async fn reopen_for_replay(
-    pool: &PgPool,
+    db: &Db,
     candidates: &[ReplayCandidate],
     actor: &str,
 ) -> Result<Vec<String>, AuditError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let (ids, statuses): (Vec<&str>, Vec<VerdictStatus>) =
         candidates.iter().map(|c| (c.verdict_id.as_str(), c.status)).unzip();
     // Lock order, everywhere verdicts and kicks change together: verdict rows first, in
     // verdict_id order, then their kicks (the audit writer and intake do the same), so replays and
     // the writer never deadlock. Only a verdict still as it was selected is reopened: of two
     // replays of one selection, the second finds it pending and leaves it.
-    let reopened: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "WITH old AS (SELECT v.verdict_id, v.status FROM verdicts v
-                      JOIN UNNEST($1::text[], $2::text[]) AS x(id, status) ON v.verdict_id = x.id
-                      WHERE v.status = x.status AND v.status <> 'done'
-                      ORDER BY v.verdict_id FOR NO KEY UPDATE OF v)
-         UPDATE verdicts v SET status = 'pending', finished_at = NULL, replays = v.replays + 1
-         FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status, v.vendor, v.app_id",
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .fetch_all(&mut *tx)
-    .await?;
+    let reopened: Vec<(String, String, String, i64)> = db
+        .query_as(
+            "WITH old AS (SELECT v.verdict_id, v.status FROM verdicts v
+                          JOIN UNNEST($1::text[], $2::text[]) AS x(id, status) ON v.verdict_id = x.id
+                          WHERE v.status = x.status AND v.status <> 'done'
+                          ORDER BY v.verdict_id FOR NO KEY UPDATE OF v)
+             UPDATE verdicts v SET status = 'pending', finished_at = NULL, replays = v.replays + 1
+             FROM old WHERE v.verdict_id = old.verdict_id RETURNING v.verdict_id, old.status, v.vendor, v.app_id",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .fetch_all(&mut *tx)
+        .await?;
     let ids: Vec<&str> = reopened.iter().map(|(id, ..)| id.as_str()).collect();
     let previous: Vec<&str> = reopened.iter().map(|(_, s, ..)| s.as_str()).collect();
-    sqlx::query(
+    db.query(
         "UPDATE kicks SET status = 'pending', next_attempt_at = now(), first_attempt_at = NULL, scheduled_retries = 0,
                 updated_at = now()
          WHERE verdict_id = ANY($1) AND status IN ('failed', 'pending')",
@@ -456,7 +473,7 @@ pub async fn reopen_for_replay(
     .execute(&mut *tx)
     .await?;
     // `published`: handed to enforcement (since replays became a database operation, at once).
-    sqlx::query(
+    db.query(
         "INSERT INTO replays (verdict_id, actor, previous_status, published)
          SELECT id, $3, prev, true FROM UNNEST($1::text[], $2::text[]) AS x(id, prev)",
     )
@@ -470,7 +487,7 @@ pub async fn reopen_for_replay(
         .filter_map(|(_, _, v, a)| Some(AppKey::new(Vendor::parse(v)?, u32::try_from(*a).ok()?)))
         .collect();
     if !apps.is_empty() {
-        sqlx::query("SELECT pg_notify($1, $2)")
+        db.query("SELECT pg_notify($1, $2)")
             .bind(WORK_CHANNEL)
             .bind(WakeNote::new("replay", apps).payload())
             .execute(&mut *tx)

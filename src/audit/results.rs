@@ -2,9 +2,9 @@
 //! scheduled for a retry (`kicks`), and the verdicts that have nothing left to kick.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
-use super::AuditError;
+use super::{AuditError, Db};
 use crate::states::{AttemptOutcome, KickStatus, VerdictStatus};
 
 /// One vendor call (`kick_attempts` row).
@@ -55,14 +55,14 @@ pub struct KickOutcome {
 /// Writes attempts and kick changes in one transaction, then closes every verdict they touched
 /// that has no pending user left. Returns the verdicts closed.
 pub async fn record(
-    pool: &PgPool,
+    db: &Db,
     attempts: &[AttemptRow],
     outcomes: &[KickOutcome],
 ) -> Result<Vec<(String, VerdictStatus)>, AuditError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     if !attempts.is_empty() {
         let doc = serde_json::to_value(attempts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
+        db.query(
             "INSERT INTO kick_attempts (vendor, app_id, room_id, room_id_numeric, action, user_ids, verdict_ids,
                                         attempt, started_at, latency_ms, http_status, vendor_code, vendor_message,
                                         vendor_request_id, outcome, error)
@@ -82,7 +82,7 @@ pub async fn record(
         let mut verdict_ids: Vec<&str> = outcomes.iter().map(|o| o.verdict_id.as_str()).collect();
         verdict_ids.sort_unstable();
         verdict_ids.dedup();
-        sqlx::query("SELECT 1 FROM verdicts WHERE verdict_id = ANY($1) ORDER BY verdict_id FOR NO KEY UPDATE")
+        db.query("SELECT 1 FROM verdicts WHERE verdict_id = ANY($1) ORDER BY verdict_id FOR NO KEY UPDATE")
             .bind(&verdict_ids)
             .execute(&mut *tx)
             .await?;
@@ -101,7 +101,7 @@ pub async fn record(
             })
             .collect();
         // Only pending rows change: an outcome never overwrites one that has already ended.
-        sqlx::query(
+        db.query(
             "UPDATE kicks k SET status = x.status, attempts = k.attempts + x.attempts, last_error = x.last_error,
                     vendor_request_id = COALESCE(x.request_id, k.vendor_request_id), updated_at = now(),
                     next_attempt_at = x.next_at,
@@ -126,7 +126,7 @@ pub async fn record(
     }
     ids.sort_unstable();
     ids.dedup();
-    let finished = close_finished(&mut tx, &ids).await?;
+    let finished = close_finished(db, &mut tx, &ids).await?;
     tx.commit().await?;
     Ok(finished)
 }
@@ -134,22 +134,24 @@ pub async fn record(
 /// Closes each of `ids` that is pending with no pending user left: `failed` if any user failed,
 /// else `done`. Returns those it closed.
 pub(crate) async fn close_finished(
+    db: &Db,
     tx: &mut Transaction<'_, Postgres>,
     ids: &[String],
 ) -> Result<Vec<(String, VerdictStatus)>, AuditError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_as(
-        "UPDATE verdicts v
-            SET status = CASE WHEN EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id
-                                            AND k.status = 'failed') THEN 'failed' ELSE 'done' END,
-                finished_at = now()
-          WHERE v.verdict_id = ANY($1) AND v.status = 'pending'
-            AND NOT EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id AND k.status = 'pending')
-          RETURNING v.verdict_id, v.status",
-    )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?)
+    Ok(db
+        .query_as(
+            "UPDATE verdicts v
+                SET status = CASE WHEN EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id
+                                                AND k.status = 'failed') THEN 'failed' ELSE 'done' END,
+                    finished_at = now()
+              WHERE v.verdict_id = ANY($1) AND v.status = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = v.verdict_id AND k.status = 'pending')
+              RETURNING v.verdict_id, v.status",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?)
 }

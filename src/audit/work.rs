@@ -1,9 +1,8 @@
 //! The work queue as the owner of a quota sees it: pending kicks of one app that are due.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
-use super::AuditError;
+use super::{AuditError, Db};
 use crate::vendors::Action;
 use crate::verdict::{RoomId, Vendor};
 
@@ -41,8 +40,8 @@ impl DueKick {
 
 /// Up to `limit` due kicks of one app, oldest first. The owner excludes what it already holds, so
 /// it asks for that many more: rows it holds are the oldest and come first.
-pub async fn due(pool: &PgPool, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
-    Ok(sqlx::query_as(
+pub async fn due(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
+    Ok(db.run(async |c| db.query_as(
         "SELECT k.verdict_id, k.user_id, v.room_id, v.room_id_numeric, k.action, v.reason,
                 -- Latency counts from detection when the publisher's clock is plausible: within a week
                 -- before receipt (or five minutes after, for skew); otherwise from receipt.
@@ -57,8 +56,8 @@ pub async fn due(pool: &PgPool, vendor: Vendor, app_id: u32, limit: usize) -> Re
     .bind(vendor.as_str())
     .bind(i64::from(app_id))
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(c)
+    .await).await?)
 }
 
 /// Pending users and the oldest pending arrival, per app (for `bouncer status` and `/metrics`).
@@ -72,31 +71,39 @@ pub struct PendingByApp {
     pub oldest_pending_at: Option<DateTime<Utc>>,
 }
 
-pub async fn pending_by_app(pool: &PgPool) -> Result<Vec<PendingByApp>, AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT k.vendor, k.app_id, count(*) AS pending_users,
-                count(*) FILTER (WHERE k.next_attempt_at <= now()) AS due_users,
-                min(v.received_at) AS oldest_pending_at
-         FROM kicks k JOIN verdicts v USING (verdict_id)
-         WHERE k.status = 'pending'
-         GROUP BY k.vendor, k.app_id ORDER BY k.vendor, k.app_id",
-    )
-    .fetch_all(pool)
-    .await?)
+pub async fn pending_by_app(db: &Db) -> Result<Vec<PendingByApp>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT k.vendor, k.app_id, count(*) AS pending_users,
+                        count(*) FILTER (WHERE k.next_attempt_at <= now()) AS due_users,
+                        min(v.received_at) AS oldest_pending_at
+                 FROM kicks k JOIN verdicts v USING (verdict_id)
+                 WHERE k.status = 'pending'
+                 GROUP BY k.vendor, k.app_id ORDER BY k.vendor, k.app_id",
+            )
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// Whether PostgreSQL answers (readiness).
-pub async fn ping(pool: &PgPool) -> Result<(), AuditError> {
-    sqlx::query("SELECT 1").execute(pool).await?;
+pub async fn ping(db: &Db) -> Result<(), AuditError> {
+    db.run(async |c| db.query("SELECT 1").execute(c).await).await?;
     Ok(())
 }
 
 /// Unfinished verdicts in the whole deployment and the age of the oldest, in seconds (`/metrics`).
-pub async fn unfinished(pool: &PgPool) -> Result<(i64, f64), AuditError> {
-    Ok(sqlx::query_as(
-        "SELECT count(*), COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8
-         FROM verdicts WHERE status = 'pending'",
-    )
-    .fetch_one(pool)
-    .await?)
+pub async fn unfinished(db: &Db) -> Result<(i64, f64), AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT count(*), COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8
+                 FROM verdicts WHERE status = 'pending'",
+            )
+            .fetch_one(c)
+            .await
+        })
+        .await?)
 }

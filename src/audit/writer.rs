@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use super::Db;
 use super::results::{self, AttemptRow, KickOutcome};
 use crate::keys::KickKey;
 use crate::retry::Backoff;
@@ -66,7 +66,7 @@ impl AuditSink {
 /// Starts the writers. They end when every [`AuditSink`] is dropped and their queues are written.
 /// Starts the writers. Once `stop` is cancelled a writer that cannot reach PostgreSQL gives its
 /// batch up instead of holding it (those kicks stay pending and are retried by the next owner).
-pub fn spawn(pool: PgPool, stop: CancellationToken) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
+pub fn spawn(pool: Db, stop: CancellationToken) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
     let (senders, tasks) = (0..WRITERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
@@ -76,7 +76,7 @@ pub fn spawn(pool: PgPool, stop: CancellationToken) -> (AuditSink, Vec<tokio::ta
     (AuditSink(senders), tasks)
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken) {
+async fn run(pool: Db, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
         let (mut attempts, mut outcomes, mut settled_lanes, mut flushes) =

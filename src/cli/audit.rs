@@ -167,7 +167,7 @@ pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
     result.map_err(|e| CliError::failed(format!("audit failed: {e}")))
 }
 
-async fn summary(pool: &sqlx::PgPool, filter: &Filter, format: Format) -> Result<(), String> {
+async fn summary(pool: &crate::audit::Db, filter: &Filter, format: Format) -> Result<(), String> {
     let rows = query::summary(pool, filter).await.map_err(|e| e.to_string())?;
     output::print(&rows, format).map_err(|e| e.to_string())?;
     if format == Format::Table {

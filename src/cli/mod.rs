@@ -82,7 +82,7 @@ impl Cli {
 
 impl Cli {
     /// A pool to the configured audit database, for commands that only read or change it.
-    async fn audit_pool(&self) -> Result<sqlx::PgPool, CliError> {
+    async fn audit_pool(&self) -> Result<crate::audit::Db, CliError> {
         let config = self.load_config()?;
         crate::audit::connect(&config.postgres, std::time::Duration::from_secs(5))
             .await
@@ -184,6 +184,6 @@ async fn run_worker(cli: &Cli) -> CliResult {
     crate::worker::run(config, shutdown, move |h| {
         let _ = health_tx.send(Some(h));
     })
-    .await;
-    Ok(())
+    .await
+    .map_err(CliError::failed)
 }

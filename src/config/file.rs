@@ -70,11 +70,41 @@ pub struct FilePostgres {
     #[serde(serialize_with = "expose")]
     pub url: SecretString,
     pub max_connections: u32,
+    /// `"none"` or `"transaction"`: what sits between `url` and PostgreSQL.
+    pub pooler: String,
+    #[serde(serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub direct_url: Option<SecretString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_url_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_url_file: Option<PathBuf>,
+    pub poll_interval_ms: u64,
 }
 
 impl Default for FilePostgres {
     fn default() -> Self {
-        FilePostgres { url: "postgres://postgres@127.0.0.1:5432/bouncer".into(), max_connections: 10 }
+        FilePostgres {
+            url: "postgres://postgres@127.0.0.1:5432/bouncer".into(),
+            max_connections: 10,
+            pooler: "none".into(),
+            direct_url: None,
+            direct_url_env: None,
+            direct_url_file: None,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+impl FilePostgres {
+    /// `direct_url` in its three forms; none given is fine (it is optional).
+    pub(super) fn direct_url_secret(&self) -> Option<FileSecret> {
+        (self.direct_url.is_some() || self.direct_url_env.is_some() || self.direct_url_file.is_some()).then(|| {
+            FileSecret {
+                value: self.direct_url.clone(),
+                env: self.direct_url_env.clone(),
+                file: self.direct_url_file.clone(),
+            }
+        })
     }
 }
 

@@ -129,6 +129,54 @@ pub struct AmqpConfig {
 pub struct PostgresConfig {
     pub url: SecretString,
     pub max_connections: u32,
+    /// What sits between `url` and PostgreSQL (`postgres.pooler`).
+    pub pooler: Pooler,
+    /// A connection that bypasses the pooler, for what needs a session: LISTEN and migrations.
+    pub direct_url: Option<SecretString>,
+    /// How often lanes look for due work while no LISTEN connection tells them.
+    pub poll_interval: Duration,
+}
+
+/// `postgres.pooler`: what `postgres.url` reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooler {
+    /// PostgreSQL itself, or a pooler that gives each client a session of its own (PgBouncer's
+    /// `pool_mode = session`): every feature works as is.
+    None,
+    /// A pooler that lends a server connection for one transaction at a time (PgBouncer's
+    /// `pool_mode = transaction`, the default endpoint of several managed offerings): no
+    /// session state survives a transaction, so Bouncer runs every statement in a transaction,
+    /// prepares none by name, and takes LISTEN and migrations to `postgres.direct_url`.
+    Transaction,
+}
+
+impl Pooler {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooler::None => "none",
+            Pooler::Transaction => "transaction",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Pooler> {
+        match s {
+            "none" => Some(Pooler::None),
+            "transaction" => Some(Pooler::Transaction),
+            _ => None,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Where sessions go (LISTEN, migrations): the direct URL behind a transaction pooler, `url`
+    /// otherwise; `None` when only a transaction pooler is configured.
+    pub fn session_url(&self) -> Option<&SecretString> {
+        match self.pooler {
+            Pooler::None => Some(&self.url),
+            Pooler::Transaction => self.direct_url.as_ref(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

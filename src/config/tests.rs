@@ -246,8 +246,51 @@ fn the_example_config_shows_the_defaults_of_the_tuning_keys_it_sets() {
         ("retry.max_interval_ms", example.retry.max_interval_ms, d.retry.max_interval_ms),
         ("retry.deadline_secs", example.retry.deadline_secs, d.retry.deadline_secs),
         ("shutdown.grace_secs", example.shutdown.grace_secs, d.shutdown.grace_secs),
+        ("postgres.poll_interval_ms", example.postgres.poll_interval_ms, d.postgres.poll_interval_ms),
     ];
+    assert_eq!(example.postgres.pooler, d.postgres.pooler, "deploy/bouncer.example.toml shows postgres.pooler");
     for (key, shown, default) in pairs {
         assert_eq!(shown, default, "deploy/bouncer.example.toml shows {key} = {shown}; the default is {default}");
     }
+}
+
+#[test]
+fn the_pooler_is_none_by_default_and_transaction_takes_a_direct_url_in_any_secret_form() {
+    let c = Config::from_toml(GOOD).unwrap();
+    assert_eq!(c.postgres.pooler, Pooler::None);
+    assert!(c.postgres.direct_url.is_none());
+    assert_eq!(c.postgres.poll_interval, Duration::from_millis(250));
+    assert_eq!(
+        c.postgres.session_url().map(|u| u.expose_secret().to_owned()),
+        Some(c.postgres.url.expose_secret().to_owned())
+    );
+
+    let pooled = format!("{GOOD}\n[postgres]\nurl = \"postgres://u@pgbouncer:6432/b\"\npooler = \"transaction\"\n");
+    let c = Config::from_toml(&pooled).unwrap();
+    assert_eq!(c.postgres.pooler, Pooler::Transaction);
+    assert!(c.postgres.session_url().is_none(), "only a transaction pooler: no session anywhere");
+
+    let env: HashMap<String, String> = [("PG_DIRECT".to_string(), "postgres://u:pw@db:5432/b".to_string())].into();
+    let c = Config::from_toml_with_env(&format!("{pooled}direct_url_env = \"PG_DIRECT\"\n"), &env).unwrap();
+    assert_eq!(
+        c.postgres.session_url().map(|u| u.expose_secret().to_owned()).as_deref(),
+        Some("postgres://u:pw@db:5432/b")
+    );
+    assert!(!format!("{:?}", c.postgres).contains("pw"), "the direct URL is a secret");
+
+    let two = format!("{pooled}direct_url = \"postgres://db/b\"\ndirect_url_env = \"PG_DIRECT\"\n");
+    assert_eq!(keys(&two), ["postgres.direct_url"]);
+    assert_eq!(keys(&format!("{pooled}direct_url = \"mysql://db/b\"\n")), ["postgres.direct_url"]);
+}
+
+#[test]
+fn a_bad_pooler_value_or_poll_interval_is_refused_by_key_and_a_useless_direct_url_is_a_warning() {
+    let ps = problems(&format!("{GOOD}\n[postgres]\npooler = \"session\"\npoll_interval_ms = 5\n"));
+    let found: Vec<&str> = ps.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(found, ["postgres.pooler", "postgres.poll_interval_ms"]);
+    assert!(ps[0].reason.contains("\"none\"") && ps[0].reason.contains("\"transaction\""), "{}", ps[0].reason);
+
+    let c = Config::from_toml(&format!("{GOOD}\n[postgres]\ndirect_url = \"postgres://db/b\"\n")).unwrap();
+    assert!(c.warnings.iter().any(|w| w.key == "postgres.direct_url"), "{:?}", c.warnings);
+    assert!(c.postgres.session_url().is_some_and(|u| u.expose_secret() == c.postgres.url.expose_secret()));
 }

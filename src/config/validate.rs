@@ -5,10 +5,17 @@ use super::*;
 /// Checks meaning and limits, resolves secrets, and turns file types into domain types.
 pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
     let mut p = Vec::new();
-    let Sections { prefetch, listen, warnings } = check_sections(&f, &mut p);
+    let Sections { prefetch, listen, mut warnings } = check_sections(&f, &mut p);
     let zego_apps = check_zego(f.zego, env, &mut p);
     let trtc_apps = check_trtc(f.trtc, env, &mut p);
     let web = validate_web(f.web, env, &mut p);
+    let (pooler, direct_url) = check_pooler(&f.postgres, env, &mut p);
+    if pooler == Pooler::None && direct_url.is_some() {
+        warnings.push(problem(
+            "postgres.direct_url",
+            "only used with postgres.pooler = \"transaction\" (postgres.url is direct already); ignored",
+        ));
+    }
 
     if !p.is_empty() {
         return Err(p);
@@ -21,7 +28,13 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
             connection_name: f.amqp.connection_name,
             delivery_limit: f.amqp.delivery_limit,
         },
-        postgres: PostgresConfig { url: f.postgres.url, max_connections: f.postgres.max_connections },
+        postgres: PostgresConfig {
+            url: f.postgres.url,
+            max_connections: f.postgres.max_connections,
+            pooler,
+            direct_url,
+            poll_interval: Duration::from_millis(f.postgres.poll_interval_ms),
+        },
         http: HttpConfig { listen },
         batch: BatchConfig { linger_ms: f.batch.linger_ms },
         ownership: OwnershipConfig {
@@ -128,6 +141,36 @@ fn check_sections(f: &FileConfig, p: &mut Vec<Problem>) -> Sections {
         p.push(problem("retry.deadline_secs", "must be at least 1"));
     }
     Sections { prefetch, listen, warnings }
+}
+
+/// `postgres.pooler`, `postgres.direct_url` (three forms) and `postgres.poll_interval_ms`.
+fn check_pooler(
+    f: &FilePostgres,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<Problem>,
+) -> (Pooler, Option<SecretString>) {
+    let pooler = Pooler::parse(&f.pooler).unwrap_or_else(|| {
+        p.push(problem(
+            "postgres.pooler",
+            format!(
+                "must be \"none\" (PostgreSQL itself, or a session pooler) or \"transaction\" (a transaction \
+                 pooler such as PgBouncer's pool_mode = transaction), got {:?}",
+                f.pooler
+            ),
+        ));
+        Pooler::None
+    });
+    let direct_url = f.direct_url_secret().and_then(|s| resolve_secret("postgres.direct_url", s, env, p));
+    if let Some(url) = &direct_url {
+        let u = url.expose_secret();
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            p.push(problem("postgres.direct_url", "must start with postgres:// or postgresql://"));
+        }
+    }
+    if !(10..=60_000).contains(&f.poll_interval_ms) {
+        p.push(problem("postgres.poll_interval_ms", format!("must be in 10..=60000, got {}", f.poll_interval_ms)));
+    }
+    (pooler, direct_url)
 }
 
 /// Every `[[zego]]` entry.

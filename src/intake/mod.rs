@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Db;
 use crate::audit::intake as record;
 use crate::config::{AmqpConfig, redact_url};
 use crate::keys::AppKey;
@@ -64,7 +64,7 @@ fn unix_ms() -> u64 {
 
 /// Everything intake needs; shared by every broker session of the process.
 pub struct Intake {
-    pub pool: PgPool,
+    pub pool: Db,
     /// Apps some lane of this deployment can enforce (this replica's configuration).
     pub apps: HashSet<AppKey>,
     pub wakers: Arc<Wakers>,

@@ -21,9 +21,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Db;
 use crate::config::WebConfig;
 use auth::{Actor, Auth, Refused};
 use csrf::Csrf;
@@ -44,7 +44,7 @@ impl askama::filters::Escaper for VisibleHtml {
 
 /// What every handler shares: the pool, who may sign in, the CSRF key.
 pub(crate) struct Console {
-    pool: PgPool,
+    pool: Db,
     auth: Auth,
     csrf: Csrf,
 }
@@ -144,7 +144,7 @@ fn router(console: Arc<Console>) -> Router {
 
 /// Serves the console on `config.listen` until `shutdown`; refuses a non-loopback address
 /// without authentication ([`refusal`]).
-pub async fn serve(pool: PgPool, config: WebConfig, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn serve(pool: Db, config: WebConfig, shutdown: CancellationToken) -> Result<(), String> {
     if let Some(why) = refusal(&config) {
         return Err(why);
     }

@@ -97,7 +97,7 @@ const KICK_SERIES: &[&str] =
 /// Verdicts and kicked users per minute, over the last hour (one bar a minute) and the last day
 /// (one bar per 15 minutes, as a per-minute average): verdicts hour, verdicts day, kicks hour,
 /// kicks day.
-async fn charts(pool: &sqlx::PgPool) -> Result<(Vec<Chart>, console::Totals), PageError> {
+async fn charts(pool: &crate::audit::Db) -> Result<(Vec<Chart>, console::Totals), PageError> {
     let now = Utc::now();
     let (hour, day) = ((60, 1), (24 * 60, 15));
     let (vh, vd, kh, kd, rejected) = tokio::try_join!(

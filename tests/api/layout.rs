@@ -221,3 +221,28 @@ fn the_checker_finds_a_circle_through_a_group_import_and_ignores_test_modules() 
     assert_eq!(named_modules(&production_text(&file)), ["x".to_owned(), "y".to_owned()].into_iter().collect());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Statements are built in one place, which knows whether they may be prepared by name: behind a
+/// transaction pooler a named statement outlives its transaction on a server another client gets
+/// next (`src/audit/db.rs`). Only `audit::Db` builds them; `src/audit/mod.rs` may, for the
+/// sessions it opens on purpose (migrations, the direct-URL check), which never go through a pooler.
+#[test]
+fn every_statement_is_built_by_audit_db() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = [root.join("audit/db.rs"), root.join("audit/mod.rs")];
+    let mut offenders = Vec::new();
+    for path in rust_files(&root) {
+        if allowed.contains(&path) {
+            continue;
+        }
+        let text = production_text(&path);
+        for needle in
+            ["sqlx::query(", "sqlx::query_as(", "sqlx::query_scalar(", "sqlx::query_as::<", "sqlx::query_scalar::<"]
+        {
+            if text.contains(needle) {
+                offenders.push(format!("{} builds a statement with {needle}", path.display()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "build statements with audit::Db (db.query…):\n{}", offenders.join("\n"));
+}

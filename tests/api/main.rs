@@ -11,6 +11,7 @@ mod hostile;
 mod layout;
 mod ops;
 mod pipeline;
+mod pooler;
 mod secrets;
 mod vendors;
 mod web;

@@ -14,29 +14,29 @@ const HOSTILE_USER: &str = "\"><img src=x onerror=alert(1)>";
 const HOSTILE_REASON: &str = "<script>alert('reason')</script>";
 const HOSTILE_LINK: &str = "javascript:alert(document.cookie)";
 
-fn user(name: &str, password: &str, role: &str) -> FileWebUser {
+pub(crate) fn user(name: &str, password: &str, role: &str) -> FileWebUser {
     let hash = Argon2::default().hash_password(password.as_bytes()).expect("hash").to_string();
     FileWebUser { name: name.into(), password_hash: hash.into(), role: role.into() }
 }
 
 /// A GET or POST as `who` (name = password), without following redirects.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     base: String,
 }
 
 impl Browser {
-    fn new(console: &ConsoleProcess) -> Browser {
+    pub(crate) fn new(console: &ConsoleProcess) -> Browser {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Browser { http, base: console.base.clone() }
     }
 
-    async fn get(&self, who: &str, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, who: &str, path: &str) -> (u16, String) {
         let r = self.http.get(format!("{}{path}", self.base)).basic_auth(who, Some(who)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn post(&self, who: &str, path: &str, form: &[(&str, &str)], cross_site: bool) -> u16 {
+    pub(crate) async fn post(&self, who: &str, path: &str, form: &[(&str, &str)], cross_site: bool) -> u16 {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
@@ -50,7 +50,7 @@ impl Browser {
     }
 }
 
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("the confirmation carries a token") + 19;
     page[at..].split('"').next().unwrap().to_owned()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Apps, CuttableProxy, EnvOptions, SimControl, TempFile, TestEnv, WorkerProcess, verdict};
+use crate::helpers::{Apps, CuttableProxy, EnvOptions, Route, SimControl, TempFile, TestEnv, WorkerProcess, verdict};
 use crate::{SERIAL, count};
 
 type Time = chrono::DateTime<chrono::Utc>;
@@ -177,6 +177,46 @@ async fn three_replicas_share_six_quotas_and_survive_a_kill_and_a_stop_within_th
     let workers: BTreeSet<String> =
         env.owners().await.into_iter().map(|(_, w)| w).collect::<BTreeSet<_>>().into_iter().collect();
     assert!(workers.iter().all(|w| w == "r3"), "only r3 is left: {workers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_through_a_transaction_pooler_take_over_within_five_seconds_of_a_sigkill_and_never_go_over_a_limit()
+ {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new(Apps::random(2, 0), EnvOptions::default()).await;
+    // Leases, intake, enforcement and the audit trail all go through PgBouncer in transaction
+    // mode; no direct URL, so no LISTEN: lanes and contenders poll.
+    env.route(Route::Pooler);
+    env.edit_config(|c| c.ownership.lease_ms = 2000);
+    env.migrate_directly().await;
+    // About 20 s of work for every quota at its limit.
+    let work = backlog(&env, 1000, 25);
+    let total = work.len() as i64;
+    env.publish_all(&work).await;
+    let mut replicas: Vec<WorkerProcess> = ["p1", "p2"].iter().map(|n| env.replica(n)).collect();
+    wait_for_owners(&env, "both replicas to own a share", Duration::from_secs(30), |o| {
+        o.len() == 2 && ["p1", "p2"].iter().all(|r| !groups_of(o, r).is_empty())
+    })
+    .await;
+    env.wait_for_count("SELECT count(*) FROM verdicts", total, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed: Vec<String> = groups_of(&env.owners().await, "p1").into_iter().map(str::to_owned).collect();
+    let t_kill = now_ms();
+    eprintln!("SIGKILL p1 at {t_kill}, owning {killed:?}");
+    replicas[0].signal("-KILL");
+    replicas[0].wait_exit(Duration::from_secs(5)).expect("killed");
+
+    env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", total, Duration::from_secs(180)).await;
+    assert_eq!(count(&env, "SELECT count(*) FROM kicks WHERE status <> 'kicked'").await, 0);
+    assert_never_over_the_limit(&env).await;
+    let calls = calls_by_group(&env).await;
+    let mut gaps = HashMap::new();
+    for g in &killed {
+        let gap = resumed_after(&calls, g, t_kill).expect("the group was busy and had work left after the kill");
+        assert!(gap <= 5_000, "{g} resumed {gap} ms after the SIGKILL; p2's log:\n{}", replicas[1].log_text());
+        gaps.insert(g.clone(), gap);
+    }
+    eprintln!("takeover gaps through the pooler (ms): {gaps:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

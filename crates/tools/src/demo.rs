@@ -134,7 +134,9 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
     let pool = publish_and_wait(&config).await?;
     shutdown.cancel();
-    let _ = worker.await;
+    if let Ok(Err(why)) = worker.await {
+        return Err(format!("the worker refused to start: {why}"));
+    }
 
     print_summary(&pool).await?;
     print_vendor_side(&running)?;
@@ -180,7 +182,7 @@ fn demo_faults(running: &bouncer_sim::RunningSim) {
 
 /// Publishes the demo's stream in a dozen bursts over ~6 s, then waits (40 s at most) until every
 /// verdict is finished. Returns a pool on the demo's database.
-async fn publish_and_wait(config: &Config) -> Result<sqlx::PgPool, String> {
+async fn publish_and_wait(config: &Config) -> Result<bouncer::audit::Db, String> {
     let publisher = Publisher::connect(&config.amqp, "demo-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let bodies = stream();
     let valid = VERDICTS;
@@ -202,11 +204,14 @@ async fn publish_and_wait(config: &Config) -> Result<sqlx::PgPool, String> {
         .map_err(|e| format!("audit database: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let (finished, total): (i64, i64) =
-            sqlx::query_as("SELECT count(*) FILTER (WHERE status <> 'pending'), count(*) FROM verdicts")
-                .fetch_one(&pool)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (finished, total): (i64, i64) = pool
+            .run(async |c| {
+                pool.query_as("SELECT count(*) FILTER (WHERE status <> 'pending'), count(*) FROM verdicts")
+                    .fetch_one(c)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         println!("  {finished}/{valid} verdicts finished");
         if finished as usize >= valid && total as usize >= valid {
             break;
@@ -220,7 +225,7 @@ async fn publish_and_wait(config: &Config) -> Result<sqlx::PgPool, String> {
 }
 
 /// `bouncer audit --summary`, as the demo prints it, with the rejected and duplicate counts.
-async fn print_summary(pool: &sqlx::PgPool) -> Result<(), String> {
+async fn print_summary(pool: &bouncer::audit::Db) -> Result<(), String> {
     println!("\n■ audit summary (bouncer audit --summary)");
     let summary = query::summary(pool, &Filter::default()).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout();
@@ -242,8 +247,8 @@ async fn print_summary(pool: &sqlx::PgPool) -> Result<(), String> {
     output::table(&mut out, &["vendor", "app_id", "verdicts", "done", "failed", "kicked", "gone", "kick_failed"], rows)
         .map_err(|e| e.to_string())?;
     let rejected = query::rejected_count(pool, &Filter::default()).await.map_err(|e| e.to_string())?;
-    let dup: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts WHERE deliveries > 1")
-        .fetch_one(pool)
+    let dup: i64 = pool
+        .run(async |c| pool.query_scalar("SELECT count(*) FROM verdicts WHERE deliveries > 1").fetch_one(c).await)
         .await
         .map_err(|e| e.to_string())?;
     println!(
@@ -285,10 +290,10 @@ fn print_vendor_side(running: &bouncer_sim::RunningSim) -> Result<(), String> {
 }
 
 /// Four verdicts' stories, as `bouncer audit --verdict` prints them.
-async fn print_stories(pool: &sqlx::PgPool) -> Result<(), String> {
+async fn print_stories(pool: &bouncer::audit::Db) -> Result<(), String> {
     let pick = |sql: &'static str| {
         let pool = pool.clone();
-        async move { sqlx::query_scalar::<_, String>(sql).fetch_optional(&pool).await.ok().flatten() }
+        async move { pool.run(async |c| pool.query_scalar::<String>(sql).fetch_optional(c).await).await.ok().flatten() }
     };
     let stories = [
         ("a verdict enforced at once", pick("SELECT verdict_id FROM verdicts WHERE app_id = 1000001 AND status = 'done' ORDER BY verdict_id LIMIT 1").await),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
 
 use bouncer::config::Config;
 use bouncer::publisher::Publisher;
@@ -92,10 +93,21 @@ impl<'a> Run<'a> {
         report
     }
 
+    /// A direct pool on the run's database, whatever the workers go through (a pooler is the
+    /// subject of some runs; the bench's own counting is not). Waits up to 30 s for the workers
+    /// to create the database.
     async fn pool(&self) -> Result<sqlx::PgPool, String> {
-        bouncer::audit::connect_within(&self.stack.config.postgres, Duration::from_secs(30))
-            .await
-            .map_err(|e| format!("audit database: {e}"))
+        let url = self.stack.config.postgres.url.expose_secret();
+        let started = Instant::now();
+        loop {
+            match PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(2)).connect(url).await {
+                Ok(pool) => return Ok(pool),
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(format!("audit database: {e}")),
+            }
+        }
     }
 
     /// A backlog: everything queued first, then the workers start. Latency counts from their

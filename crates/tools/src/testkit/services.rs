@@ -16,6 +16,14 @@ pub fn pg_server_url() -> String {
     admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin)
 }
 
+/// PgBouncer in transaction mode in front of the test server (`deploy/services.sh` starts it),
+/// without a database: where `/<database>` is appended.
+pub fn pgbouncer_server_url() -> String {
+    let url = std::env::var("BOUNCER_TEST_PGBOUNCER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:6432/postgres".into());
+    url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url)
+}
+
 pub fn amqp_url() -> String {
     std::env::var("BOUNCER_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -68,6 +76,14 @@ pub async fn drop_database(admin_url: &str, name: &str) {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
         let _ = conn.close().await;
     }
+}
+
+/// Creates an empty database on the server `admin_url` points at.
+pub async fn create_database(admin_url: &str, name: &str) {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test server");
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.expect("create database");
+    let _ = conn.close().await;
 }
 
 /// Deletes a verdict queue and the queues and exchanges it brings (dead letters, deferrals).

@@ -298,6 +298,51 @@ impl Drop for TestEnv {
     }
 }
 
+/// How a test's worker (and every `bouncer` command run on its configuration) reaches
+/// PostgreSQL. The test's own checks ([`TestEnv::pool`]) always go straight to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to PostgreSQL (`postgres.pooler = "none"`).
+    Direct,
+    /// Through PgBouncer in transaction mode, with no direct connection: lanes poll, and the
+    /// schema must be migrated by someone else.
+    Pooler,
+    /// Through PgBouncer in transaction mode, with `postgres.direct_url` for LISTEN and
+    /// migrations.
+    PoolerWithDirectUrl,
+}
+
+impl TestEnv {
+    /// Sends the worker's statements the way `route` says (before starting a worker).
+    pub fn route(&mut self, route: Route) {
+        let direct = self.db.url.clone();
+        let pooled = format!("{}/{}", pgbouncer_server_url(), self.db.name);
+        self.edit_config(|f| match route {
+            Route::Direct => {
+                f.postgres.url = direct.into();
+                f.postgres.pooler = "none".into();
+                f.postgres.direct_url = None;
+            }
+            Route::Pooler | Route::PoolerWithDirectUrl => {
+                f.postgres.url = pooled.into();
+                f.postgres.pooler = "transaction".into();
+                f.postgres.direct_url = (route == Route::PoolerWithDirectUrl).then(|| direct.into());
+            }
+        });
+    }
+
+    /// Creates the test database and brings its schema up to date over a direct connection, as
+    /// an operator would before starting workers that cannot migrate.
+    pub async fn migrate_directly(&self) {
+        let mut file = self.file.clone();
+        file.postgres.url = self.db.url.as_str().into();
+        file.postgres.pooler = "none".into();
+        file.postgres.direct_url = None;
+        let config = Config::from_toml(&file.to_toml()).expect("valid config");
+        bouncer::audit::migrate(&config.postgres, Duration::from_secs(10)).await.expect("migrate directly");
+    }
+}
+
 /// A valid verdict body.
 pub fn verdict(id: &str, vendor: &str, app: u32, room: serde_json::Value, users: &[&str]) -> serde_json::Value {
     serde_json::json!({"verdict_id": id, "vendor": vendor, "app_id": app, "room_id": room, "user_ids": users, "reason": "spam"})

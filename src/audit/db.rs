@@ -1,0 +1,136 @@
+//! How statements reach PostgreSQL: over a pooled connection as they are, or, behind a
+//! transaction pooler, each unit of work in a transaction of its own with unnamed statements.
+//!
+//! Why, behind a transaction pooler (PgBouncer's `pool_mode = transaction`): the pooler lends a
+//! server connection until the end of a transaction, and a statement outside one is a
+//! transaction that ends at each Sync. sqlx sends a statement with parameters in two exchanges —
+//! parse and describe, then bind and execute — each ended by a Sync, so outside a transaction the
+//! second may reach another server connection: one where the statement does not exist, or where
+//! another client's unnamed statement waits to run with our parameters. Inside a transaction the
+//! pooler keeps the server until COMMIT. And a named prepared statement (sqlx caches statements
+//! as `sqlx_s_1`, `sqlx_s_2`, … per client connection) outlives the transaction on a server the
+//! next client gets, which is how `bouncer migrate` failed behind PgBouncer 1.18 with
+//! `prepared statement "sqlx_s_2" already exists`. So there every statement is unnamed (parsed
+//! each time) and runs inside BEGIN … COMMIT: two round trips more per unit of work and a parse
+//! per statement (README, "Deploying behind a pooler", has the measured cost).
+//!
+//! Everything else that needs a session is not done through such a pooler at all: LISTEN
+//! (wake-ups) and migrations (sqlx takes a session advisory lock) use `postgres.direct_url`, and
+//! connections send no startup parameter a pooler would refuse (`extra_float_digits`).
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{ConnectOptions, FromRow, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction};
+
+use crate::config::{Pooler, PostgresConfig};
+
+/// A pool of connections to the audit database, and how statements must travel over it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+    pooler: Pooler,
+}
+
+/// Connection options for `url`, as `pooler` needs them.
+pub(crate) fn options(url: &SecretString, pooler: Pooler) -> Result<PgConnectOptions, sqlx::Error> {
+    let opts: PgConnectOptions = url.expose_secret().parse()?;
+    // Statement logging would put user ids into logs at INFO; keep it for slow statements only.
+    let opts = opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    Ok(match pooler {
+        Pooler::None => opts,
+        // PgBouncer refuses startup parameters it cannot track; sqlx sends `extra_float_digits`
+        // unless told not to (Bouncer reads no floats that would lose digits: counts and
+        // durations in milliseconds, rounded on purpose).
+        Pooler::Transaction => opts.extra_float_digits(None).statement_cache_capacity(0),
+    })
+}
+
+impl Db {
+    /// A pool of up to `size` connections to `postgres.url`; waits at most `connect_timeout` for
+    /// the first.
+    pub async fn connect(cfg: &PostgresConfig, size: u32, connect_timeout: Duration) -> Result<Db, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(connect_timeout)
+            .connect_with(options(&cfg.url, cfg.pooler)?)
+            .await?;
+        Ok(Db { pool, pooler: cfg.pooler })
+    }
+
+    /// How statements travel.
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// Runs `work` on one connection: as it is on a direct connection; behind a transaction
+    /// pooler inside a transaction of its own, committed if `work` succeeds and rolled back if
+    /// it fails. For one statement, or several that need no transaction of their own.
+    pub async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        match self.pooler {
+            Pooler::None => work(&mut *self.pool.acquire().await?).await,
+            Pooler::Transaction => {
+                let mut tx = self.pool.begin().await?;
+                match work(&mut tx).await {
+                    Ok(v) => {
+                        tx.commit().await?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        // Hand the server back to the pooler now, not when this connection is
+                        // next used.
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transaction, in either mode.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Whether statements may be prepared by name and cached on the connection.
+    pub(crate) fn statements_named(&self) -> bool {
+        self.pooler == Pooler::None
+    }
+
+    /// A statement, prepared by name only where that survives (see the module docs).
+    pub fn query<'q>(&self, sql: impl SqlSafeStr) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql).persistent(self.statements_named())
+    }
+
+    /// A statement whose rows become `O`.
+    pub fn query_as<'q, O>(&self, sql: impl SqlSafeStr) -> QueryAs<'q, Postgres, O, PgArguments>
+    where
+        O: for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_as(sql).persistent(self.statements_named())
+    }
+
+    /// A statement whose rows are one value each.
+    pub fn query_scalar<'q, O>(&self, sql: impl SqlSafeStr) -> QueryScalar<'q, Postgres, O, PgArguments>
+    where
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql).persistent(self.statements_named())
+    }
+
+    /// The pool's size now (open connections).
+    pub fn size(&self) -> u32 {
+        self.pool.size()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
