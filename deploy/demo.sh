@@ -3,6 +3,6 @@
 # `bouncer demo` (under a minute once built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/services.sh --no-browser
+deploy/services.sh --no-browser --no-pooler
 cargo build --release --locked --quiet
 exec target/release/bouncer demo "$@"

@@ -105,7 +105,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     if args.name.is_empty() || !args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(format!("--name must be lowercase letters, digits and _, got {:?}", args.name));
     }
-    crate::testkit::ensure_services(&args.amqp, &args.postgres).await?;
+    crate::testkit::ensure_services(&args.amqp, &args.postgres, None).await?;
     // The simulator first: the worker's config points at its port.
     let mut file = demo_config(args);
     let running = start_sim_for(

@@ -87,6 +87,16 @@ pub struct BenchArgs {
     /// name reuses it instead of writing it again).
     #[arg(long)]
     console_database: Option<String>,
+    /// Send the workers through PgBouncer in transaction mode at this server URL (no database:
+    /// the run's is appended), with `postgres.pooler = "transaction"`. Without `--direct-url` the
+    /// workers have no LISTEN connection (lanes poll every `postgres.poll_interval_ms`) and the
+    /// bench migrates the database first. The bench's own counting stays direct.
+    #[arg(long, value_name = "URL")]
+    through_pooler: Option<String>,
+    /// With `--through-pooler`: give the workers `postgres.direct_url` (the run's database, direct)
+    /// for LISTEN and migrations.
+    #[arg(long, requires = "through_pooler")]
+    direct_url: bool,
 }
 
 pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {
@@ -94,7 +104,7 @@ pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {
 }
 
 async fn bench_main(args: &BenchArgs) -> Result<(), String> {
-    crate::testkit::ensure_services(&args.amqp, &args.postgres).await?;
+    crate::testkit::ensure_services(&args.amqp, &args.postgres, args.through_pooler.as_deref()).await?;
     if args.preset == Preset::Console {
         return console::run(args).await;
     }

@@ -10,8 +10,8 @@ pub(super) fn report(r: &Report) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "bouncer bench --preset {}  ({} CPUs, {}; {} replica(s), prefetch {})",
-        r.preset, r.machine.cpus, r.machine.os, r.replicas, r.prefetch
+        "bouncer bench --preset {}  ({} CPUs, {}; {} replica(s), prefetch {}, postgres {})",
+        r.preset, r.machine.cpus, r.machine.os, r.replicas, r.prefetch, r.postgres_route
     )?;
     writeln!(
         out,

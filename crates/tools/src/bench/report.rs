@@ -171,6 +171,9 @@ pub struct Report {
     pub replicas: usize,
     /// The worker's prefetch during the run.
     pub prefetch: u32,
+    /// How the workers reached PostgreSQL: `direct`, `pooler` (PgBouncer in transaction mode,
+    /// no direct URL: lanes poll) or `pooler+direct_url` (LISTEN on the direct URL).
+    pub postgres_route: String,
     /// From the worker's start (backlog) or the first publish (stream) to the last verdict finished.
     pub wall_seconds: f64,
     pub verdicts_per_second: f64,

@@ -73,6 +73,7 @@ impl<'a> Run<'a> {
     }
 
     async fn execute(mut self) -> Result<Report, String> {
+        self.stack.prepare_database().await?;
         let publisher = Publisher::connect(&self.stack.config.amqp, "bench-publisher")
             .await
             .map_err(|e| format!("RabbitMQ: {e}"))?;
@@ -330,6 +331,7 @@ impl<'a> Run<'a> {
             apps: w.segments.len(),
             replicas: w.replicas,
             prefetch: self.stack.config.amqp.prefetch.into(),
+            postgres_route: self.stack.postgres_route.into(),
             wall_seconds: wall,
             verdicts_per_second: total as f64 / wall,
             kicks_per_second: users as f64 / wall,

@@ -18,7 +18,11 @@ use super::workload::Workload;
 pub(super) struct BenchStack {
     /// The run's random id, in its names and the workers' replica names.
     pub(super) id: String,
+    /// The run's configuration with direct connections, for the bench's own use; the workers'
+    /// file (`config_path`) may go through a pooler instead.
     pub(super) config: Config,
+    /// How the workers reach PostgreSQL: `direct`, `pooler` or `pooler+direct_url`.
+    pub(super) postgres_route: &'static str,
     pub(super) config_path: PathBuf,
     /// The AppId of each workload segment, by segment index.
     pub(super) app_ids: Vec<u32>,
@@ -78,13 +82,23 @@ impl BenchStack {
             });
         }
         point_vendors_at(&mut file, &running.endpoint());
-        let text = file.to_toml();
-        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        let config = Config::from_toml(&file.to_toml()).map_err(|e| e.to_string())?;
+        let postgres_route = match &args.through_pooler {
+            None => "direct",
+            Some(pooler) => {
+                let direct = file.postgres.url.clone();
+                file.postgres.url = format!("{}/{}", pooler.trim_end_matches('/'), names.database).into();
+                file.postgres.pooler = "transaction".into();
+                file.postgres.direct_url = args.direct_url.then_some(direct);
+                if args.direct_url { "pooler+direct_url" } else { "pooler" }
+            }
+        };
         let config_path = std::env::temp_dir().join(format!("bouncer-bench-{id}.toml"));
-        std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
+        std::fs::write(&config_path, file.to_toml()).map_err(|e| e.to_string())?;
         Ok(BenchStack {
             id,
             config,
+            postgres_route,
             config_path,
             app_ids,
             running,
@@ -92,6 +106,17 @@ impl BenchStack {
             admin_url: format!("{}/postgres", args.postgres.trim_end_matches('/')),
             database: names.database,
         })
+    }
+
+    /// Brings the schema up to date directly when the workers cannot: behind a transaction pooler
+    /// without a direct URL, as an operator would before starting them.
+    pub(super) async fn prepare_database(&self) -> Result<(), String> {
+        if self.postgres_route == "pooler" {
+            bouncer::audit::migrate(&self.config.postgres, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("migrate directly: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Stops the simulator, then removes the run's config file, queues and database.

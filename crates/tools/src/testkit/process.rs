@@ -97,11 +97,17 @@ impl WorkerProcess {
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
+        // Whether the worker was still running when the test gave up tells a hang from a death.
+        let state = match self.child.try_wait() {
+            Ok(None) => "still running when the test ended".to_owned(),
+            Ok(Some(status)) => format!("had exited: {status}"),
+            Err(e) => format!("state unknown: {e}"),
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!(
-                "--- worker log {} ---\n{}",
+                "--- worker log {} (the worker {state}) ---\n{}",
                 self.log.display(),
                 self.log_text()
                     .lines()

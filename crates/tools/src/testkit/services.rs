@@ -114,16 +114,28 @@ async fn reachable(url: &str, default_port: u16) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
-/// Uses running RabbitMQ and PostgreSQL; otherwise runs `deploy/services.sh` when at hand.
-pub async fn ensure_services(amqp: &str, postgres: &str) -> Result<(), String> {
-    if reachable(amqp, 5672).await && reachable(postgres, 5432).await {
+/// Uses running RabbitMQ and PostgreSQL (and PgBouncer, when `pooler` names one); otherwise
+/// runs `deploy/services.sh` when at hand, for what is needed (no browser).
+pub async fn ensure_services(amqp: &str, postgres: &str, pooler: Option<&str>) -> Result<(), String> {
+    let pooler_up = match pooler {
+        Some(url) => reachable(url, 6432).await,
+        None => true,
+    };
+    if reachable(amqp, 5672).await && reachable(postgres, 5432).await && pooler_up {
         return Ok(());
     }
     let script = std::path::Path::new("deploy/services.sh");
     if !script.exists() {
-        return Err("RabbitMQ or PostgreSQL is not reachable; run deploy/services.sh from the source tree".into());
+        return Err(
+            "RabbitMQ, PostgreSQL or PgBouncer is not reachable; run deploy/services.sh from the source tree".into()
+        );
     }
     println!("starting local services (deploy/services.sh)…");
-    let ok = std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false);
-    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up RabbitMQ and PostgreSQL".into()) }
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script).arg("--no-browser");
+    if pooler.is_none() {
+        cmd.arg("--no-pooler");
+    }
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    if ok { Ok(()) } else { Err("deploy/services.sh could not bring up the services (its output says which)".into()) }
 }
