@@ -17,12 +17,15 @@ const VERDICTS: i64 = 33;
 const MALFORMED: i64 = 4;
 
 /// A verdict published three times, thirty plain ones over both vendors, one for a room that is
-/// gone, one whose TRTC chunk holds a user id the vendor refuses, and four malformed messages.
+/// gone, one whose TRTC chunk holds a user id the vendor refuses, and four malformed messages; one
+/// call in five fails with HTTP 502, so retry schedules are written and followed too.
 async fn publish_the_mixed_workload(env: &TestEnv) {
     let (z, t) = (env.apps.zego[0].0, env.apps.trtc[0].0);
     let control = SimControl::new(&env.sim);
-    control.set_faults(json!({"vendor": "zego", "app_id": z, "gone_rooms": ["closed-room"]})).await;
-    control.set_faults(json!({"vendor": "trtc", "app_id": t, "bad_users": ["bad-user"]})).await;
+    control
+        .set_faults(json!({"vendor": "zego", "app_id": z, "gone_rooms": ["closed-room"], "http_502_rate": 0.2}))
+        .await;
+    control.set_faults(json!({"vendor": "trtc", "app_id": t, "bad_users": ["bad-user"], "http_502_rate": 0.2})).await;
     let dup = verdict("dup", "zego", z, json!("room-a"), &["dup-1", "dup-2"]);
     let mut all: Vec<Value> = vec![dup.clone(), dup.clone(), dup];
     for i in 0..30 {
@@ -78,8 +81,19 @@ async fn the_mixed_workload_ended_as_it_should(env: &TestEnv, worker: &WorkerPro
     pool.close().await;
 
     let requests = SimControl::new(&env.sim).requests().await;
-    let dup_calls = requests.iter().filter(|r| r.user_ids.iter().any(|u| u == "dup-1")).count();
-    assert_eq!(dup_calls, 1, "a verdict delivered three times is enforced once");
+    let kicked_dup = requests
+        .iter()
+        .filter(|r| r.http_status == 200 && r.rejection.is_none() && r.user_ids.iter().any(|u| u == "dup-1"))
+        .count();
+    assert_eq!(kicked_dup, 1, "a verdict delivered three times is kicked once");
+    assert!(requests.iter().any(|r| r.http_status == 502), "the retry path ran");
+    let pool = env.pool().await;
+    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM kick_attempts WHERE outcome = 'retry'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(retried > 0, "retries were recorded");
+    pool.close().await;
     let stats = SimControl::new(&env.sim).stats().await;
     for (quota, q) in stats["quotas"].as_object().expect("quotas") {
         assert!(q["max_calls_in_1s"].as_u64() <= q["limit"].as_u64(), "{quota} went over: {q}");
