@@ -28,6 +28,7 @@ pub(crate) async fn run(cli: &Cli, args: &CheckArgs) -> CliResult {
     for w in &config.warnings {
         println!("  note: {w}");
     }
+    println!("{}", pooler_mode(&config.postgres));
     if args.offline {
         return Ok(());
     }
@@ -53,7 +54,6 @@ pub(crate) async fn run(cli: &Cli, args: &CheckArgs) -> CliResult {
     }
 
     let pg_url = config.postgres.url.expose_secret();
-    println!("{}", pooler_mode(&config.postgres));
     match crate::audit::connect(&config.postgres, timeout).await {
         Ok(pool) => {
             match crate::audit::pending_migrations(&pool).await {

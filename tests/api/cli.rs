@@ -16,6 +16,20 @@ fn check_accepts_the_example_config_offline() {
     );
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("config: ok"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("postgres mode: direct (postgres.pooler = \"none\")"), "{}", stdout(&out));
+}
+
+#[test]
+fn check_says_offline_what_a_transaction_pooler_without_a_direct_url_costs() {
+    let file = TempFile::with(&example_config().replace("pooler = \"none\"", "pooler = \"transaction\""));
+    let out = bouncer(
+        &["check", "--offline", "--config", file.0.to_str().unwrap()],
+        &[("ZEGO_SERVER_SECRET", "s"), ("TRTC_SECRET_KEY", "k"), ("BOUNCER_POSTGRES__POLL_INTERVAL_MS", "400")],
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("through a transaction pooler"), "{said}");
+    assert!(said.contains("lanes poll for work every 400 ms") && said.contains("migrations are refused"), "{said}");
 }
 
 #[test]
