@@ -36,12 +36,20 @@ pub const POLL_WHILE_LISTENING: Duration = Duration::from_secs(1);
 
 impl Wakers {
     pub fn new(apps: impl IntoIterator<Item = AppKey>, poll_interval: Duration) -> Wakers {
+        metrics::gauge!("bouncer_listen_connected").set(0.0);
         Wakers {
             apps: apps.into_iter().map(|k| (k, Arc::new(Notify::new()))).collect(),
             owners: Arc::default(),
             listening: Arc::default(),
             poll_interval,
         }
+    }
+
+    /// Records whether a LISTEN connection is up (lanes read it; ops see it as
+    /// `bouncer_listen_connected`).
+    fn set_listening(&self, up: bool) {
+        self.listening.store(up, Ordering::Relaxed);
+        metrics::gauge!("bouncer_listen_connected").set(if up { 1.0 } else { 0.0 });
     }
 
     /// What the app's lane waits on.
@@ -101,7 +109,7 @@ impl LaneWake {
 /// reconnecting after errors (PgListener resubscribes by itself).
 pub async fn listen(pool: PgPool, wakers: Arc<Wakers>, me: String, shutdown: CancellationToken) {
     listen_while_up(pool, &wakers, me, shutdown).await;
-    wakers.listening.store(false, Ordering::Relaxed);
+    wakers.set_listening(false);
 }
 
 async fn listen_while_up(pool: PgPool, wakers: &Wakers, me: String, shutdown: CancellationToken) {
@@ -117,7 +125,7 @@ async fn listen_while_up(pool: PgPool, wakers: &Wakers, me: String, shutdown: Ca
             |e: &sqlx::Error, _| tracing::warn!(error = %e, "cannot LISTEN for new work; lanes poll meanwhile");
         let Some(mut listener) = backoff.until_ok(&shutdown, connect, failed).await else { return };
         backoff.reset();
-        wakers.listening.store(true, Ordering::Relaxed);
+        wakers.set_listening(true);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -125,7 +133,7 @@ async fn listen_while_up(pool: PgPool, wakers: &Wakers, me: String, shutdown: Ca
                     Ok(n) if n.channel() == WORK_CHANNEL => wakers.on_work(&me, n.payload()),
                     Ok(_) => wakers.owners.notify_one(),
                     Err(e) => {
-                        wakers.listening.store(false, Ordering::Relaxed);
+                        wakers.set_listening(false);
                         tracing::warn!(error = %e, "LISTEN connection lost; lanes poll until it is back");
                         if !Backoff::sleep(backoff.next_wait(), &shutdown).await {
                             return;

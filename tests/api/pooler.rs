@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Apps, ConsoleProcess, EnvOptions, Route, SimControl, TestEnv, WorkerProcess, create_database, pg_admin_url, stderr,
-    stdout, verdict,
+    Apps, ConsoleProcess, EnvOptions, Route, SimControl, TestEnv, WorkerProcess, create_database, parse_prometheus,
+    pg_admin_url, stderr, stdout, verdict,
 };
 use crate::web::{Browser, csrf_of, user};
 
@@ -107,6 +107,9 @@ async fn mixed_pipeline(route: Route) -> TestEnv {
     publish_the_mixed_workload(&env).await;
     let worker = env.worker(); // migrates: directly, or through postgres.direct_url
     the_mixed_workload_ended_as_it_should(&env, &worker).await;
+    // A LISTEN connection on the session URL: postgres.url directly, postgres.direct_url behind
+    // the pooler.
+    assert_eq!(listen_connected(&worker).await, 1.0);
     env
 }
 
@@ -171,4 +174,16 @@ async fn through_a_transaction_pooler_alone_migrations_are_refused_naming_postgr
     let worker = env.worker();
     the_mixed_workload_ended_as_it_should(&env, &worker).await;
     assert!(worker.log_text().contains("lanes poll for work"), "{}", worker.log_text());
+    assert_eq!(listen_connected(&worker).await, 0.0, "no LISTEN connection without a direct URL");
+}
+
+/// The worker's `bouncer_listen_connected` gauge.
+async fn listen_connected(worker: &WorkerProcess) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", worker.http_addr())).await.unwrap().text().await.unwrap();
+    let samples = parse_prometheus(&text);
+    samples
+        .iter()
+        .find(|(name, ..)| name == "bouncer_listen_connected")
+        .map(|(.., v)| *v)
+        .expect("the gauge is exported")
 }
