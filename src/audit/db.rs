@@ -62,11 +62,6 @@ impl Db {
         Ok(Db { pool, pooler: cfg.pooler })
     }
 
-    /// How statements travel.
-    pub fn pooler(&self) -> Pooler {
-        self.pooler
-    }
-
     /// Runs `work` on one connection: as it is on a direct connection; behind a transaction
     /// pooler inside a transaction of its own, committed if `work` succeeds and rolled back if
     /// it fails. For one statement, or several that need no transaction of their own.
@@ -123,11 +118,6 @@ impl Db {
         (O,): for<'r> FromRow<'r, PgRow>,
     {
         sqlx::query_scalar(sql).persistent(self.statements_named())
-    }
-
-    /// The pool's size now (open connections).
-    pub fn size(&self) -> u32 {
-        self.pool.size()
     }
 
     pub async fn close(&self) {

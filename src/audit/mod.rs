@@ -179,8 +179,11 @@ pub struct MigrateReport {
     pub total: usize,
 }
 
+/// The migrations a database has applied.
+const APPLIED_VERSIONS: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+
 async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(pool).await
+    sqlx::query_scalar(APPLIED_VERSIONS).fetch_all(pool).await
 }
 
 /// How many of the compiled-in migrations this database has not applied yet.
@@ -192,7 +195,7 @@ pub async fn pending_migrations(db: &Db) -> Result<usize, AuditError> {
             if !exists {
                 return Ok(Vec::new());
             }
-            db.query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(c).await
+            db.query_scalar(APPLIED_VERSIONS).fetch_all(c).await
         })
         .await?;
     Ok(MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count())

@@ -286,56 +286,51 @@ pub struct Story {
     pub replays: Vec<ReplayView>,
 }
 
+/// One verdict and everything recorded about it, read on one connection (behind a transaction
+/// pooler: in one transaction, not four).
 pub async fn story(db: &Db, verdict_id: &str) -> Result<Option<Story>, AuditError> {
-    let Some(verdict) = db
+    Ok(db
         .run(async |c| {
-            db.query_as::<VerdictView>(
-                "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
-                        received_at, deliveries, deferrals, replays, finished_at
-                 FROM verdicts WHERE verdict_id = $1",
-            )
-            .bind(verdict_id)
-            .fetch_optional(c)
-            .await
+            let Some(verdict) = db
+                .query_as::<VerdictView>(
+                    "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
+                            received_at, deliveries, deferrals, replays, finished_at
+                     FROM verdicts WHERE verdict_id = $1",
+                )
+                .bind(verdict_id)
+                .fetch_optional(&mut *c)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let kicks = db
+                .query_as(
+                    "SELECT user_id, status, attempts, last_error, vendor_request_id, updated_at
+                     FROM kicks WHERE verdict_id = $1 ORDER BY user_id",
+                )
+                .bind(verdict_id)
+                .fetch_all(&mut *c)
+                .await?;
+            let attempts = db
+                .query_as(
+                    "SELECT id, started_at, action, attempt, user_ids, outcome, http_status, vendor_code,
+                            vendor_message, vendor_request_id, latency_ms, error
+                     FROM kick_attempts WHERE verdict_ids @> ARRAY[$1]::text[] ORDER BY started_at, id",
+                )
+                .bind(verdict_id)
+                .fetch_all(&mut *c)
+                .await?;
+            let replays = db
+                .query_as(
+                    "SELECT requested_at, actor, previous_status, published FROM replays WHERE verdict_id = $1
+                     ORDER BY id",
+                )
+                .bind(verdict_id)
+                .fetch_all(&mut *c)
+                .await?;
+            Ok(Some(Story { verdict, kicks, attempts, replays }))
         })
-        .await?
-    else {
-        return Ok(None);
-    };
-    let kicks = db
-        .run(async |c| {
-            db.query_as(
-                "SELECT user_id, status, attempts, last_error, vendor_request_id, updated_at
-                 FROM kicks WHERE verdict_id = $1 ORDER BY user_id",
-            )
-            .bind(verdict_id)
-            .fetch_all(c)
-            .await
-        })
-        .await?;
-    let attempts = db
-        .run(async |c| {
-            db.query_as(
-                "SELECT id, started_at, action, attempt, user_ids, outcome, http_status, vendor_code, vendor_message,
-                        vendor_request_id, latency_ms, error
-                 FROM kick_attempts WHERE verdict_ids @> ARRAY[$1]::text[] ORDER BY started_at, id",
-            )
-            .bind(verdict_id)
-            .fetch_all(c)
-            .await
-        })
-        .await?;
-    let replays = db
-        .run(async |c| {
-            db.query_as(
-                "SELECT requested_at, actor, previous_status, published FROM replays WHERE verdict_id = $1 ORDER BY id",
-            )
-            .bind(verdict_id)
-            .fetch_all(c)
-            .await
-        })
-        .await?;
-    Ok(Some(Story { verdict, kicks, attempts, replays }))
+        .await?)
 }
 
 /// A verdict chosen for replay.
