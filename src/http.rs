@@ -85,6 +85,14 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("bouncer_inflight_verdicts").set(count as f64);
             metrics::gauge!("bouncer_oldest_pending_verdict_seconds").set(secs);
         }
+        // Bans in force in the whole deployment, by vendor (a vendor with none reads 0).
+        let active = tokio::time::timeout(Duration::from_secs(1), crate::audit::bans::active_by_vendor(&h.pool)).await;
+        if let Ok(Ok(rows)) = active {
+            for vendor in crate::vendors::NAMES {
+                let n = rows.iter().find(|(v, _)| v == vendor).map_or(0, |(_, n)| *n);
+                metrics::gauge!("bouncer_active_bans", "vendor" => vendor).set(n as f64);
+            }
+        }
         metrics::gauge!("bouncer_quota_groups_owned").set(h.ownership.owned_groups.load(Ordering::Relaxed) as f64);
         metrics::gauge!("bouncer_live_workers").set(h.ownership.live_workers.load(Ordering::Relaxed) as f64);
         metrics::gauge!("bouncer_intake_stalled_seconds").set(h.broker.holding_for().as_secs_f64());

@@ -17,8 +17,10 @@
 //! [`intake`] (its topology), [`audit`] (pools, migrations, queries), [`worker`], [`http`],
 //! [`batch`], [`shutdown`] and [`telemetry`]. Everything else is `pub(crate)`.
 
+pub mod api;
 pub(crate) mod app;
 pub mod audit;
+pub mod ban;
 pub mod batch;
 pub(crate) mod call;
 pub mod cli;

@@ -1,5 +1,5 @@
 //! One bounded HTTP server for every listener Bouncer opens (the worker's ops port, the console,
-//! and any public listener to come): connections are served one by one with hyper, because
+//! and the public API): connections are served one by one with hyper, because
 //! `axum::serve` bounds nothing. Each listener states its [`Limits`]; the limits and their whys
 //! live here, once.
 //!
@@ -63,6 +63,17 @@ pub const CONSOLE: Limits = Limits {
     connection_lifetime: Duration::from_secs(120),
     max_request_head_bytes: 64 * 1024,
     name: "console",
+};
+
+/// The public API (`[api]`): token servers ask before every ticket they issue, from pools of
+/// keep-alive connections (several replicas of several apps); requests are small (a check names
+/// at most 100 users) and answered in milliseconds.
+pub const API: Limits = Limits {
+    max_connections: 1024,
+    header_read_timeout: Duration::from_secs(5),
+    connection_lifetime: Duration::from_secs(300),
+    max_request_head_bytes: 16 * 1024,
+    name: "api",
 };
 
 /// What a connection is doing, as eviction reads it.

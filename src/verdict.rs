@@ -8,6 +8,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+pub use crate::ban::{Ban, BanScope, MAX_BAN_SECONDS};
+
 /// Largest accepted message body. Larger bodies are rejected before any parsing.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// `verdict_id`, `user_ids[]` and string `room_id` values are at most this many bytes.
@@ -25,7 +27,7 @@ pub const MAX_TRTC_NUMERIC_ROOM: u64 = 4_294_967_294;
 pub const EARLIEST_DETECTION: &str = "1970-01-01T00:00:00Z";
 pub const LATEST_DETECTION: &str = "9999-12-31T23:59:59Z";
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "verdict_id",
     "vendor",
     "app_id",
@@ -35,6 +37,7 @@ const FIELDS: [&str; 10] = [
     "source",
     "detected_at",
     "evidence",
+    "ban",
     // Optional version marker so a publisher can say which contract it speaks.
     "contract_version",
 ];
@@ -91,6 +94,8 @@ pub struct Verdict {
     pub source: Option<String>,
     pub detected_at: Option<DateTime<Utc>>,
     pub evidence: Option<Map<String, Value>>,
+    /// Keep the users out for a time after the kick; `None`: kick only.
+    pub ban: Option<Ban>,
 }
 
 /// Why a message broke the contract: the field (when one is to blame) and the rule.
@@ -122,7 +127,7 @@ pub enum Rule {
     /// A string (or an object key) anywhere in the body holds U+0000, which PostgreSQL's text and
     /// jsonb cannot store.
     NulCharacter,
-    /// A `verdict_id` already names another verdict (vendor, app, room or users differ): the
+    /// A `verdict_id` already names another verdict (vendor, app, room, users or ban differ): the
     /// id is the idempotency key, so the new message is kept as rejected rather than dropped as a
     /// duplicate or enforced under another verdict's name.
     VerdictIdReused,
@@ -254,18 +259,23 @@ impl Verdict {
             Some(Value::Object(m)) => Some(m),
             Some(other) => return Err(wrong_type("evidence", "a JSON object", &other)),
         };
+        let ban = optional("ban").map(|v| parse_ban(&v)).transpose()?;
 
-        Ok(Verdict { verdict_id, vendor, app_id, room_id, user_ids, reason, source, detected_at, evidence })
+        Ok(Verdict { verdict_id, vendor, app_id, room_id, user_ids, reason, source, detected_at, evidence, ban })
     }
 
-    /// Whether `other` asks for the same enforcement: vendor, app, room and set of users (reason,
-    /// source and evidence are descriptions, not identity).
+    /// Whether `other` asks for the same enforcement: vendor, app, room, set of users and ban
+    /// (reason, source and evidence are descriptions, not identity).
     pub fn same_enforcement(&self, other: &Verdict) -> bool {
         let mut a: Vec<&String> = self.user_ids.iter().collect();
         let mut b: Vec<&String> = other.user_ids.iter().collect();
         a.sort_unstable();
         b.sort_unstable();
-        self.vendor == other.vendor && self.app_id == other.app_id && self.room_id == other.room_id && a == b
+        self.vendor == other.vendor
+            && self.app_id == other.app_id
+            && self.room_id == other.room_id
+            && a == b
+            && self.ban == other.ban
     }
 
     /// The verdict as a contract-v1 message body (used by `kick` and `replay` to publish).
@@ -287,6 +297,10 @@ impl Verdict {
         }
         if let Some(e) = &self.evidence {
             m.insert("evidence".into(), Value::Object(e.clone()));
+        }
+        if let Some(b) = &self.ban {
+            let ban = serde_json::json!({"seconds": b.seconds, "scope": b.scope.as_str()});
+            m.insert("ban".into(), ban);
         }
         Value::Object(m)
     }
@@ -329,6 +343,34 @@ fn parse_room_id(vendor: Vendor, v: &Value) -> Result<RoomId, ContractError> {
         },
         other => Err(wrong_type("room_id", "a string or an integer", other)),
     }
+}
+
+/// `ban`: an object with `seconds` (required) and `scope` (default `room`), nothing else.
+fn parse_ban(v: &Value) -> Result<Ban, ContractError> {
+    let Value::Object(obj) = v else {
+        return Err(wrong_type("ban", "an object like {\"seconds\": 3600, \"scope\": \"room\"}", v));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !["seconds", "scope"].contains(&k.as_str())) {
+        return Err(err(&format!("ban.{unknown}"), Rule::UnknownField, "is not part of a ban (seconds, scope)"));
+    }
+    let seconds = match obj.get("seconds") {
+        None | Some(Value::Null) => return Err(err("ban.seconds", Rule::Missing, "is required in a ban")),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=MAX_BAN_SECONDS).contains(n))
+            .ok_or_else(|| {
+                err("ban.seconds", Rule::OutOfRange, format!("must be in 1..={MAX_BAN_SECONDS} (one year), got {n}"))
+            })?,
+        Some(other) => return Err(wrong_type("ban.seconds", "an integer number of seconds", other)),
+    };
+    let scope = match obj.get("scope") {
+        None | Some(Value::Null) => BanScope::Room,
+        Some(Value::String(s)) => BanScope::parse(s)
+            .ok_or_else(|| err("ban.scope", Rule::BadValue, format!("must be \"room\" or \"app\", got {s:?}")))?,
+        Some(other) => return Err(wrong_type("ban.scope", "a string (\"room\" or \"app\")", other)),
+    };
+    Ok(Ban { seconds, scope })
 }
 
 fn parse_user_ids(v: &Value) -> Result<Vec<String>, ContractError> {

@@ -62,6 +62,17 @@ impl Db {
         Ok(Db { pool, pooler: cfg.pooler })
     }
 
+    /// A pool of up to `size` connections to `postgres.url` that connects on first use (a
+    /// listener serves, answering 503, while PostgreSQL is away); a statement waits at most
+    /// `acquire_timeout` for a connection.
+    pub fn connect_lazy(cfg: &PostgresConfig, size: u32, acquire_timeout: Duration) -> Result<Db, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options(&cfg.url, cfg.pooler)?);
+        Ok(Db { pool, pooler: cfg.pooler })
+    }
+
     /// Runs `work` on one connection: as it is on a direct connection; behind a transaction
     /// pooler inside a transaction of its own, committed if `work` succeeds and rolled back if
     /// it fails. For one statement, or several that need no transaction of their own.

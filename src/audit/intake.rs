@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use super::{AuditError, Db, REJECTED_PAYLOAD_CAP, results};
+use super::{AuditError, Db, REJECTED_PAYLOAD_CAP, bans, results};
 use crate::keys::{WORK_CHANNEL, WakeNote};
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
@@ -47,6 +47,8 @@ struct VerdictRow<'a> {
     evidence: Option<&'a serde_json::Map<String, serde_json::Value>>,
     payload: &'a RawValue,
     deliveries: i32,
+    ban_seconds: Option<i64>,
+    ban_scope: Option<&'a str>,
 }
 
 /// Where a verdict stands after intake.
@@ -89,6 +91,13 @@ pub async fn record(
     let mut result = HashMap::new();
     if !verdicts.is_empty() {
         let upserted = upsert_verdicts(db, &mut tx, verdicts).await?;
+        // A ban holds from the moment its verdict is recorded, before any kick is sent (also for
+        // a verdict of an app nobody here serves: the check answers from PostgreSQL alone).
+        let by_id: HashMap<&str, &Verdict> =
+            verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n.verdict)).collect();
+        let first_seen: Vec<&Verdict> =
+            upserted.iter().filter(|u| u.3).filter_map(|u| by_id.get(u.0.as_str()).copied()).collect();
+        bans::impose(db, &mut tx, &first_seen).await?;
         let resumed = insert_kicks(db, &mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
         // path, or it was just failed as unconfigured) is closed here.
@@ -153,6 +162,8 @@ async fn upsert_verdicts(
                 evidence: v.evidence.as_ref(),
                 payload: n.payload,
                 deliveries: n.deliveries,
+                ban_seconds: v.ban.map(|b| i64::from(b.seconds)),
+                ban_scope: v.ban.map(|b| b.scope.as_str()),
             }
         })
         .collect();
@@ -160,23 +171,25 @@ async fn upsert_verdicts(
     Ok(db
         .query_as(
             "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
-                                        source, detected_at, evidence, payload, deliveries)
+                                        source, detected_at, evidence, payload, deliveries, ban_seconds, ban_scope)
              SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
-                    evidence, payload, deliveries
+                    evidence, payload, deliveries, ban_seconds, ban_scope
              FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
                   room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
-                  evidence jsonb, payload jsonb, deliveries integer)
+                  evidence jsonb, payload jsonb, deliveries integer, ban_seconds integer, ban_scope text)
              -- Verdict rows are locked in verdict_id order everywhere (see reopen_for_replay).
              ORDER BY verdict_id
              ON CONFLICT (verdict_id) DO UPDATE
                 SET deliveries = v.deliveries + EXCLUDED.deliveries,
                     last_delivery_at = now()
                 -- Only the same enforcement counts as a delivery of it: a row whose vendor, app,
-                -- room or set of users differs is left alone and not returned (the caller keeps
-                -- that message as rejected, rule verdict_id_reused).
+                -- room, set of users or ban differs is left alone and not returned (the caller
+                -- keeps that message as rejected, rule verdict_id_reused).
                 WHERE v.vendor = EXCLUDED.vendor AND v.app_id = EXCLUDED.app_id
                   AND v.room_id = EXCLUDED.room_id AND v.room_id_numeric = EXCLUDED.room_id_numeric
                   AND v.user_ids @> EXCLUDED.user_ids AND v.user_ids <@ EXCLUDED.user_ids
+                  AND v.ban_seconds IS NOT DISTINCT FROM EXCLUDED.ban_seconds
+                  AND v.ban_scope IS NOT DISTINCT FROM EXCLUDED.ban_scope
              RETURNING verdict_id, status, deliveries, (xmax = 0) AS inserted",
         )
         .bind(&doc)

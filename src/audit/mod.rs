@@ -7,6 +7,7 @@
 //! - [`query`]: reading the trail for ops, and replays;
 //! - [`Db`]: how statements travel, directly or through a transaction pooler.
 
+pub mod bans;
 pub mod console;
 pub(crate) mod intake;
 pub mod leases;

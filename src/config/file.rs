@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub web: FileWeb,
     #[serde(default)]
+    pub api: FileApi,
+    #[serde(default)]
     pub zego: Vec<FileZego>,
     #[serde(default)]
     pub trtc: Vec<FileTrtc>,

@@ -22,12 +22,15 @@ use serde::Deserialize;
 
 use crate::vendors::{self, Action};
 
+mod api;
 mod env;
 pub mod file;
 mod secret;
 mod validate;
 mod web;
 
+use api::validate_api;
+pub use api::{ApiConfig, ApiToken, FileApi, FileApiToken};
 use env::apply_env_overrides;
 use file::*;
 pub use file::{FileConfig, FileTrtc, FileZego};
@@ -109,6 +112,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[web]`: read by `bouncer web` only.
     pub web: WebConfig,
+    /// `[api]`: the public API `bouncer run` serves.
+    pub api: ApiConfig,
     pub zego: Vec<ZegoApp>,
     pub trtc: Vec<TrtcApp>,
 }

@@ -294,3 +294,25 @@ fn a_bad_pooler_value_or_poll_interval_is_refused_by_key_and_a_useless_direct_ur
     assert!(c.warnings.iter().any(|w| w.key == "postgres.direct_url"), "{:?}", c.warnings);
     assert!(c.postgres.session_url().is_some_and(|u| u.expose_secret() == c.postgres.url.expose_secret()));
 }
+
+#[test]
+fn the_api_is_off_by_default_and_on_only_with_tokens_of_its_callers() {
+    let c = Config::from_toml("").unwrap();
+    assert!(c.api.listen.is_none() && c.api.tokens.is_empty());
+    assert_eq!(keys("[api]\nlisten = \"127.0.0.1:9192\"\n"), vec!["api.tokens"]);
+    let token = "t0123456789abcdef";
+    let ok = format!("[api]\nlisten = \"127.0.0.1:9192\"\n[[api.tokens]]\nname = \"ts\"\ntoken = \"{token}\"\n");
+    let c = Config::from_toml(&ok).unwrap();
+    assert_eq!((c.api.tokens[0].name.as_str(), c.api.max_connections), ("ts", 8));
+    assert!(!format!("{c:?}").contains(token), "the token stays secret");
+    let short = "[api]\nlisten = \"127.0.0.1:9192\"\n[[api.tokens]]\nname = \"ts\"\ntoken = \"short\"\n";
+    assert_eq!(keys(short), vec!["api.tokens[0].token"]);
+    let twice = format!(
+        "[api]\nlisten = \"127.0.0.1:9192\"\n[[api.tokens]]\nname = \"ts\"\ntoken = \"{token}\"\n[[api.tokens]]\nname = \"ts\"\ntoken = \"{token}x\"\n"
+    );
+    assert_eq!(keys(&twice), vec!["api.tokens[1].name"]);
+    let bad = "[api]\nlisten = \"nowhere\"\nmax_connections = 0\n";
+    assert_eq!(keys(bad), vec!["api.listen", "api.max_connections"]);
+    let env_missing = "[api]\n[[api.tokens]]\nname = \"ts\"\ntoken_env = \"NOT_SET_ANYWHERE_42\"\n";
+    assert_eq!(keys(env_missing), vec!["api.tokens[0].token_env"]);
+}

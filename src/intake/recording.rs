@@ -312,8 +312,9 @@ fn reused_id() -> ContractError {
     ContractError {
         field: Some("verdict_id".into()),
         rule: Rule::VerdictIdReused,
-        message: "already names a different verdict (vendor, app, room or users differ); this one was not enforced"
-            .into(),
+        message:
+            "already names a different verdict (vendor, app, room, users or ban differ); this one was not enforced"
+                .into(),
     }
 }
 

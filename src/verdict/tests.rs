@@ -265,6 +265,41 @@ fn a_null_contract_version_means_absent() {
     rejects(with("contract_version", json!("1")), Some("contract_version"), Rule::BadValue);
 }
 
+#[test]
+fn a_ban_keeps_its_seconds_and_defaults_to_the_room() {
+    let v = parse(&with("ban", json!({"seconds": 60}))).unwrap();
+    assert_eq!(v.ban, Some(Ban { seconds: 60, scope: BanScope::Room }));
+    let v = parse(&with("ban", json!({"seconds": MAX_BAN_SECONDS, "scope": "app"}))).unwrap();
+    assert_eq!(v.ban, Some(Ban { seconds: MAX_BAN_SECONDS, scope: BanScope::App }));
+    assert_eq!(parse(&with("ban", Value::Null)).unwrap().ban, None, "null means absent");
+    assert_eq!(
+        parse(&with("ban", json!({"seconds": 5, "scope": null}))).unwrap().ban.map(|b| b.scope),
+        Some(BanScope::Room)
+    );
+}
+
+#[test]
+fn a_ban_names_its_broken_part() {
+    rejects(with("ban", json!(60)), Some("ban"), Rule::WrongType);
+    rejects(with("ban", json!({})), Some("ban.seconds"), Rule::Missing);
+    rejects(with("ban", json!({"seconds": 0})), Some("ban.seconds"), Rule::OutOfRange);
+    rejects(with("ban", json!({"seconds": MAX_BAN_SECONDS + 1})), Some("ban.seconds"), Rule::OutOfRange);
+    rejects(with("ban", json!({"seconds": -1})), Some("ban.seconds"), Rule::OutOfRange);
+    rejects(with("ban", json!({"seconds": 1.5})), Some("ban.seconds"), Rule::WrongType);
+    rejects(with("ban", json!({"seconds": "60"})), Some("ban.seconds"), Rule::WrongType);
+    rejects(with("ban", json!({"seconds": 60, "scope": "world"})), Some("ban.scope"), Rule::BadValue);
+    rejects(with("ban", json!({"seconds": 60, "scope": 1})), Some("ban.scope"), Rule::WrongType);
+    rejects(with("ban", json!({"seconds": 60, "until": "x"})), Some("ban.until"), Rule::UnknownField);
+}
+
+#[test]
+fn the_same_id_with_another_ban_is_another_enforcement() {
+    let plain = parse(&good()).unwrap();
+    let banned = parse(&with("ban", json!({"seconds": 60}))).unwrap();
+    assert!(!plain.same_enforcement(&banned));
+    assert!(banned.same_enforcement(&banned.clone()));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -289,8 +324,9 @@ mod properties {
             proptest::option::of(text(50)),
             proptest::option::of(0i64..253_402_300_799),
             proptest::option::of(proptest::collection::btree_map(text(20), text(20), 0..4)),
+            proptest::option::of((1u32..=MAX_BAN_SECONDS, any::<bool>())),
         )
-            .prop_map(|(verdict_id, zego, app_id, room_id, users, reason, source, secs, evidence)| {
+            .prop_map(|(verdict_id, zego, app_id, room_id, users, reason, source, secs, evidence, ban)| {
                 let vendor = if zego { Vendor::Zego } else { Vendor::Trtc };
                 // ZEGO rooms are strings: a numeric one is its digits.
                 let room_id = match (vendor, room_id) {
@@ -313,6 +349,8 @@ mod properties {
                     source,
                     detected_at: secs.and_then(|s| DateTime::from_timestamp(s, 0)),
                     evidence: evidence.map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
+                    ban: ban
+                        .map(|(seconds, app)| Ban { seconds, scope: if app { BanScope::App } else { BanScope::Room } }),
                 }
             })
     }

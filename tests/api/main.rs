@@ -2,6 +2,7 @@
 //! and cleans up after itself, so all of them can run in parallel.
 
 mod attacks;
+mod bans;
 mod browser;
 mod cli;
 mod contract;

@@ -2,6 +2,7 @@
 //! restarted. They run one at a time (a lock, below) and touch only their own resources: the
 //! worker's own connections (by name) and a private PostgreSQL cluster.
 
+mod api;
 mod pacing;
 mod private_pg;
 mod replicas;

@@ -9,6 +9,7 @@
 //! - [`stack`]: [`TestEnv`], a whole pipeline for one test.
 //! - [`metrics`], [`wire`]: reading Prometheus text; a cuttable proxy and a raw AMQP publisher.
 
+pub mod api;
 pub mod apps;
 pub mod metrics;
 pub mod process;
@@ -17,6 +18,7 @@ pub mod sim;
 pub mod stack;
 pub mod wire;
 
+pub use api::*;
 pub use apps::*;
 pub use metrics::*;
 pub use process::*;

@@ -127,16 +127,26 @@ impl Drop for WorkerProcess {
 impl WorkerProcess {
     /// The worker's HTTP address, read from its log once it is serving.
     pub fn http_addr(&self) -> String {
+        self.logged_addr("serving /metrics")
+    }
+
+    /// The worker's public API address (`[api].listen`), read from its log once it is serving.
+    pub fn api_addr(&self) -> String {
+        self.logged_addr("serving the public API")
+    }
+
+    /// The `addr` of the first log line whose message starts with `message`.
+    fn logged_addr(&self, message: &str) -> String {
         let started = Instant::now();
         loop {
             for line in self.log_text().lines() {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                    && v["message"].as_str().is_some_and(|m| m.starts_with("serving /metrics"))
+                    && v["message"].as_str().is_some_and(|m| m.starts_with(message))
                 {
                     return v["addr"].as_str().expect("addr field").to_owned();
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "worker never served HTTP");
+            assert!(started.elapsed() < Duration::from_secs(20), "the worker never logged {message:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }

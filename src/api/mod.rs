@@ -1,0 +1,173 @@
+//! The public API on `[api].listen`, served by `bouncer run` on every replica, stateless over
+//! PostgreSQL: token servers ask whether a user is banned before issuing an entry ticket, and
+//! callers with a token list and lift bans. One route table (below), one error type
+//! ([`error::ApiError`]), bearer tokens from `[[api.tokens]]` compared in constant time.
+//! Described by `deploy/api.openapi.json`, served at `/v1/openapi.json` without a token.
+
+mod bans;
+mod error;
+mod params;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditError, Db};
+use crate::config::{ApiConfig, PostgresConfig};
+use error::ApiError;
+
+/// The OpenAPI 3.1 document of this listener.
+pub const OPENAPI: &str = include_str!("../../deploy/api.openapi.json");
+
+/// Largest request body: a check of 100 users of 128 bytes each is about 14 KiB.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    db: Db,
+    /// SHA-256 of each configured token, with its name. Hashing first makes every comparison
+    /// the same length, so its time says nothing about the token's length.
+    tokens: Arc<Vec<(String, [u8; 32])>>,
+    /// How long a request may wait for PostgreSQL before it is answered 503.
+    database_timeout: Duration,
+}
+
+/// The name of the token a request came with (`[[api.tokens]] name`): the actor of a lift.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller(pub(crate) String);
+
+impl ApiState {
+    /// `work` within the database budget; any failure to answer is a 503 (logged here, never
+    /// shown to the caller).
+    async fn within<T>(&self, work: impl Future<Output = Result<T, AuditError>>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.database_timeout, work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
+                tracing::warn!(error = %e, "API: PostgreSQL did not answer; 503");
+                Err(ApiError::unavailable())
+            }
+            Err(_) => {
+                metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
+                tracing::warn!(timeout_ms = self.database_timeout.as_millis() as u64, "API: PostgreSQL too slow; 503");
+                Err(ApiError::unavailable())
+            }
+        }
+    }
+
+    /// The configured token `presented` is, by name: every token is compared, in constant time.
+    fn caller(&self, presented: &[u8]) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for (name, known) in self.tokens.iter() {
+            if bool::from(known.ct_eq(&digest)) {
+                found = Some(Caller(name.clone()));
+            }
+        }
+        found
+    }
+}
+
+/// The route table.
+fn routes(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/v1/bans/check", get(bans::check_one).post(bans::check_many))
+        .route("/v1/bans", get(bans::list))
+        .route("/v1/bans/lift", post(bans::lift))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Refuses a request without one of `[[api.tokens]]` (401; nothing of what was sent is logged).
+async fn authenticate(State(s): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().as_bytes().to_vec());
+    match presented.and_then(|t| s.caller(&t)) {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
+            metrics::counter!("bouncer_api_unauthorized_total").increment(1);
+            ApiError::unauthorized().into_response()
+        }
+    }
+}
+
+/// Counts and times every request by route and status; a body over the limit becomes a JSON 413.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+        && response.headers().get(header::CONTENT_TYPE).is_none_or(|c| c != "application/json")
+    {
+        response = ApiError::too_large(MAX_BODY_BYTES).into_response();
+    }
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("bouncer_api_requests_total", "route" => route, "status" => status).increment(1);
+    metrics::histogram!("bouncer_api_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A route's metric label: the table's paths are few and fixed.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/bans/check" => "/v1/bans/check",
+        "/v1/bans" => "/v1/bans",
+        "/v1/bans/lift" => "/v1/bans/lift",
+        "/v1/openapi.json" => "/v1/openapi.json",
+        _ => "other",
+    }
+}
+
+/// Binds `[api].listen` (if set) and serves until `shutdown`. Returns the bound address. The
+/// listener's pool connects on first use, so the API answers 503 — not a refused connection —
+/// while PostgreSQL is away.
+pub async fn serve(
+    api: &ApiConfig,
+    postgres: &PostgresConfig,
+    shutdown: CancellationToken,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(listen) = api.listen else { return Ok(None) };
+    let db = Db::connect_lazy(postgres, api.max_connections, api.database_timeout)
+        .map_err(|e| format!("api: PostgreSQL connection settings: {e}"))?;
+    let tokens = api
+        .tokens
+        .iter()
+        .map(|t| (t.name.clone(), Sha256::digest(t.token.expose_secret().as_bytes()).into()))
+        .collect();
+    let state = ApiState { db, tokens: Arc::new(tokens), database_timeout: api.database_timeout };
+    let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
+    tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));
+    Ok(Some(addr))
+}

@@ -1,0 +1,345 @@
+//! The `bans` table: bans imposed by verdicts (inside intake's transaction), the check token
+//! servers ask, the list ops read, and lifting.
+//!
+//! A ban is *active* while it is open (`ended_at IS NULL`) and `expires_at` is ahead; an open row
+//! whose time has run is *expired* and is closed (`ended_at = expires_at`) when a new ban for the
+//! same user and place arrives, which then starts a row of its own. A new ban for a place with an
+//! active one extends it to the later end instead.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::{AuditError, Db};
+use crate::ban::{BanScope, BanState};
+use crate::vendors::Vendor;
+use crate::verdict::{RoomId, Verdict};
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// A room as a token server or an operator names it. TRTC's numeric room 1234 and string room
+/// "1234" are different rooms; `numeric: None` means either (a TRTC room of digits asked about
+/// without saying which: the safe reading counts a ban in either).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRef {
+    pub text: String,
+    pub numeric: Option<bool>,
+}
+
+impl From<&RoomId> for RoomRef {
+    fn from(r: &RoomId) -> RoomRef {
+        RoomRef { text: r.to_string(), numeric: Some(r.is_numeric()) }
+    }
+}
+
+/// The place and user a ban row is unique for while open; sorted, it is the order rows are
+/// locked in by every writer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BanKey {
+    vendor: Vendor,
+    app_id: i64,
+    user_id: String,
+    scope: BanScope,
+    /// `None` for scope `app`.
+    room: Option<(String, bool)>,
+}
+
+/// What the verdicts of one batch impose on one key.
+struct Imposed<'a> {
+    seconds: u32,
+    /// The verdict whose ban ends last, and its reason.
+    verdict_id: &'a str,
+    reason: Option<&'a str>,
+    verdict_ids: Vec<&'a str>,
+}
+
+/// Records the bans of verdicts recorded for the first time in this transaction: each starts
+/// now, before any kick. Several verdicts of one batch banning the same user in the same place
+/// make one row (the longest wins, every verdict is listed).
+pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Result<(), AuditError> {
+    let mut by_key: BTreeMap<BanKey, Imposed<'_>> = BTreeMap::new();
+    for v in verdicts {
+        let Some(ban) = v.ban else { continue };
+        let room = match ban.scope {
+            BanScope::Room => Some((v.room_id.to_string(), v.room_id.is_numeric())),
+            BanScope::App => None,
+        };
+        for user in &v.user_ids {
+            let key = BanKey {
+                vendor: v.vendor,
+                app_id: i64::from(v.app_id),
+                user_id: user.clone(),
+                scope: ban.scope,
+                room: room.clone(),
+            };
+            let entry = by_key.entry(key).or_insert_with(|| Imposed {
+                seconds: 0,
+                verdict_id: &v.verdict_id,
+                reason: v.reason.as_deref(),
+                verdict_ids: Vec::new(),
+            });
+            if ban.seconds > entry.seconds {
+                (entry.seconds, entry.verdict_id, entry.reason) = (ban.seconds, &v.verdict_id, v.reason.as_deref());
+            }
+            entry.verdict_ids.push(&v.verdict_id);
+        }
+    }
+    if by_key.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&BanKey> = by_key.keys().collect();
+    let vendors: Vec<&str> = keys.iter().map(|k| k.vendor.as_str()).collect();
+    let apps: Vec<i64> = keys.iter().map(|k| k.app_id).collect();
+    let users: Vec<&str> = keys.iter().map(|k| k.user_id.as_str()).collect();
+    let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+    let rooms: Vec<Option<&str>> = keys.iter().map(|k| k.room.as_ref().map(|r| r.0.as_str())).collect();
+    let numerics: Vec<Option<bool>> = keys.iter().map(|k| k.room.as_ref().map(|r| r.1)).collect();
+    // Open rows whose time has run end where it ran out; the new ban starts a row of its own.
+    db.query(
+        "UPDATE bans SET ended_at = expires_at WHERE id IN (
+             SELECT b.id FROM bans b
+             JOIN UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bool[])
+                  AS x(vendor, app_id, user_id, scope, room_id, room_id_numeric)
+               ON b.vendor = x.vendor AND b.app_id = x.app_id AND b.user_id = x.user_id AND b.scope = x.scope
+              AND coalesce(b.room_id, '') = coalesce(x.room_id, '')
+              AND coalesce(b.room_id_numeric, false) = coalesce(x.room_id_numeric, false)
+             WHERE b.ended_at IS NULL AND b.expires_at <= now()
+             ORDER BY b.vendor, b.app_id, b.user_id, b.scope, b.room_id, b.room_id_numeric
+             FOR UPDATE OF b)",
+    )
+    .bind(&vendors)
+    .bind(&apps)
+    .bind(&users)
+    .bind(&scopes)
+    .bind(&rooms)
+    .bind(&numerics)
+    .execute(&mut **tx)
+    .await?;
+    let imposed: Vec<&Imposed<'_>> = by_key.values().collect();
+    let seconds: Vec<i32> = imposed.iter().map(|i| i.seconds as i32).collect();
+    let verdict_ids: Vec<&str> = imposed.iter().map(|i| i.verdict_id).collect();
+    let reasons: Vec<Option<&str>> = imposed.iter().map(|i| i.reason).collect();
+    // text[][] must be rectangular: every key's verdicts travel as one comma-free JSON array.
+    let all_ids: Vec<String> =
+        imposed.iter().map(|i| serde_json::to_string(&i.verdict_ids).unwrap_or_else(|_| "[]".into())).collect();
+    db.query(
+        "INSERT INTO bans AS b (vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id, verdict_ids,
+                               reason, expires_at)
+         SELECT vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id,
+                ARRAY(SELECT jsonb_array_elements_text(all_ids::jsonb)), reason,
+                now() + make_interval(secs => seconds)
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::int[],
+                     $8::text[], $9::text[], $10::text[])
+              AS x(vendor, app_id, user_id, scope, room_id, room_id_numeric, seconds, verdict_id, reason, all_ids)
+         -- Rows locked in key order by every batch (the input is sorted by key).
+         ORDER BY vendor, app_id, user_id, scope, room_id, room_id_numeric
+         ON CONFLICT (vendor, app_id, user_id, scope, (coalesce(room_id, '')), (coalesce(room_id_numeric, false)))
+            WHERE ended_at IS NULL
+         DO UPDATE SET
+            verdict_id = CASE WHEN EXCLUDED.expires_at > b.expires_at THEN EXCLUDED.verdict_id ELSE b.verdict_id END,
+            reason = CASE WHEN EXCLUDED.expires_at > b.expires_at THEN EXCLUDED.reason ELSE b.reason END,
+            expires_at = greatest(b.expires_at, EXCLUDED.expires_at),
+            -- The last 100: a pipeline that bans one user again and again must not grow a row forever.
+            verdict_ids = (b.verdict_ids || EXCLUDED.verdict_ids)
+                [greatest(1, cardinality(b.verdict_ids) + cardinality(EXCLUDED.verdict_ids) - 99):],
+            updated_at = now()",
+    )
+    .bind(&vendors)
+    .bind(&apps)
+    .bind(&users)
+    .bind(&scopes)
+    .bind(&rooms)
+    .bind(&numerics)
+    .bind(&seconds)
+    .bind(&verdict_ids)
+    .bind(&reasons)
+    .bind(&all_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A ban as ops and token servers read it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct BanRow {
+    pub id: i64,
+    pub vendor: String,
+    pub app_id: i64,
+    pub user_id: String,
+    pub scope: String,
+    pub room_id: Option<String>,
+    pub room_id_numeric: Option<bool>,
+    /// `active`, `expired` or `lifted`, as of the query.
+    pub state: String,
+    pub verdict_id: String,
+    pub verdict_ids: Vec<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub lifted_by: Option<String>,
+    pub lift_reason: Option<String>,
+    pub rule_state: String,
+    pub rule_expires_at: Option<DateTime<Utc>>,
+    pub rule_error: Option<String>,
+}
+
+const BAN_COLUMNS: &str = "id, vendor, app_id, user_id, scope, room_id, room_id_numeric,
+    CASE WHEN lifted_at IS NOT NULL THEN 'lifted'
+         WHEN ended_at IS NULL AND expires_at > now() THEN 'active' ELSE 'expired' END AS state,
+    verdict_id, verdict_ids, reason, created_at, expires_at, ended_at, lifted_at, lifted_by, lift_reason,
+    rule_state, rule_expires_at, rule_error";
+
+/// The ban that keeps a user out, for the check.
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
+pub struct ActiveBan {
+    pub user_id: String,
+    pub id: i64,
+    pub scope: String,
+    pub room_id: Option<String>,
+    pub room_id_numeric: Option<bool>,
+    pub expires_at: DateTime<Utc>,
+    pub verdict_id: String,
+    pub reason: Option<String>,
+}
+
+/// Which of `users` are banned in `room` (or, without one, from the whole app): for each, the
+/// active ban that ends last (an app ban and a room ban may both hold).
+pub async fn check(
+    db: &Db,
+    vendor: Vendor,
+    app_id: u32,
+    users: &[String],
+    room: Option<&RoomRef>,
+) -> Result<Vec<ActiveBan>, AuditError> {
+    let (room_text, room_numeric) = match room {
+        Some(r) => (Some(r.text.as_str()), r.numeric),
+        None => (None, None),
+    };
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT DISTINCT ON (user_id) user_id, id, scope, room_id, room_id_numeric, expires_at, verdict_id, reason
+                 FROM bans
+                 WHERE vendor = $1 AND app_id = $2 AND user_id = ANY($3) AND ended_at IS NULL AND expires_at > now()
+                   AND (scope = 'app'
+                        OR ($4::text IS NOT NULL AND room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))
+                 ORDER BY user_id, expires_at DESC",
+            )
+            .bind(vendor.as_str())
+            .bind(i64::from(app_id))
+            .bind(users)
+            .bind(room_text)
+            .bind(room_numeric)
+            .fetch_all(c)
+            .await
+        })
+        .await?)
+}
+
+/// What ops list bans by. Every field narrows; `None` means any.
+#[derive(Clone, Debug, Default)]
+pub struct BanFilter {
+    pub vendor: Option<Vendor>,
+    pub app_id: Option<u32>,
+    pub user_id: Option<String>,
+    pub room: Option<RoomRef>,
+    pub state: Option<BanState>,
+    /// Keyset: only bans with a smaller id (newest first).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// Bans matching `f`, newest first.
+pub async fn list(db: &Db, f: &BanFilter) -> Result<Vec<BanRow>, AuditError> {
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {BAN_COLUMNS} FROM bans WHERE true"));
+    if let Some(v) = f.vendor {
+        qb.push(" AND vendor = ").push_bind(v.as_str());
+    }
+    if let Some(a) = f.app_id {
+        qb.push(" AND app_id = ").push_bind(i64::from(a));
+    }
+    if let Some(u) = &f.user_id {
+        qb.push(" AND user_id = ").push_bind(u.clone());
+    }
+    if let Some(r) = &f.room {
+        qb.push(" AND room_id = ").push_bind(r.text.clone());
+        if let Some(n) = r.numeric {
+            qb.push(" AND room_id_numeric = ").push_bind(n);
+        }
+    }
+    match f.state {
+        None => {}
+        Some(BanState::Active) => {
+            qb.push(" AND ended_at IS NULL AND expires_at > now()");
+        }
+        Some(BanState::Lifted) => {
+            qb.push(" AND lifted_at IS NOT NULL");
+        }
+        Some(BanState::Expired) => {
+            qb.push(" AND lifted_at IS NULL AND (ended_at IS NOT NULL OR expires_at <= now())");
+        }
+    }
+    if let Some(id) = f.before_id {
+        qb.push(" AND id < ").push_bind(id);
+    }
+    qb.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
+}
+
+/// Who lifts a ban, and why.
+pub struct Lift<'a> {
+    pub vendor: Vendor,
+    pub app_id: u32,
+    pub user_id: &'a str,
+    /// `Some`: that room's ban only; `None`: every active ban of the user in the app (app scope
+    /// and every room), which is what "let this user back in" means.
+    pub room: Option<&'a RoomRef>,
+    pub actor: &'a str,
+    pub reason: &'a str,
+}
+
+/// Ends the matching active bans now and returns them as they stand after.
+pub async fn lift(db: &Db, l: &Lift<'_>) -> Result<Vec<BanRow>, AuditError> {
+    let (room_text, room_numeric) = match l.room {
+        Some(r) => (Some(r.text.as_str()), r.numeric),
+        None => (None, None),
+    };
+    let sql = format!(
+        "UPDATE bans SET ended_at = now(), lifted_at = now(), lifted_by = $6, lift_reason = $7, updated_at = now(),
+                rule_state = CASE WHEN rule_state IN ('pending', 'in_force', 'rearm_due') THEN 'delete_due'
+                                  ELSE rule_state END
+         WHERE vendor = $1 AND app_id = $2 AND user_id = $3 AND ended_at IS NULL AND expires_at > now()
+           AND ($4::text IS NULL OR (room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))
+         RETURNING {BAN_COLUMNS}"
+    );
+    Ok(db
+        .run(async |c| {
+            db.query_as(sqlx::AssertSqlSafe(sql))
+                .bind(l.vendor.as_str())
+                .bind(i64::from(l.app_id))
+                .bind(l.user_id)
+                .bind(room_text)
+                .bind(room_numeric)
+                .bind(l.actor)
+                .bind(l.reason)
+                .fetch_all(c)
+                .await
+        })
+        .await?)
+}
+
+/// Active bans by vendor (the `bouncer_active_bans` gauge).
+pub async fn active_by_vendor(db: &Db) -> Result<Vec<(String, i64)>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT vendor, count(*) FROM bans WHERE ended_at IS NULL AND expires_at > now() GROUP BY vendor",
+            )
+            .fetch_all(c)
+            .await
+        })
+        .await?)
+}
