@@ -192,6 +192,27 @@ const BAN_COLUMNS: &str = "id, vendor, app_id, user_id, scope, room_id, room_id_
     verdict_id, verdict_ids, reason, created_at, expires_at, ended_at, lifted_at, lifted_by, lift_reason,
     rule_state, rule_expires_at, rule_error";
 
+/// The bans `verdict_id` set or extended (found through its users: one index probe each).
+pub(crate) async fn of_verdict(
+    db: &Db,
+    c: &mut sqlx::PgConnection,
+    vendor: &str,
+    app_id: i64,
+    users: &[&str],
+    verdict_id: &str,
+) -> Result<Vec<BanRow>, sqlx::Error> {
+    db.query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BAN_COLUMNS} FROM bans
+         WHERE vendor = $1 AND app_id = $2 AND user_id = ANY($3) AND $4 = ANY(verdict_ids) ORDER BY user_id, id"
+    )))
+    .bind(vendor)
+    .bind(app_id)
+    .bind(users)
+    .bind(verdict_id)
+    .fetch_all(c)
+    .await
+}
+
 /// The ban that keeps a user out, for the check.
 #[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
 pub struct ActiveBan {

@@ -241,6 +241,9 @@ pub struct VerdictView {
     pub deferrals: i32,
     pub replays: i32,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the verdict asked beyond the kick (`ban`), if anything.
+    pub ban_seconds: Option<i32>,
+    pub ban_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -284,6 +287,8 @@ pub struct Story {
     pub kicks: Vec<KickView>,
     pub attempts: Vec<AttemptView>,
     pub replays: Vec<ReplayView>,
+    /// The bans this verdict set or extended, as they stand now.
+    pub bans: Vec<super::bans::BanRow>,
 }
 
 /// One verdict and everything recorded about it, read on one connection (behind a transaction
@@ -294,7 +299,7 @@ pub async fn story(db: &Db, verdict_id: &str) -> Result<Option<Story>, AuditErro
             let Some(verdict) = db
                 .query_as::<VerdictView>(
                     "SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, status, reason, source, detected_at,
-                            received_at, deliveries, deferrals, replays, finished_at
+                            received_at, deliveries, deferrals, replays, finished_at, ban_seconds, ban_scope
                      FROM verdicts WHERE verdict_id = $1",
                 )
                 .bind(verdict_id)
@@ -328,7 +333,14 @@ pub async fn story(db: &Db, verdict_id: &str) -> Result<Option<Story>, AuditErro
                 .bind(verdict_id)
                 .fetch_all(&mut *c)
                 .await?;
-            Ok(Some(Story { verdict, kicks, attempts, replays }))
+            let bans = match verdict.ban_seconds {
+                None => Vec::new(),
+                Some(_) => {
+                    let users: Vec<&str> = kicks.iter().map(|k: &KickView| k.user_id.as_str()).collect();
+                    super::bans::of_verdict(db, &mut *c, &verdict.vendor, verdict.app_id, &users, verdict_id).await?
+                }
+            };
+            Ok(Some(Story { verdict, kicks, attempts, replays, bans }))
         })
         .await?)
 }

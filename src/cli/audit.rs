@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 
 use super::output::{self, Format, Tabular, opt, time};
 use super::{Cli, CliError, CliResult};
+use crate::audit::bans::{BanFilter, BanRow, RoomRef};
 use crate::audit::query::{self, AuditRow, Filter, StatusFilter, Story, SummaryRow, parse_when};
+use crate::ban::BanState;
 use crate::vendors::{self, Vendor};
 
 /// A vendor named on the command line: one of the registry's names.
@@ -70,6 +72,12 @@ pub struct AuditArgs {
     /// Counts by vendor and app (verdicts by status, kicks by outcome) instead of rows.
     #[arg(long)]
     summary: bool,
+    /// Bans instead of kicks, newest first (filtered by --vendor, --app, --user, --room).
+    #[arg(long, conflicts_with = "summary")]
+    bans: bool,
+    /// With --bans: only bans in force now.
+    #[arg(long, requires = "bans")]
+    active: bool,
     /// table (default on a terminal), json (one object per line) or csv (with a header).
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -146,7 +154,9 @@ pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
     let pool = cli.audit_pool().await?;
     let filter = args.filter.filter(Some(AUDIT_DEFAULT_LIMIT));
     let format = output::resolve(args.format);
-    let result = if args.summary {
+    let result = if args.bans {
+        bans(&pool, &filter, args.active, format).await
+    } else if args.summary {
         summary(&pool, &filter, format).await
     } else if format == Format::Table && filter.verdicts.len() == 1 {
         match query::story(&pool, &filter.verdicts[0]).await {
@@ -165,6 +175,58 @@ pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
     };
     pool.close().await;
     result.map_err(|e| CliError::failed(format!("audit failed: {e}")))
+}
+
+async fn bans(pool: &crate::audit::Db, filter: &Filter, active: bool, format: Format) -> Result<(), String> {
+    let f = BanFilter {
+        vendor: filter.vendor,
+        app_id: filter.app.and_then(|a| u32::try_from(a).ok()),
+        user_id: filter.user.clone(),
+        room: filter.room.clone().map(|text| RoomRef { text, numeric: None }),
+        state: active.then_some(BanState::Active),
+        before_id: None,
+        limit: filter.limit.unwrap_or(i64::MAX),
+    };
+    let rows = crate::audit::bans::list(pool, &f).await.map_err(|e| e.to_string())?;
+    output::print(&rows, format).map_err(|e| e.to_string())
+}
+
+impl Tabular for BanRow {
+    const HEADERS: &'static [&'static str] = &[
+        "created_at",
+        "state",
+        "vendor",
+        "app_id",
+        "user_id",
+        "scope",
+        "room_id",
+        "expires_at",
+        "verdict_id",
+        "reason",
+        "lifted_by",
+        "lift_reason",
+        "vendor_rule",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            time(&self.created_at),
+            self.state.clone(),
+            self.vendor.clone(),
+            self.app_id.to_string(),
+            self.user_id.clone(),
+            self.scope.clone(),
+            self.room_id
+                .clone()
+                .map(|r| r + if self.room_id_numeric == Some(true) { " (numeric)" } else { "" })
+                .unwrap_or_default(),
+            time(&self.expires_at),
+            self.verdict_id.clone(),
+            opt(&self.reason),
+            opt(&self.lifted_by),
+            opt(&self.lift_reason),
+            self.rule_state.clone(),
+        ]
+    }
 }
 
 async fn summary(pool: &crate::audit::Db, filter: &Filter, format: Format) -> Result<(), String> {
@@ -203,6 +265,9 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
         v.replays
     )?;
     writeln!(out, "  finished: {}", v.finished_at.as_ref().map(time).unwrap_or_else(|| "-".into()))?;
+    if let (Some(seconds), Some(scope)) = (v.ban_seconds, &v.ban_scope) {
+        writeln!(out, "  ban:      {seconds} s, scope {scope}")?;
+    }
     writeln!(out, "\nusers:")?;
     output::table(
         &mut out,
@@ -242,6 +307,28 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
             })
             .collect(),
     )?;
+    if !s.bans.is_empty() {
+        writeln!(out, "\nbans:")?;
+        output::table(
+            &mut out,
+            &["user_id", "state", "scope", "room_id", "expires_at", "verdict_id", "lifted_by", "vendor_rule"],
+            s.bans
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.user_id.clone(),
+                        b.state.clone(),
+                        b.scope.clone(),
+                        opt(&b.room_id),
+                        time(&b.expires_at),
+                        b.verdict_id.clone(),
+                        opt(&b.lifted_by),
+                        b.rule_state.clone(),
+                    ]
+                })
+                .collect(),
+        )?;
+    }
     if !s.replays.is_empty() {
         writeln!(out, "\nreplays:")?;
         output::table(

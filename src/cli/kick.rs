@@ -33,9 +33,20 @@ pub struct KickArgs {
     /// Recorded as the verdict's source, as `manual:<actor>`. Default: $BOUNCER_ACTOR or the OS user.
     #[arg(long, env = "BOUNCER_ACTOR")]
     actor: Option<String>,
+    /// Also ban the users for this many seconds (1..31536000) from when the verdict is recorded.
+    #[arg(long, value_name = "SECONDS")]
+    ban_secs: Option<u32>,
+    /// Where the ban holds: the verdict's room (default) or every room of the app.
+    #[arg(long, value_name = "room|app", requires = "ban_secs", value_parser = parse_scope)]
+    ban_scope: Option<crate::ban::BanScope>,
     /// Wait up to this many seconds for the verdict to finish and print its story.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
     wait: Option<u64>,
+}
+
+/// `--ban-scope`: `room` or `app`.
+pub(crate) fn parse_scope(s: &str) -> Result<crate::ban::BanScope, String> {
+    crate::ban::BanScope::parse(s).ok_or_else(|| format!("{s:?}: must be room or app"))
 }
 
 pub(crate) async fn run(cli: &Cli, args: &KickArgs) -> CliResult {
@@ -57,6 +68,10 @@ pub(crate) async fn run(cli: &Cli, args: &KickArgs) -> CliResult {
     });
     if let Some(r) = &args.reason {
         body["reason"] = json!(r);
+    }
+    if let Some(seconds) = args.ban_secs {
+        let scope = args.ban_scope.unwrap_or(crate::ban::BanScope::Room);
+        body["ban"] = json!({"seconds": seconds, "scope": scope.as_str()});
     }
     // The same contract as every publisher: refuse here what the worker would dead-letter.
     let bytes = body.to_string().into_bytes();

@@ -10,6 +10,7 @@ mod kick;
 pub mod output;
 mod replay;
 mod status;
+mod unban;
 mod web;
 
 use std::path::PathBuf;
@@ -48,8 +49,10 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Quota owners, live replicas, and pending users per app.
     Status(status::StatusArgs),
-    /// Publish a manual verdict through the same queue and contract.
+    /// Publish a manual verdict through the same queue and contract (with --ban-secs: and ban).
     Kick(kick::KickArgs),
+    /// End a user's bans now (recorded with who and why).
+    Unban(unban::UnbanArgs),
     /// The ops console: the audit trail as pages, and replay (reads PostgreSQL only).
     Web(web::WebArgs),
     /// Run the whole system on this machine for under a minute and show what happened
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
+        Command::Unban(args) => unban::run(&cli, args).await,
         Command::Web(args) => web::run(&cli, args).await,
         // Handed to bouncer-tools in `main`; never reached.
         Command::Sim(_) | Command::Demo(_) | Command::Bench(_) => Err(CliError::failed("handed to bouncer-tools")),

@@ -287,3 +287,95 @@ fn pointer_of(schema: &Value, doc: &Value) -> String {
     assert!(find(doc, schema, &mut path), "schema inside the document");
     format!("/{}", path.join("/"))
 }
+
+/// A user id written to attack whoever reads it: markup, a bidi override, a terminal escape, and
+/// the longest id the contract allows.
+fn hostile_user() -> String {
+    let mut u = "<script>alert(1)</script>\u{202e}evil\u{1b}[2J".to_owned();
+    while u.len() < 128 {
+        u.push('x');
+    }
+    u
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ops_ban_with_kick_read_bans_in_the_audit_and_unban_with_hostile_ids_shown_escaped() {
+    let mut env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let token = env.enable_api();
+    let worker = env.worker();
+    let app = env.apps.zego[0].0;
+    let user = hostile_user();
+    let reason = "<b>spam</b> \u{202e}gnp.exe";
+    let out = env.cli(&[
+        "kick",
+        "--vendor",
+        "zego",
+        "--app",
+        &app.to_string(),
+        "--room",
+        "studio",
+        "--user",
+        &user,
+        "--reason",
+        reason,
+        "--ban-secs",
+        "3600",
+        "--ban-scope",
+        "app",
+        "--verdict-id",
+        "manual-ban-1",
+        "--actor",
+        "mod-dave",
+        "--wait",
+        "60",
+    ]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let story = crate::helpers::stdout(&out);
+    assert!(story.contains("ban:      3600 s, scope app"), "{story}");
+    assert!(!story.contains('\u{202e}') && !story.contains('\u{1b}'), "the story is escaped: {story}");
+
+    // The API round-trips the id and the reason exactly, as JSON.
+    let api = ApiClient::new(&worker, Some(&token));
+    let a = api.check("zego", app, &user, Some(("anywhere", None))).await;
+    assert_eq!(
+        (a["banned"].as_bool(), a["scope"].as_str(), a["reason"].as_str()),
+        (Some(true), Some("app"), Some(reason))
+    );
+    let listed = api.get(&format!("/v1/bans?vendor=zego&app_id={app}")).await;
+    assert_eq!(listed.body["bans"][0]["user_id"].as_str(), Some(user.as_str()));
+
+    let table = env.cli(&["audit", "--bans", "--active", "--format", "table"]);
+    let text = crate::helpers::stdout(&table);
+    assert!(text.contains("manual-ban-1") && text.contains("active"), "{text}");
+    assert!(!text.contains('\u{202e}') && !text.contains('\u{1b}'), "the table is escaped: {text}");
+    let json_lines = env.cli(&["audit", "--bans", "--format", "json"]);
+    let row: Value =
+        serde_json::from_str(crate::helpers::stdout(&json_lines).lines().next().expect("a row")).expect("json");
+    assert_eq!(row["user_id"].as_str(), Some(user.as_str()), "JSON keeps the id as it is");
+
+    let nothing =
+        env.cli(&["unban", "--vendor", "zego", "--app", &app.to_string(), "--user", "nobody", "--reason", "x"]);
+    assert!(nothing.status.success() && crate::helpers::stderr(&nothing).contains("nothing lifted"));
+    let unban = env.cli(&[
+        "unban",
+        "--vendor",
+        "zego",
+        "--app",
+        &app.to_string(),
+        "--user",
+        &user,
+        "--reason",
+        "appeal",
+        "--actor",
+        "mod-erin",
+        "--format",
+        "json",
+    ]);
+    assert!(unban.status.success(), "{}", crate::helpers::stderr(&unban));
+    let lifted: Value =
+        serde_json::from_str(crate::helpers::stdout(&unban).lines().next().expect("a row")).expect("json");
+    assert_eq!((lifted["state"].as_str(), lifted["lifted_by"].as_str()), (Some("lifted"), Some("mod-erin")));
+    assert!(!api.banned("zego", app, &user, None).await, "unbanned at once");
+    let still = env.cli(&["audit", "--bans", "--active", "--format", "json"]);
+    assert_eq!(crate::helpers::stdout(&still).trim(), "", "no active ban left");
+}
