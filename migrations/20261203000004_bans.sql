@@ -51,3 +51,7 @@ CREATE INDEX bans_check ON bans (vendor, app_id, user_id, expires_at) WHERE ende
 -- Listing, newest first in keyset pages, by user or by room.
 CREATE INDEX bans_user ON bans (vendor, app_id, user_id, id);
 CREATE INDEX bans_room ON bans (vendor, app_id, room_id, id) WHERE room_id IS NOT NULL;
+-- The rules lane of a ZEGO app with forbid_rules: bans whose rule needs a call, and rules to
+-- re-arm before they lapse.
+CREATE INDEX bans_rule_due ON bans (vendor, app_id, id) WHERE rule_state IN ('pending', 'delete_due');
+CREATE INDEX bans_rule_in_force ON bans (vendor, app_id, rule_expires_at) WHERE rule_state = 'in_force';

@@ -25,10 +25,11 @@ use crate::lane::{self, LaneLimits};
 use crate::lease::Lease;
 use crate::quota::Quota;
 use crate::retry::RetrySchedule;
+use crate::rules::{self, RulesLane};
 use crate::vendor_api::trtc::TrtcClient;
 use crate::vendor_api::zego::ZegoClient;
 use crate::vendor_api::{Client, QuotaKey};
-use crate::vendors::Vendor;
+use crate::vendors::{Vendor, ZEGO_DEL_FORBID_USER_RULE, ZEGO_SET_FORBID_USER_RULE};
 use crate::wake::Wakers;
 
 /// How long abandoned call tasks get to record that they were given up.
@@ -203,6 +204,21 @@ impl Enforcement {
                 LaneLimits::for_app(client, *rate, self.wiring.settings.linger, self.wiring.settings.buffer_secs);
             let wake = self.wiring.wakers.for_lane(app);
             tracker.spawn(lane::run(ctx, self.wiring.pool.clone(), wake, settled_rx, limits, tracker.clone()));
+            if let Client::Zego(z) = client
+                && z.forbid_rules()
+            {
+                // Ban rules at quotas of their own: they never slow the kicks.
+                let rule_quota = |rate| Arc::new(Quota::new(rate, jitter, not_before));
+                tracker.spawn(rules::run(RulesLane {
+                    client: z.clone(),
+                    db: self.wiring.pool.clone(),
+                    set_quota: rule_quota(ZEGO_SET_FORBID_USER_RULE.max_calls_per_second),
+                    del_quota: rule_quota(ZEGO_DEL_FORBID_USER_RULE.max_calls_per_second),
+                    lease: lease.clone(),
+                    cancel: cancel.clone(),
+                    abandon: abandon.clone(),
+                }));
+            }
             self.wiring.view.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(app, stats);
             apps.push(app);
         }

@@ -35,6 +35,7 @@ pub(crate) mod ownership;
 pub mod publisher;
 pub(crate) mod quota;
 pub(crate) mod retry;
+pub(crate) mod rules;
 pub mod serve;
 pub mod shutdown;
 pub(crate) mod states;

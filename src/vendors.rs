@@ -113,6 +113,26 @@ pub const TRTC_REMOVE_USER_BY_STR_ROOM_ID: Api = Api {
     max_users_per_call: 10,
 };
 
+/// A vendor API that keeps users out beyond a kick (a ban rule), with its own limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleApi {
+    pub name: &'static str,
+    pub max_calls_per_second: u32,
+}
+
+/// ZEGO's user ban rules (`shared/vendors/bans-and-callbacks.md` §1): each API has a limit of
+/// its own per AppID, apart from `KickoutUser`'s.
+pub const ZEGO_SET_FORBID_USER_RULE: RuleApi = RuleApi { name: "SetForbidUserRule", max_calls_per_second: 10 };
+pub const ZEGO_DEL_FORBID_USER_RULE: RuleApi = RuleApi { name: "DelForbidUserRule", max_calls_per_second: 10 };
+/// 1/s on the Chinese page, 10/s on the English one: the lower is the safe reading.
+pub const ZEGO_DESCRIBE_FORBID_USER_RULES: RuleApi =
+    RuleApi { name: "DescribeForbidUserRules", max_calls_per_second: 1 };
+/// A ZEGO ban rule lives 1 ..= this many seconds (`EffectiveTime`).
+pub const ZEGO_MAX_RULE_SECONDS: u32 = 86_400;
+/// Rules in force per rule type and AppID: 100 by IP (type 1), 200 of each other type.
+pub const ZEGO_MAX_IP_RULES: usize = 100;
+pub const ZEGO_MAX_RULES_PER_TYPE: usize = 200;
+
 pub const ZEGO: VendorFacts = VendorFacts {
     vendor: Vendor::Zego,
     name: "zego",

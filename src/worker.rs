@@ -27,6 +27,7 @@ use crate::intake::{BrokerStatus, Intake};
 use crate::keys::AppKey;
 use crate::ownership::{Elector, Identity, OwnershipView};
 use crate::retry::{Backoff, RetrySchedule};
+use crate::vendors::Vendor;
 use crate::wake::{self, Wakers};
 
 /// What the HTTP surface (health, readiness, metrics) looks at.
@@ -187,7 +188,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     );
     let elector = tokio::spawn(elector.run(shutdown.clone()));
 
-    let intake = Intake { pool: intake_pool.clone(), apps, wakers, me, amqp: config.amqp.clone(), status };
+    let rule_apps =
+        config.zego.iter().filter(|z| z.forbid_rules).map(|z| AppKey::new(Vendor::Zego, z.app_id)).collect();
+    let intake = Intake { pool: intake_pool.clone(), apps, rule_apps, wakers, me, amqp: config.amqp.clone(), status };
     let stopped = async {
         shutdown.cancelled().await;
         tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: intake ends, quotas are handed over");

@@ -6,13 +6,14 @@
 //! same user and place arrives, which then starts a row of its own. A new ban for a place with an
 //! active one extends it to the later end instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::{AuditError, Db};
 use crate::ban::{BanScope, BanState};
+use crate::keys::AppKey;
 use crate::vendors::Vendor;
 use crate::verdict::{RoomId, Verdict};
 
@@ -57,7 +58,12 @@ struct Imposed<'a> {
 /// Records the bans of verdicts recorded for the first time in this transaction: each starts
 /// now, before any kick. Several verdicts of one batch banning the same user in the same place
 /// make one row (the longest wins, every verdict is listed).
-pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Result<(), AuditError> {
+pub(crate) async fn impose(
+    db: &Db,
+    tx: &mut Tx,
+    verdicts: &[&Verdict],
+    rule_apps: &HashSet<AppKey>,
+) -> Result<(), AuditError> {
     let mut by_key: BTreeMap<BanKey, Imposed<'_>> = BTreeMap::new();
     for v in verdicts {
         let Some(ban) = v.ban else { continue };
@@ -95,6 +101,11 @@ pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Resul
     let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
     let rooms: Vec<Option<&str>> = keys.iter().map(|k| k.room.as_ref().map(|r| r.0.as_str())).collect();
     let numerics: Vec<Option<bool>> = keys.iter().map(|k| k.room.as_ref().map(|r| r.1)).collect();
+    // A new ban of an app with vendor ban rules starts with its rule pending.
+    let with_rule: Vec<bool> = keys
+        .iter()
+        .map(|k| u32::try_from(k.app_id).is_ok_and(|a| rule_apps.contains(&AppKey::new(k.vendor, a))))
+        .collect();
     // Open rows whose time has run end where it ran out; the new ban starts a row of its own.
     db.query(
         "UPDATE bans SET ended_at = expires_at WHERE id IN (
@@ -125,13 +136,14 @@ pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Resul
         imposed.iter().map(|i| serde_json::to_string(&i.verdict_ids).unwrap_or_else(|_| "[]".into())).collect();
     db.query(
         "INSERT INTO bans AS b (vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id, verdict_ids,
-                               reason, expires_at)
+                               reason, expires_at, rule_state)
          SELECT vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id,
                 ARRAY(SELECT jsonb_array_elements_text(all_ids::jsonb)), reason,
-                now() + make_interval(secs => seconds)
+                now() + make_interval(secs => seconds), CASE WHEN with_rule THEN 'pending' ELSE 'none' END
          FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::int[],
-                     $8::text[], $9::text[], $10::text[])
-              AS x(vendor, app_id, user_id, scope, room_id, room_id_numeric, seconds, verdict_id, reason, all_ids)
+                     $8::text[], $9::text[], $10::text[], $11::bool[])
+              AS x(vendor, app_id, user_id, scope, room_id, room_id_numeric, seconds, verdict_id, reason, all_ids,
+                   with_rule)
          -- Rows locked in key order by every batch (the input is sorted by key).
          ORDER BY vendor, app_id, user_id, scope, room_id, room_id_numeric
          ON CONFLICT (vendor, app_id, user_id, scope, (coalesce(room_id, '')), (coalesce(room_id_numeric, false)))
@@ -143,6 +155,9 @@ pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Resul
             -- The last 100: a pipeline that bans one user again and again must not grow a row forever.
             verdict_ids = (b.verdict_ids || EXCLUDED.verdict_ids)
                 [greatest(1, cardinality(b.verdict_ids) + cardinality(EXCLUDED.verdict_ids) - 99):],
+            -- An app that gained rules since: the extended ban gets one too. (A rule in force is
+            -- re-armed to the new end by the rules lane.)
+            rule_state = CASE WHEN b.rule_state = 'none' THEN EXCLUDED.rule_state ELSE b.rule_state END,
             updated_at = now()",
     )
     .bind(&vendors)
@@ -155,6 +170,7 @@ pub(crate) async fn impose(db: &Db, tx: &mut Tx, verdicts: &[&Verdict]) -> Resul
     .bind(&verdict_ids)
     .bind(&reasons)
     .bind(&all_ids)
+    .bind(&with_rule)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -363,4 +379,104 @@ pub async fn active_by_vendor(db: &Db) -> Result<Vec<(String, i64)>, AuditError>
             .await
         })
         .await?)
+}
+
+/// A ban whose vendor rule needs a call: set (pending, or in force but ending before the ban and
+/// soon), or delete (lifted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct RuleWork {
+    pub id: i64,
+    pub user_id: String,
+    pub room_id: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub rule_state: String,
+    pub rule_expires_at: Option<DateTime<Utc>>,
+    /// A newer open ban of the same user and place has its own rule: deleting this one's would
+    /// delete that (a rule is addressed by its key, not by a ban).
+    pub superseded: bool,
+    /// The database's clock, which every decision about time uses.
+    pub db_now: DateTime<Utc>,
+}
+
+/// Up to `limit` bans of a ZEGO app whose rules need a call, deletions first.
+pub(crate) async fn rule_work(db: &Db, app_id: u32, limit: i64) -> Result<Vec<RuleWork>, AuditError> {
+    // Candidates for a re-arm, as `rules::needs_rearm` decides (10 minutes: `rules::REARM_BEFORE`).
+    let sql = String::from(
+        "WITH due AS (
+            (SELECT * FROM bans WHERE vendor = 'zego' AND app_id = $1 AND rule_state IN ('pending', 'delete_due')
+             ORDER BY id LIMIT $2)
+            UNION ALL
+            (SELECT * FROM bans WHERE vendor = 'zego' AND app_id = $1 AND rule_state = 'in_force'
+               AND ended_at IS NULL AND expires_at > now()
+               AND rule_expires_at < now() + interval '10 minutes'
+               AND rule_expires_at < expires_at - interval '5 seconds'
+             ORDER BY rule_expires_at LIMIT $2))
+         SELECT b.id, b.user_id, b.room_id, b.expires_at, b.rule_state, b.rule_expires_at,
+                EXISTS (SELECT 1 FROM bans n
+                        WHERE n.vendor = b.vendor AND n.app_id = b.app_id AND n.user_id = b.user_id
+                          AND n.scope = b.scope AND n.room_id IS NOT DISTINCT FROM b.room_id AND n.id > b.id
+                          AND n.ended_at IS NULL AND n.rule_state IN ('pending', 'in_force')) AS superseded,
+                now() AS db_now
+         FROM due b ORDER BY (b.rule_state = 'delete_due') DESC, b.id LIMIT $2",
+    );
+    Ok(db
+        .run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(i64::from(app_id)).bind(limit).fetch_all(c).await)
+        .await?)
+}
+
+/// Records a rule call's result on its ban, only if the ban's rule is still in the state it was
+/// fetched in (a lift meanwhile turned it to `delete_due`: that wins, and the rule is deleted next).
+pub(crate) async fn rule_result(
+    db: &Db,
+    id: i64,
+    was: &str,
+    state: &str,
+    rule_expires_at: Option<DateTime<Utc>>,
+    error: Option<&str>,
+) -> Result<(), AuditError> {
+    db.run(async |c| {
+        db.query(
+            "UPDATE bans SET rule_state = $3, rule_expires_at = coalesce($4, rule_expires_at), rule_error = $5
+             WHERE id = $1 AND rule_state = $2",
+        )
+        .bind(id)
+        .bind(was)
+        .bind(state)
+        .bind(rule_expires_at)
+        .bind(error)
+        .execute(c)
+        .await
+    })
+    .await?;
+    Ok(())
+}
+
+/// Moves an app's rules in state `from` to `to` (only for rules of bans of `scope`, if given):
+/// pausing pending rules when the vendor refuses them all alike, or resuming them. Returns how
+/// many moved.
+pub(crate) async fn move_rules(
+    db: &Db,
+    app_id: u32,
+    scope: Option<BanScope>,
+    from: &str,
+    to: &str,
+    error: Option<&str>,
+) -> Result<u64, AuditError> {
+    let moved = db
+        .run(async |c| {
+            db.query(
+                "UPDATE bans SET rule_state = $4, rule_error = $5
+                 WHERE vendor = 'zego' AND app_id = $1 AND rule_state = $3 AND ($2::text IS NULL OR scope = $2)
+                   AND ended_at IS NULL AND expires_at > now()",
+            )
+            .bind(i64::from(app_id))
+            .bind(scope.map(BanScope::as_str))
+            .bind(from)
+            .bind(to)
+            .bind(error)
+            .execute(c)
+            .await
+        })
+        .await?;
+    Ok(moved.rows_affected())
 }

@@ -3,13 +3,13 @@
 //! failure of verdicts for apps nobody here serves. A wake-up for the owners is sent from inside
 //! the transaction, so it is delivered exactly when the work becomes visible.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use super::{AuditError, Db, REJECTED_PAYLOAD_CAP, bans, results};
-use crate::keys::{WORK_CHANNEL, WakeNote};
+use crate::keys::{AppKey, WORK_CHANNEL, WakeNote};
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
 
@@ -85,6 +85,7 @@ pub async fn record(
     verdicts: &[NewVerdict<'_>],
     rejections: &[Rejection<'_>],
     wake: Option<&WakeNote>,
+    rule_apps: &HashSet<AppKey>,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
     let mut tx = db.begin().await?;
     insert_rejections(db, &mut tx, rejections).await?;
@@ -97,7 +98,7 @@ pub async fn record(
             verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n.verdict)).collect();
         let first_seen: Vec<&Verdict> =
             upserted.iter().filter(|u| u.3).filter_map(|u| by_id.get(u.0.as_str()).copied()).collect();
-        bans::impose(db, &mut tx, &first_seen).await?;
+        bans::impose(db, &mut tx, &first_seen, rule_apps).await?;
         let resumed = insert_kicks(db, &mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
         // path, or it was just failed as unconfigured) is closed here.

@@ -252,6 +252,10 @@ pub struct FileZego {
     pub timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Also enforce bans with ZEGO ban rules (`SetForbidUserRule`); ZEGO support must switch the
+    /// feature on for the AppID first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_rules: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone)]
@@ -322,6 +326,7 @@ impl FileZego {
             is_test: None,
             timeout_ms: default_timeout_ms(),
             connect_timeout_ms: default_timeout_ms(),
+            forbid_rules: false,
         }
     }
 }

@@ -217,6 +217,8 @@ pub struct ZegoApp {
     pub chunk_size: usize,
     pub is_test: Option<bool>,
     pub timeouts: Timeouts,
+    /// `forbid_rules`: bans are also set as ZEGO ban rules.
+    pub forbid_rules: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -205,6 +205,7 @@ fn check_zego(entries: Vec<FileZego>, env: &dyn Fn(&str) -> Option<String>, p: &
                 chunk_size: z.chunk_size,
                 is_test: z.is_test,
                 timeouts,
+                forbid_rules: z.forbid_rules,
             });
         }
     }

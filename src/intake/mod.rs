@@ -67,6 +67,9 @@ pub struct Intake {
     pub pool: Db,
     /// Apps some lane of this deployment can enforce (this replica's configuration).
     pub apps: HashSet<AppKey>,
+    /// Apps whose bans are also set as vendor ban rules (`[[zego]] forbid_rules`): their new
+    /// bans start with a rule pending.
+    pub rule_apps: HashSet<AppKey>,
     pub wakers: Arc<Wakers>,
     /// This replica's id, so it ignores its own wake-up notifications.
     pub me: String,

@@ -273,7 +273,7 @@ impl Intake {
             })
             .collect();
         let note = (!woken.is_empty()).then(|| WakeNote::new(&self.me, woken.iter().copied()));
-        let recorded = record::record(&self.pool, &new, &rejections, note.as_ref()).await?;
+        let recorded = record::record(&self.pool, &new, &rejections, note.as_ref(), &self.rule_apps).await?;
         // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
         // so the failure alerts see them.
         for n in new.iter().filter(|n| n.unconfigured.is_some()) {

@@ -6,6 +6,7 @@
 mod quota_key;
 pub mod trtc;
 pub mod zego;
+pub mod zego_rules;
 
 pub use quota_key::QuotaKey;
 

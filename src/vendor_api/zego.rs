@@ -125,12 +125,14 @@ pub fn query_string(c: &Common<'_>, room: &str, users: &[String], reason: Option
 /// One configured ZEGO app.
 #[derive(Clone, Debug)]
 pub struct ZegoClient {
-    app_id: u32,
-    secret: SecretString,
-    endpoint: url::Url,
+    pub(super) app_id: u32,
+    pub(super) secret: SecretString,
+    pub(super) endpoint: url::Url,
     is_test: Option<bool>,
     chunk_size: usize,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
+    /// `forbid_rules`: bans are also set as ZEGO ban rules.
+    forbid_rules: bool,
 }
 
 impl ZegoClient {
@@ -142,7 +144,13 @@ impl ZegoClient {
             is_test: app.is_test,
             chunk_size: app.chunk_size.min(MAX_USERS_PER_CALL),
             http: http_client(app.timeouts),
+            forbid_rules: app.forbid_rules,
         }
+    }
+
+    /// Whether this app's bans are also set as ZEGO ban rules.
+    pub fn forbid_rules(&self) -> bool {
+        self.forbid_rules
     }
 
     pub fn chunk_size(&self) -> usize {

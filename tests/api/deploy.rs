@@ -81,6 +81,7 @@ fn prometheus_alerts_parse_and_use_metrics_bouncer_exports() {
         "BouncerFailedVerdictsRising",
         "BouncerVendorConfigError",
         "BouncerBacklogOld",
+        "BouncerVendorRulesFailing",
     ] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
@@ -90,8 +91,10 @@ fn prometheus_alerts_parse_and_use_metrics_bouncer_exports() {
         "bouncer_vendor_config_errors_total",
         "bouncer_oldest_pending_verdict_seconds",
         "bouncer_intake_stalled_seconds",
+        "bouncer_vendor_rule_calls_total",
     ];
-    let src: String = ["src/http.rs", "src/audit/writer.rs", "src/call.rs"].iter().map(|f| file(f)).collect();
+    let src: String =
+        ["src/http.rs", "src/audit/writer.rs", "src/call.rs", "src/rules.rs"].iter().map(|f| file(f)).collect();
     for m in exported {
         assert!(rules.iter().any(|r| r["expr"].as_str().unwrap_or_default().contains(m)), "an alert uses {m}");
         assert!(src.contains(&format!("\"{m}\"")), "{m} is exported by the code");

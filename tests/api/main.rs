@@ -13,6 +13,7 @@ mod layout;
 mod ops;
 mod pipeline;
 mod pooler;
+mod rules;
 mod secrets;
 mod vendors;
 mod web;

@@ -29,6 +29,8 @@ pub struct Faults {
     pub bad_users: Vec<String>,
     /// Answer this many calls with the vendor's signature-expired code.
     pub expire_next: u32,
+    /// ZEGO ban-rule calls are answered 9 (not enabled), whatever the configuration says.
+    pub rules_not_enabled: bool,
 }
 
 /// Where a rule applies.

@@ -5,7 +5,9 @@
 //!
 //! Routes: `GET /?Action=KickoutUser&...` (ZEGO), `POST /` with `X-TC-Action` (TRTC), and the
 //! control API under `/_sim/`: `GET stats` (JSON), `GET metrics` (Prometheus text),
-//! `GET requests` (every recorded call), `PUT faults` / `DELETE faults`, `POST reset`.
+//! `GET requests` (every recorded call), `GET rules` (ZEGO ban rules kept), `PUT faults` /
+//! `DELETE faults`, `POST reset`. ZEGO's ban-rule APIs (`SetForbidUserRule`,
+//! `DelForbidUserRule`, `DescribeForbidUserRules`) are served beside `KickoutUser` ([`rules`]).
 //!
 //! One module per part of a call's path: [`server`](crate::start) receives it and renders the
 //! answer (`call`), `zego` and `trtc` check it as each vendor does, `records` keeps what was seen
@@ -14,6 +16,7 @@
 mod call;
 pub mod faults;
 mod records;
+mod rules;
 mod server;
 mod trtc;
 pub mod verify;
@@ -35,6 +38,7 @@ use faults::{Faults, Scope, chance};
 use records::{Counters, QuotaState};
 
 pub use records::Record;
+pub use rules::SimRule;
 pub use server::{RunningSim, router, start, start_on};
 
 /// A hanging call gives up after this long even if the faults never change.
@@ -59,6 +63,10 @@ pub struct Sim {
     trtc_keys: HashMap<String, SecretString>,
     /// TRTC SdkAppIds the account may manage.
     trtc_apps: HashSet<u32>,
+    /// ZEGO AppIds with ban rules switched on (`forbid_rules`).
+    forbid_enabled: HashSet<u32>,
+    /// ZEGO ban rules, in force and recently expired.
+    rules: Mutex<Vec<rules::SimRule>>,
     zego_rate: u32,
     trtc_rate: u32,
     started: Instant,
@@ -89,6 +97,8 @@ impl Sim {
             zego_secrets: s.zego.iter().map(|z| (z.app_id, z.server_secret.clone())).collect(),
             trtc_keys: s.trtc.iter().map(|t| (t.secret_id.clone(), t.secret_key.clone())).collect(),
             trtc_apps: s.trtc.iter().map(|t| t.sdk_app_id).collect(),
+            forbid_enabled: s.zego.iter().filter(|z| z.forbid_rules).map(|z| z.app_id).collect(),
+            rules: Mutex::default(),
             zego_rate: s.zego_rate,
             trtc_rate: s.trtc_rate,
             started: Instant::now(),

@@ -69,6 +69,7 @@ impl Sim {
             c.seq += 1;
             match rejection {
                 Some(why) => *c.rejections.entry(why.to_owned()).or_default() += 1,
+                None if call.rule => {}
                 None => {
                     *c.users_per_call.entry(call.user_ids.len()).or_default() += 1;
                     c.kicked_users += call.user_ids.len() as u64;
@@ -190,6 +191,7 @@ impl Sim {
     pub fn reset(&self) {
         lock(&self.records).clear();
         lock(&self.quotas).clear();
+        lock(&self.rules).clear();
         *lock(&self.counters) = Counters::default();
     }
 }

@@ -24,16 +24,15 @@ async fn vendor_api(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     let mut call = Call::default();
-    let (result, success) = if headers.contains_key("x-tc-action") && (method == Method::POST || method == Method::GET)
-    {
-        (sim.trtc(&method, &headers, query, &body, &mut call).await, Answer::Trtc { error: None })
+    let result = if headers.contains_key("x-tc-action") && (method == Method::POST || method == Method::GET) {
+        sim.trtc(&method, &headers, query, &body, &mut call).await.map(|()| Answer::Trtc { error: None })
     } else if method == Method::GET && query.contains("Action=") {
-        (sim.zego(query, &mut call).await, Answer::Zego { code: 0, message: "success".into() })
+        sim.zego(query, &mut call).await.map(|data| Answer::Zego { code: 0, message: "success".into(), data })
     } else {
         return (StatusCode::NOT_FOUND, "not a ZEGO or TRTC API call").into_response();
     };
     let (answer, rejection) = match result {
-        Ok(()) => (success, None),
+        Ok(success) => (success, None),
         Err((answer, why)) => (answer, Some(why)),
     };
     sim.record(call, &answer, rejection);
@@ -71,6 +70,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
             get(|State(s): State<Arc<Sim>>, Query(q): Query<Since>| async move { Json(s.records(q.since)) }),
         )
         .route("/_sim/faults", axum::routing::put(put_faults).delete(delete_faults))
+        .route("/_sim/rules", get(|State(s): State<Arc<Sim>>| async move { Json(s.rules()) }))
         .route(
             "/_sim/reset",
             post(|State(s): State<Arc<Sim>>| async move {

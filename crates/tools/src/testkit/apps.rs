@@ -10,6 +10,8 @@ pub struct Apps {
     pub zego: Vec<(u32, String)>,
     /// (sdk_app_id, secret_id, secret_key)
     pub trtc: Vec<(u32, String, String)>,
+    /// `[[zego]] forbid_rules` for every ZEGO app (worker and simulator alike).
+    pub forbid_rules: bool,
 }
 
 /// Tests give up on a silent vendor after 2 s (the default is 5 s).
@@ -22,13 +24,27 @@ impl Apps {
         Apps {
             zego: (0..zego).map(|_| (id(), secret())).collect(),
             trtc: (0..trtc).map(|_| (id(), format!("AKID{}", secret()), secret())).collect(),
+            forbid_rules: false,
         }
+    }
+
+    /// The same apps with ZEGO ban rules switched on (in the simulator too).
+    pub fn with_forbid_rules(mut self) -> Apps {
+        self.forbid_rules = true;
+        self
     }
 
     /// A configuration of only these apps' sections, pointing at `endpoint`.
     pub fn file_config(&self, endpoint: &str) -> FileConfig {
         let mut file = FileConfig {
-            zego: self.zego.iter().map(|(app, secret)| FileZego::new(*app, secret, endpoint)).collect(),
+            zego: self
+                .zego
+                .iter()
+                .map(|(app, secret)| FileZego {
+                    forbid_rules: self.forbid_rules,
+                    ..FileZego::new(*app, secret, endpoint)
+                })
+                .collect(),
             trtc: self
                 .trtc
                 .iter()

@@ -73,6 +73,11 @@ impl SimControl {
             .expect("json")
     }
 
+    /// The ZEGO ban rules the simulator keeps (in force and recently expired).
+    pub async fn rules(&self) -> Vec<bouncer_sim::SimRule> {
+        self.http.get(format!("{}/_sim/rules", self.base)).send().await.expect("rules").json().await.expect("json")
+    }
+
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/_sim/metrics", self.base)).send().await.expect("metrics").text().await.expect("text")
     }
