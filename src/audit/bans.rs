@@ -326,6 +326,15 @@ pub async fn list(db: &Db, f: &BanFilter) -> Result<Vec<BanRow>, AuditError> {
     Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
+/// The assignments that lift a ban now, with who (`actor`) and why (`reason`) as parameters: its
+/// vendor rule, if it has or may have one, is to be deleted.
+fn lifting(actor: &str, reason: &str) -> String {
+    format!(
+        "ended_at = now(), lifted_at = now(), lifted_by = {actor}, lift_reason = {reason}, updated_at = now(),
+         rule_state = CASE WHEN rule_state IN ('pending', 'in_force', 'rearm_due') THEN 'delete_due' ELSE rule_state END"
+    )
+}
+
 /// Who lifts a ban, and why.
 pub struct Lift<'a> {
     pub vendor: Vendor,
@@ -345,12 +354,11 @@ pub async fn lift(db: &Db, l: &Lift<'_>) -> Result<Vec<BanRow>, AuditError> {
         None => (None, None),
     };
     let sql = format!(
-        "UPDATE bans SET ended_at = now(), lifted_at = now(), lifted_by = $6, lift_reason = $7, updated_at = now(),
-                rule_state = CASE WHEN rule_state IN ('pending', 'in_force', 'rearm_due') THEN 'delete_due'
-                                  ELSE rule_state END
+        "UPDATE bans SET {}
          WHERE vendor = $1 AND app_id = $2 AND user_id = $3 AND ended_at IS NULL AND expires_at > now()
            AND ($4::text IS NULL OR (room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))
-         RETURNING {BAN_COLUMNS}"
+         RETURNING {BAN_COLUMNS}",
+        lifting("$6", "$7")
     );
     Ok(db
         .run(async |c| {
@@ -365,6 +373,23 @@ pub async fn lift(db: &Db, l: &Lift<'_>) -> Result<Vec<BanRow>, AuditError> {
                 .fetch_all(c)
                 .await
         })
+        .await?)
+}
+
+/// One ban by id.
+pub async fn one(db: &Db, id: i64) -> Result<Option<BanRow>, AuditError> {
+    let sql = format!("SELECT {BAN_COLUMNS} FROM bans WHERE id = $1");
+    Ok(db.run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await).await?)
+}
+
+/// Ends one ban now, if it is active (the console's lift); `None` if it was not.
+pub async fn lift_one(db: &Db, id: i64, actor: &str, reason: &str) -> Result<Option<BanRow>, AuditError> {
+    let sql = format!(
+        "UPDATE bans SET {} WHERE id = $1 AND ended_at IS NULL AND expires_at > now() RETURNING {BAN_COLUMNS}",
+        lifting("$2", "$3")
+    );
+    Ok(db
+        .run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(actor).bind(reason).fetch_optional(c).await)
         .await?)
 }
 

@@ -1,10 +1,12 @@
 //! `bouncer web`: the ops console. Server-rendered pages over the audit trail (overview, search,
-//! a verdict's story, rejected messages) and replay, reading PostgreSQL only. Every value on a
+//! a verdict's story, a user's verdicts and bans, bans, rejected messages), replay and lifting
+//! bans, reading PostgreSQL only. Every value on a
 //! page was written by a moderation pipeline about an abusive user, so everything is escaped by
 //! the template engine, no page runs script (the Content-Security-Policy forbids it), and every
 //! change is a POST with a CSRF token from a signed-in operator.
 
 mod auth;
+mod bans;
 mod chart;
 mod csrf;
 mod pages;
@@ -135,6 +137,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/verdicts/{id}/replay", get(replay::confirm_one).post(replay::replay_one))
         .route("/replay", get(replay::confirm_all).post(replay::replay_all))
         .route("/users/{id}", get(pages::user))
+        .route("/bans", get(bans::list))
+        .route("/bans/{id}/lift", get(bans::confirm).post(bans::lift))
         .route("/rejected", get(pages::rejected))
         .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS).into_response() }))
         .layer(middleware::from_fn(move |r, n| check_host(hosts.clone(), r, n)))

@@ -157,13 +157,13 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
 }
 
 /// One vendor in the search form's choices.
-struct VendorChoice {
-    name: &'static str,
-    selected: bool,
+pub(crate) struct VendorChoice {
+    pub(crate) name: &'static str,
+    pub(crate) selected: bool,
 }
 
 impl VendorChoice {
-    fn all(chosen: &str) -> Vec<VendorChoice> {
+    pub(crate) fn all(chosen: &str) -> Vec<VendorChoice> {
         crate::vendors::NAMES.iter().map(|name| VendorChoice { name, selected: chosen.trim() == *name }).collect()
     }
 }
@@ -274,9 +274,17 @@ struct Verdicts {
     next: Option<String>,
     /// For an operator looking at failed verdicts: the confirmation of replaying all of them.
     bulk_replay: Option<String>,
+    /// On a user's page: the user's bans (in every app), newest first.
+    user_bans: Option<Vec<crate::audit::bans::BanRow>>,
 }
 
-async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: String) -> PageResult {
+async fn verdict_list(
+    c: &Console,
+    actor: Actor,
+    form: SearchForm,
+    heading: String,
+    user_bans: Option<Vec<crate::audit::bans::BanRow>>,
+) -> PageResult {
     let (rows, problem) = match form.filter() {
         Ok(filter) => (console::search(&c.pool, &filter, form.after(), PAGE).await?, None),
         Err(problem) => (Vec::new(), Some(problem)),
@@ -287,7 +295,7 @@ async fn verdict_list(c: &Console, actor: Actor, form: SearchForm, heading: Stri
     let vendors = VendorChoice::all(&form.vendor);
     // A form problem is the asker's: the page shows it, with 400.
     let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    let mut page = render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay })?;
+    let mut page = render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay, user_bans })?;
     *page.status_mut() = status;
     Ok(page)
 }
@@ -297,13 +305,16 @@ pub(crate) async fn verdicts(
     actor: Actor,
     Query(form): Query<SearchForm>,
 ) -> PageResult {
-    verdict_list(&c, actor, form, "Verdicts".into()).await
+    verdict_list(&c, actor, form, "Verdicts".into(), None).await
 }
 
 /// Every verdict that named a user, across apps and rooms.
 pub(crate) async fn user(State(c): State<Arc<Console>>, actor: Actor, Path(user): Path<String>) -> PageResult {
-    let heading = format!("Verdicts naming user {user}");
-    verdict_list(&c, actor, SearchForm { user, ..SearchForm::default() }, heading).await
+    no_nul("user", &user)?;
+    let heading = format!("User {user}");
+    let filter = crate::audit::bans::BanFilter { user_id: Some(user.clone()), limit: PAGE, ..Default::default() };
+    let bans = crate::audit::bans::list(&c.pool, &filter).await?;
+    verdict_list(&c, actor, SearchForm { user, ..SearchForm::default() }, heading, Some(bans)).await
 }
 
 #[derive(Template)]

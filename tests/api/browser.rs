@@ -411,3 +411,81 @@ async fn hostile_ids_reasons_and_evidence_render_as_text_and_run_no_script_in_a_
     assert_eq!(browser.count("a[href='/verdicts/hostile-1']").await, 1);
     browser.close().await;
 }
+
+#[tokio::test]
+async fn an_operator_lifts_a_ban_from_the_bans_page_and_a_viewer_cannot_in_a_real_browser() {
+    let mut env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    env.edit_config(|c| c.web.auth.users = vec![user("alice", "operator"), user("bob", "viewer")]);
+    let mut banning = verdict("ban-1", "zego", env.apps.zego[0].0, json!("room-1"), &[HOSTILE_USER, "u2"]);
+    banning["ban"] = json!({"seconds": 3600});
+    banning["reason"] = json!(HOSTILE_REASON);
+    env.publish_json(&banning).await;
+    let _worker = env.worker();
+    env.wait_for_count("SELECT count(*) FROM kicks WHERE status = 'kicked'", 2, Duration::from_secs(60)).await;
+    let pool = env.pool().await;
+    let hostile_ban: i64 = sqlx::query_scalar("SELECT id FROM bans WHERE user_id = $1")
+        .bind(HOSTILE_USER)
+        .fetch_one(&pool)
+        .await
+        .expect("ban");
+    let lifted = async |pool: &PgPool| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM bans WHERE lifted_at IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    };
+    let console = ConsoleProcess::start(&env.config.0).await;
+
+    // A viewer sees the bans but is offered no lift, and a lift posted anyway is refused.
+    let browser = Chromium::start().await;
+    let page = browser.page();
+    page.goto(&format!("{}/bans", signed_in(&console, "bob"))).await.expect("bans");
+    assert_eq!(browser.count("table.bans tr.ban").await, 2);
+    assert_eq!(browser.count("a.lift").await, 0, "a viewer is offered a lift");
+    page.goto(&format!("{}/bans/{hostile_ban}/lift", console.base)).await.expect("confirmation");
+    assert!(browser.text("body").await.contains("only operators"), "a viewer reached the confirmation");
+    page.goto(&format!("{}/bans", console.base)).await.expect("bans");
+    page.execute(
+        &format!(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = '/bans/{hostile_ban}/lift';
+             for (const [k, v] of [['csrf', '00'], ['reason', 'x']]) {{
+               const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i); }}
+             document.body.appendChild(f); f.submit();"
+        ),
+        vec![],
+    )
+    .await
+    .expect("post");
+    page.wait().for_element(Locator::XPath("//body[contains(., 'only operators')]")).await.expect("refused");
+    assert_eq!(lifted(&pool).await, 0, "a viewer lifted a ban");
+    browser.close().await;
+
+    // An operator lifts one, with a reason, after a confirmation; hostile values stay text.
+    let browser = Chromium::start().await;
+    let page = browser.page();
+    page.goto(&format!("{}/bans?state=active", signed_in(&console, "alice"))).await.expect("bans");
+    browser.assert_no_script_ran().await;
+    assert!(browser.texts("td.user").await.iter().any(|u| u.contains("onerror")), "the hostile id shows as text");
+    browser.click(&format!("#ban-{hostile_ban} a.lift")).await;
+    page.wait().for_element(Locator::Css("#confirm-lift")).await.expect("the confirmation");
+    browser.assert_no_script_ran().await;
+    page.find(Locator::Css("#lift-reason")).await.expect("reason").send_keys("appeal granted").await.expect("type");
+    browser.click("#confirm-lift").await;
+    page.wait().for_element(Locator::Css("#lifted")).await.expect("back on the bans");
+    let row: (String, String) = sqlx::query_as("SELECT lifted_by, lift_reason FROM bans WHERE id = $1")
+        .bind(hostile_ban)
+        .fetch_one(&pool)
+        .await
+        .expect("lifted");
+    assert_eq!(row, ("web:alice".to_owned(), "appeal granted".to_owned()));
+    assert_eq!(lifted(&pool).await, 1, "one ban lifted, the other stands");
+    // The story shows the verdict's bans, the user page the user's.
+    page.goto(&format!("{}/verdicts/ban-1", console.base)).await.expect("story");
+    assert_eq!(browser.count("table.bans tr.ban").await, 2);
+    assert!(browser.text("dd.ban").await.contains("3600 s"));
+    page.goto(&format!("{}/users/u2", console.base)).await.expect("user");
+    assert_eq!(browser.texts("table.bans tr.ban td.state").await, vec!["active".to_owned()]);
+    browser.screenshot("console-bans.png").await;
+    browser.close().await;
+    pool.close().await;
+}
