@@ -4,9 +4,11 @@
 //!
 //! Its parts, in the order a run meets them: [`workload`] (what a preset publishes), [`stack`]
 //! (simulator, apps, config file, teardown), [`workers`] (the `bouncer run` children), [`run`]
-//! (publish, wait, measure), [`report`] and [`print`]; [`baseline`] measures the broker alone.
+//! (publish, wait, measure), [`report`] and [`print`]; [`baseline`] measures the broker alone,
+//! [`console`] times the console's pages and [`checks`] the public API's ban checks.
 
 mod baseline;
+mod checks;
 mod console;
 mod print;
 mod report;
@@ -40,6 +42,9 @@ pub enum Preset {
     Memory,
     /// 1,000,000 verdicts written straight into PostgreSQL, then every `bouncer web` page timed.
     Console,
+    /// 1,000,000 active bans, 2,000 ban checks/s for 30 s over two replicas' APIs, while they
+    /// enforce the backlog preset's backlog.
+    Bans,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,5 +155,6 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Stuck => "stuck",
         Preset::Memory => "memory",
         Preset::Console => "console",
+        Preset::Bans => "bans",
     }
 }

@@ -82,6 +82,25 @@ fn print_rest(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         "rejected {}, failed verdicts {}, injected vendor faults {}, retries {}",
         r.rejected, r.failed_verdicts, r.vendor_faults_injected, r.retries
     )?;
+    if let Some(c) = &r.ban_checks {
+        let l = &c.latency;
+        writeln!(
+            out,
+            "ban checks: {} over {} replicas at {:.0}/s against {} active bans (written in {:.1} s): \
+             p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.1} ms; {} errors; {} answered banned",
+            c.checks,
+            c.replicas,
+            c.checks_per_second,
+            c.active_bans,
+            c.load_seconds,
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.max_ms,
+            c.errors,
+            c.banned_answers
+        )?;
+    }
     if let (Some(b), Some(ratio)) = (r.baseline_msgs_per_second, r.ratio_to_baseline) {
         writeln!(
             out,

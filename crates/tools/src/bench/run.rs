@@ -48,6 +48,10 @@ struct Extra {
     released_at_ms: Option<u64>,
     recorded_at: Option<Instant>,
     pending_kicks: Option<i64>,
+    /// Bans preset: the checks, running beside the backlog.
+    checks: Option<tokio::task::JoinHandle<super::checks::CheckReport>>,
+    /// Bans preset: the bans written before the run, and how long that took.
+    bans_loaded: Option<(i64, f64)>,
 }
 
 /// A replica killed or stopped, and the quota groups it owned then.
@@ -74,6 +78,9 @@ impl<'a> Run<'a> {
 
     async fn execute(mut self) -> Result<Report, String> {
         self.stack.prepare_database().await?;
+        if let Some(load) = &self.w.checks {
+            self.load_bans(load).await?;
+        }
         let publisher = Publisher::connect(&self.stack.config.amqp, "bench-publisher")
             .await
             .map_err(|e| format!("RabbitMQ: {e}"))?;
@@ -83,6 +90,9 @@ impl<'a> Run<'a> {
         };
         publisher.close().await;
         let (mut workers, started) = started?;
+        if let Some(load) = self.w.checks.clone() {
+            self.start_checks(&workers, load).await?;
+        }
         let pool = self.pool().await?;
         let waited = self.await_finished(&pool, &mut workers, started).await;
         if let Err(e) = waited {
@@ -111,6 +121,36 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The bans preset's bans, written before anything runs (the schema first: the workers are
+    /// not up yet to create it).
+    async fn load_bans(&mut self, load: &super::checks::CheckLoad) -> Result<(), String> {
+        bouncer::audit::migrate(&self.stack.config.postgres, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("migrate: {e}"))?;
+        eprintln!("  writing {} active bans", load.bans);
+        let secs = super::checks::load_bans(self.stack.config.postgres.url.expose_secret(), load.bans).await?;
+        let pool = self.pool().await?;
+        let active = count(&pool, "SELECT count(*) FROM bans WHERE ended_at IS NULL AND expires_at > now()").await;
+        pool.close().await;
+        eprintln!("  {active} active bans written in {secs:.1} s");
+        self.extra.bans_loaded = Some((active, secs));
+        Ok(())
+    }
+
+    /// Starts the checks once every worker is ready; they run beside the backlog.
+    async fn start_checks(&mut self, workers: &Workers, load: super::checks::CheckLoad) -> Result<(), String> {
+        for port in &workers.ports {
+            wait_ready(*port).await?;
+        }
+        let token = self.stack.api_token.clone().ok_or("the bans preset needs an API token")?;
+        let addrs = workers.api_addrs.clone();
+        let (active, secs) = self.extra.bans_loaded.unwrap_or((0, 0.0));
+        eprintln!("  {} ban checks/s for {} s over {} replicas", load.per_second, load.seconds, addrs.len());
+        self.extra.checks =
+            Some(tokio::spawn(async move { super::checks::run(&addrs, &token, &load, active, secs).await }));
+        Ok(())
+    }
+
     /// A backlog: everything queued first, then the workers start. Latency counts from their
     /// start, not from queueing.
     async fn backlog(&mut self, publisher: &Publisher) -> Result<(Workers, Instant), String> {
@@ -123,13 +163,15 @@ impl<'a> Run<'a> {
             eprintln!("  queued {}/{}", (n * 1000 + chunk.len()).min(total), total);
         }
         self.published_at.fill(now_ms());
-        let workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id)?;
+        let workers =
+            Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.checks.is_some())?;
         Ok((workers, Instant::now()))
     }
 
     /// A Poisson stream of `rate` verdicts/s into running workers, once they own every quota.
     async fn stream(&mut self, publisher: &Publisher, rate: f64) -> Result<(Workers, Instant), String> {
-        let mut workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id)?;
+        let mut workers =
+            Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.checks.is_some())?;
         for port in &workers.ports {
             wait_ready(*port).await?;
         }
@@ -259,7 +301,7 @@ impl<'a> Run<'a> {
     }
 
     /// The report, from the database, the simulator's records and the workers' usage.
-    async fn measure(self, pool: &sqlx::PgPool, mut workers: Workers, started: Instant) -> Result<Report, String> {
+    async fn measure(mut self, pool: &sqlx::PgPool, mut workers: Workers, started: Instant) -> Result<Report, String> {
         let (w, total) = (self.w, self.bodies.len());
         // The end is the last verdict's commit, not when the poll happened to look.
         let started_unix_ms = now_ms().saturating_sub(started.elapsed().as_millis() as u64);
@@ -277,6 +319,17 @@ impl<'a> Run<'a> {
                 .fetch_one(pool)
                 .await
                 .unwrap_or(None);
+        // The checks run their full time, beside the workers, whatever the backlog did.
+        let ban_checks = match self.extra.checks.take() {
+            Some(handle) => {
+                while !handle.is_finished() {
+                    workers.sample();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(handle.await.map_err(|e| format!("the checks failed: {e}"))?)
+            }
+            None => None,
+        };
         workers.sample();
         let cpu: f64 = workers.usage.iter().map(|u| u.0).sum();
         let rss = workers.usage.iter().map(|u| u.1).fold(0.0, f64::max);
@@ -352,6 +405,7 @@ impl<'a> Run<'a> {
             failed_verdicts: finished.iter().filter(|(_, _, s)| s == "failed").count() as i64,
             vendor_faults_injected: stats["rejections"]["http_502"].as_u64().unwrap_or(0),
             retries: count(pool, "SELECT count(*) FROM kick_attempts WHERE outcome = 'retry'").await,
+            ban_checks,
             baseline_msgs_per_second: None,
             ratio_to_baseline: None,
             batched_baseline_msgs_per_second: None,

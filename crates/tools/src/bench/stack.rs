@@ -16,6 +16,8 @@ use super::BenchArgs;
 use super::workload::Workload;
 
 pub(super) struct BenchStack {
+    /// The public API's token, when the preset asks the API.
+    pub(super) api_token: Option<String>,
     /// The run's random id, in its names and the workers' replica names.
     pub(super) id: String,
     /// The run's configuration with direct connections, for the bench's own use; the workers'
@@ -82,6 +84,16 @@ impl BenchStack {
             });
         }
         point_vendors_at(&mut file, &running.endpoint());
+        // Token servers' token, for the bans preset (each worker listens where it is told).
+        let api_token = w.checks.as_ref().map(|_| uuid::Uuid::new_v4().simple().to_string());
+        if let Some(t) = &api_token {
+            file.api.tokens = vec![bouncer::config::FileApiToken {
+                name: "bench".into(),
+                token: Some(t.as_str().into()),
+                token_env: None,
+                token_file: None,
+            }];
+        }
         let config = Config::from_toml(&file.to_toml()).map_err(|e| e.to_string())?;
         let postgres_route = match &args.through_pooler {
             None => "direct",
@@ -96,6 +108,7 @@ impl BenchStack {
         let config_path = std::env::temp_dir().join(format!("bouncer-bench-{id}.toml"));
         std::fs::write(&config_path, file.to_toml()).map_err(|e| e.to_string())?;
         Ok(BenchStack {
+            api_token,
             id,
             config,
             postgres_route,

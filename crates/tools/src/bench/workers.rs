@@ -10,17 +10,22 @@ use super::report;
 pub(super) struct Workers {
     children: Vec<Child>,
     pub(super) ports: Vec<u16>,
+    /// Each worker's public API address, when asked for (`api`).
+    pub(super) api_addrs: Vec<String>,
     /// Peak RSS (MiB) and CPU seconds seen per worker.
     pub(super) usage: Vec<(f64, f64)>,
 }
 
 impl Workers {
-    pub(super) fn start(config: &Path, n: usize, id: &str) -> Result<Workers, String> {
-        let mut w = Workers { children: Vec::new(), ports: Vec::new(), usage: Vec::new() };
+    /// `n` workers; with `api`, each also serves the public API on a port of its own.
+    pub(super) fn start(config: &Path, n: usize, id: &str, api: bool) -> Result<Workers, String> {
+        let mut w = Workers { children: Vec::new(), ports: Vec::new(), api_addrs: Vec::new(), usage: Vec::new() };
         for k in 0..n {
             let port = free_port()?;
-            w.children.push(spawn_worker(config, port, &format!("bench-{id}-{k}"))?);
+            let api_addr = if api { Some(format!("127.0.0.1:{}", free_port()?)) } else { None };
+            w.children.push(spawn_worker(config, port, api_addr.as_deref(), &format!("bench-{id}-{k}"))?);
             w.ports.push(port);
+            w.api_addrs.extend(api_addr);
             w.usage.push((0.0, 0.0));
         }
         Ok(w)
@@ -63,8 +68,12 @@ impl Drop for Workers {
     }
 }
 
-fn spawn_worker(config: &Path, port: u16, name: &str) -> Result<Child, String> {
-    bouncer_command()
+fn spawn_worker(config: &Path, port: u16, api: Option<&str>, name: &str) -> Result<Child, String> {
+    let mut command = bouncer_command();
+    if let Some(addr) = api {
+        command.env("BOUNCER_API__LISTEN", addr);
+    }
+    command
         .args(["run", "--config", &config.to_string_lossy()])
         .env("BOUNCER_LOG", std::env::var("BOUNCER_LOG").unwrap_or_else(|_| "warn".into()))
         .env("BOUNCER_HTTP__LISTEN", format!("127.0.0.1:{port}"))

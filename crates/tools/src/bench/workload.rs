@@ -6,6 +6,7 @@ use serde_json::json;
 
 use bouncer::verdict::Vendor;
 
+use super::checks::CheckLoad;
 use super::report;
 use super::{BenchArgs, Preset};
 
@@ -37,6 +38,8 @@ pub(super) struct Workload {
     pub(super) stuck: bool,
     /// Memory preset: stop this long after everything is recorded (the backlog still pending).
     pub(super) stop_after_recorded: Option<Duration>,
+    /// Bans preset: ban checks against the workers' public API during the run.
+    pub(super) checks: Option<CheckLoad>,
 }
 
 fn seg(vendor: Vendor, verdicts: usize, max_users: usize, rooms: usize) -> Segment {
@@ -61,6 +64,7 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
         disrupt: false,
         stuck: false,
         stop_after_recorded: None,
+        checks: None,
     };
     let mut w = match args.preset {
         Preset::Backlog => Workload {
@@ -111,6 +115,13 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
             stop_after_recorded: Some(Duration::from_secs(20)),
             ..base
         },
+        // The backlog preset's backlog, enforced by two replicas while token servers ask.
+        Preset::Bans => Workload {
+            segments: vec![seg(Zego, 2_500, 1, 25), seg(Zego, 2_500, 1, 25), seg(Trtc, 2_000, 1, 10)],
+            replicas: 2,
+            checks: Some(CheckLoad { bans: 1_000_000, per_second: 2_000.0, seconds: 30 }),
+            ..base
+        },
         // Publishes nothing: the console preset writes its trail into PostgreSQL (bench/console.rs).
         Preset::Console => Workload { segments: Vec::new(), ..base },
     };
@@ -129,7 +140,11 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
         }
     }
     if let Some(r) = args.rate {
-        w.stream_rate = Some(r.max(0.1));
+        match &mut w.checks {
+            // The bans preset's rate is the checks'.
+            Some(c) => c.per_second = r.max(1.0),
+            None => w.stream_rate = Some(r.max(0.1)),
+        }
     }
     if let Some(r) = args.replicas {
         w.replicas = r.max(1);

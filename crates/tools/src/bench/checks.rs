@@ -1,0 +1,132 @@
+//! `bouncer bench --preset bans`: token servers asking the public API while a backlog is
+//! enforced. 1,000,000 active bans are written straight into PostgreSQL (through the pipeline
+//! they would take the vendors' limits hours), then 2,000 checks a second for 30 s are spread over
+//! the replicas' API listeners, open loop: each check is sent at its scheduled moment whatever the
+//! earlier ones are doing, and its latency counts from that moment (a slow answer cannot hide the
+//! checks queued behind it). Half the checks ask about banned users (a room ban in its room, or an
+//! app ban anywhere), half about users nobody banned.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::{ConnectOptions, Connection};
+
+use super::report::Latency;
+
+/// What the preset asks of the API.
+#[derive(Clone, Debug)]
+pub(super) struct CheckLoad {
+    pub(super) bans: usize,
+    pub(super) per_second: f64,
+    pub(super) seconds: u64,
+}
+
+/// What the checks saw.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub(crate) struct CheckReport {
+    pub(crate) active_bans: i64,
+    pub(crate) load_seconds: f64,
+    pub(crate) replicas: usize,
+    pub(crate) checks: usize,
+    pub(crate) checks_per_second: f64,
+    /// Transport failures and any status but 200.
+    pub(crate) errors: usize,
+    pub(crate) banned_answers: usize,
+    pub(crate) latency: Latency,
+}
+
+/// Apps the bans are spread over (not the run's vendor apps: the check needs no configured app).
+const APPS: u32 = 20;
+const FIRST_APP: u32 = 3_000_000;
+const ROOMS: usize = 1000;
+
+/// Writes `n` active bans: one user each, a fifth of them app-wide, ending within a day or two.
+pub(super) async fn load_bans(url: &str, n: usize) -> Result<f64, String> {
+    let started = Instant::now();
+    // One long INSERT by design: not a slow statement worth a warning.
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| format!("bans database: {e}"))?
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
+    let mut conn = options.connect().await.map_err(|e| format!("bans database: {e}"))?;
+    sqlx::query(
+        "INSERT INTO bans (vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id, verdict_ids,
+                           reason, expires_at)
+         SELECT 'zego', $2 + g % $3, 'banned-' || g, CASE WHEN g % 5 = 0 THEN 'app' ELSE 'room' END,
+                CASE WHEN g % 5 = 0 THEN NULL ELSE 'room-' || g % $4 END, CASE WHEN g % 5 = 0 THEN NULL ELSE false END,
+                'bench-ban-' || g, ARRAY['bench-ban-' || g], 'benchmark',
+                now() + interval '1 day' + interval '1 second' * (g % 86400)
+         FROM generate_series(1, $1::int) g",
+    )
+    .bind(n as i64)
+    .bind(i64::from(FIRST_APP))
+    .bind(i64::from(APPS))
+    .bind(ROOMS as i64)
+    .execute(&mut conn)
+    .await
+    .map_err(|e| format!("writing bans: {e}"))?;
+    sqlx::raw_sql("VACUUM ANALYZE bans").execute(&mut conn).await.map_err(|e| format!("VACUUM: {e}"))?;
+    let _ = conn.close().await;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The `i`th check's query: a banned user where the ban holds, or a user nobody banned.
+fn check_query(i: usize, bans: usize) -> String {
+    let g = 1 + (i.wrapping_mul(7919) % bans.max(1));
+    let app = FIRST_APP + (g as u32) % APPS;
+    if i.is_multiple_of(2) {
+        format!("vendor=zego&app_id={app}&user_id=banned-{g}&room_id=room-{}", g % ROOMS)
+    } else {
+        format!("vendor=zego&app_id={app}&user_id=clean-{g}&room_id=room-{}", g % ROOMS)
+    }
+}
+
+/// Sends the checks, round robin over `api_addrs`, and reports.
+pub(super) async fn run(
+    api_addrs: &[String],
+    token: &str,
+    load: &CheckLoad,
+    active: i64,
+    load_seconds: f64,
+) -> CheckReport {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
+    let total = (load.per_second * load.seconds as f64) as usize;
+    let gap = Duration::from_secs_f64(1.0 / load.per_second);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + gap * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let url = format!("http://{}/v1/bans/check?{}", api_addrs[i % api_addrs.len()], check_query(i, load.bans));
+        let (http, tx, token) = (http.clone(), tx.clone(), token.to_owned());
+        tokio::spawn(async move {
+            let answer = http.get(&url).bearer_auth(token).send().await;
+            let ok_banned = match answer {
+                Ok(r) if r.status() == 200 => r.json::<serde_json::Value>().await.ok().map(|v| v["banned"] == true),
+                _ => None,
+            };
+            let _ = tx.send((due.elapsed().as_secs_f64() * 1000.0, ok_banned));
+        });
+    }
+    drop(tx);
+    let (mut ms, mut errors, mut banned) = (Vec::with_capacity(total), 0, 0);
+    while let Some((latency, answer)) = rx.recv().await {
+        ms.push(latency);
+        match answer {
+            None => errors += 1,
+            Some(true) => banned += 1,
+            Some(false) => {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    CheckReport {
+        active_bans: active,
+        load_seconds,
+        replicas: api_addrs.len(),
+        checks: ms.len(),
+        checks_per_second: ms.len() as f64 / elapsed,
+        errors,
+        banned_answers: banned,
+        latency: Latency::of(ms),
+    }
+}
