@@ -72,7 +72,12 @@ pub fn quota_reports(records: &[Record], max_in_1s: &HashMap<String, (u64, u32)>
         .into_iter()
         .map(|(quota, mut calls)| {
             calls.sort_by_key(|r| (r.at_unix_ms, r.seq));
-            let max_users = QuotaKey::parse(quota).map_or(trtc::MAX_USERS_PER_CALL, |q| q.max_users_per_call());
+            // A ZEGO ban-rule quota (`zego:<AppId>:SetForbidUserRule`) names one user a call.
+            let max_users = match QuotaKey::parse(quota) {
+                Some(q) => q.max_users_per_call(),
+                None if quota.starts_with("zego:") => 1,
+                None => trtc::MAX_USERS_PER_CALL,
+            };
             let (max_window, limit) = max_in_1s.get(quota).copied().unwrap_or((0, 0));
             let span = match (calls.first(), calls.last()) {
                 (Some(a), Some(b)) => (b.at_unix_ms.saturating_sub(a.at_unix_ms)) as f64 / 1000.0,

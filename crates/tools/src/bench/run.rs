@@ -344,7 +344,10 @@ impl<'a> Run<'a> {
             .map(|m| {
                 m.iter()
                     .map(|(k, q)| {
-                        let limit = QuotaKey::parse(k).map_or(0, |q| q.max_calls_per_second());
+                        // A quota that is no kick quota (a ZEGO ban-rule API): the simulator's limit,
+                        // which is the documented one.
+                        let simulated = q["limit"].as_u64().and_then(|l| u32::try_from(l).ok()).unwrap_or(0);
+                        let limit = QuotaKey::parse(k).map_or(simulated, |q| q.max_calls_per_second());
                         (k.clone(), (q["max_calls_in_1s"].as_u64().unwrap_or(0), limit))
                     })
                     .collect()

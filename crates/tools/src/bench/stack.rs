@@ -50,7 +50,8 @@ impl BenchStack {
             let app_id = match s.vendor {
                 Vendor::Zego => {
                     let z = 2_000_000 + k as u32;
-                    file.zego.push(FileZego::new(z, &format!("bench-{z}-{id}"), endpoint));
+                    let app = FileZego::new(z, &format!("bench-{z}-{id}"), endpoint);
+                    file.zego.push(FileZego { forbid_rules: s.banned, ..app });
                     z
                 }
                 Vendor::Trtc => {

@@ -19,6 +19,8 @@ pub(super) struct Segment {
     pub(super) max_users: usize,
     pub(super) rooms: usize,
     pub(super) fixed: bool,
+    /// Its verdicts ban their users for an hour, and its (ZEGO) app has ban rules on.
+    pub(super) banned: bool,
 }
 
 /// What a preset publishes and does.
@@ -43,7 +45,7 @@ pub(super) struct Workload {
 }
 
 fn seg(vendor: Vendor, verdicts: usize, max_users: usize, rooms: usize) -> Segment {
-    Segment { vendor, verdicts, max_users, rooms, fixed: false }
+    Segment { vendor, verdicts, max_users, rooms, fixed: false, banned: false }
 }
 
 impl Segment {
@@ -115,9 +117,14 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
             stop_after_recorded: Some(Duration::from_secs(20)),
             ..base
         },
-        // The backlog preset's backlog, enforced by two replicas while token servers ask.
+        // A burst of 2,000 banned users in 40 rooms of a ZEGO app with ban rules, beside the
+        // backlog preset's other apps, enforced by two replicas while token servers ask.
         Preset::Bans => Workload {
-            segments: vec![seg(Zego, 2_500, 1, 25), seg(Zego, 2_500, 1, 25), seg(Trtc, 2_000, 1, 10)],
+            segments: vec![
+                Segment { banned: true, ..seg(Zego, 2_000, 1, 40) },
+                seg(Zego, 2_500, 1, 25),
+                seg(Trtc, 2_000, 1, 10),
+            ],
             replicas: 2,
             checks: Some(CheckLoad { bans: 1_000_000, per_second: 2_000.0, seconds: 30 }),
             ..base
@@ -180,10 +187,12 @@ pub(super) fn bodies(w: &Workload, app_ids: &[u32]) -> Vec<(usize, Vec<u8>)> {
         .map(|(i, (k, j))| {
             let s = &w.segments[k];
             let users: Vec<String> = (0..s.users_of(j)).map(|n| report::bench_user(i, n)).collect();
-            let body = json!({"verdict_id": format!("bench-{i}"), "vendor": s.vendor.as_str(), "app_id": app_ids[k],
-                   "room_id": format!("room-{}", j % s.rooms), "user_ids": users, "reason": "benchmark"})
-            .to_string()
-            .into_bytes();
+            let mut body = json!({"verdict_id": format!("bench-{i}"), "vendor": s.vendor.as_str(), "app_id": app_ids[k],
+                   "room_id": format!("room-{}", j % s.rooms), "user_ids": users, "reason": "benchmark"});
+            if s.banned {
+                body["ban"] = json!({"seconds": 3600, "scope": "room"});
+            }
+            let body = body.to_string().into_bytes();
             (k, body)
         })
         .collect()
