@@ -374,3 +374,72 @@ async fn the_sim_accepts_a_trtc_get_signed_as_the_official_sdks_sign_it_and_refu
     assert!(records[0].room_numeric && records[0].room_id == "1234", "{:?}", records[0]);
     assert!(records[0].rejection.is_none() && records[1].rejection.is_some(), "{records:?}");
 }
+
+/// A signed ZEGO ban-rule call with `params` after the common ones, as a client written from the
+/// documentation would send it; the JSON answer. `paced`: first wait out the API's limit (10 calls
+/// a second, Describe 1).
+async fn rule_call(sim: &str, app: u32, secret: &str, action: &str, params: &str, paced: bool) -> serde_json::Value {
+    use bouncer::vendor_api::zego::{nonce, signature};
+    if paced {
+        tokio::time::sleep(Duration::from_millis(if action.starts_with("Describe") { 1100 } else { 120 })).await;
+    }
+    let (nonce, ts) = (nonce(), chrono::Utc::now().timestamp());
+    let sig = signature(app, &nonce, secret, ts);
+    let url = format!(
+        "{sim}/?Action={action}&AppId={app}&SignatureNonce={nonce}&Timestamp={ts}&SignatureVersion=2.0&Signature={sig}{params}"
+    );
+    reqwest::get(url).await.expect("sim answers").json().await.expect("json")
+}
+
+#[tokio::test]
+async fn the_simulator_keeps_zego_ban_rules_as_documented() {
+    let apps = Apps::random(1, 0).with_forbid_rules();
+    let sim = start_sim(&apps).await;
+    let (app, secret) = (apps.zego[0].0, apps.zego[0].1.clone());
+    let call = async |action: &str, params: &str| rule_call(&sim.endpoint(), app, &secret, action, params, true).await;
+    let set = "SetForbidUserRule";
+    let now = chrono::Utc::now().timestamp();
+
+    let a = call(set, "&RuleType=4&RoomId=r1&UserId=u1&DisabledPrivilege[]=1&EffectiveTime=1800").await;
+    assert_eq!(a["Code"], 0, "{a}");
+    let expires = a["Data"]["ExpireTime"].as_i64().expect("Data.ExpireTime");
+    assert!((now + 1800..=now + 1802).contains(&expires), "{a}");
+    // Parameters out of the documented ranges: code 2.
+    for bad in [
+        "&RuleType=4&RoomId=r1&UserId=u1&DisabledPrivilege[]=1&EffectiveTime=0",
+        "&RuleType=4&RoomId=r1&UserId=u1&DisabledPrivilege[]=1&EffectiveTime=86401",
+        "&RuleType=5&UserId=u1&DisabledPrivilege[]=1&EffectiveTime=60",
+        "&RuleType=4&UserId=u1&DisabledPrivilege[]=1&EffectiveTime=60",
+        "&RuleType=3&UserId=u1&EffectiveTime=60",
+        "&RuleType=3&UserId=u1&DisabledPrivilege[]=3&EffectiveTime=60",
+        "&RuleType=1&DisabledPrivilege[]=1&EffectiveTime=60",
+    ] {
+        assert_eq!(call(set, bad).await["Code"], 2, "{bad}");
+    }
+    // A second Set on the same key replaces the rule; another key is another rule.
+    let both = "&RuleType=4&RoomId=r1&UserId=u1&DisabledPrivilege[]=1&DisabledPrivilege[]=2&EffectiveTime=60";
+    assert_eq!(call(set, both).await["Code"], 0);
+    assert_eq!(call(set, "&RuleType=3&UserId=u2&DisabledPrivilege[]=1&EffectiveTime=1").await["Code"], 0);
+    let listed = call("DescribeForbidUserRules", "&RuleType=4").await;
+    assert_eq!(listed["Data"]["RuleList"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["Data"]["RuleList"][0]["DisabledPrivilegeList"], json!([1, 2]));
+    // An expired rule is still listed (ZEGO purges them late), with its past ExpireTime.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let type3 = call("DescribeForbidUserRules", "&RuleType=3").await;
+    assert!(type3["Data"]["RuleList"][0]["ExpireTime"].as_i64() <= Some(chrono::Utc::now().timestamp()), "{type3}");
+    // Deleted by type and key.
+    assert_eq!(call("DelForbidUserRule", "&RuleType=4&RoomId=r1&UserId=u1").await["Code"], 0);
+    assert_eq!(call("DescribeForbidUserRules", "&RuleType=4").await["Data"]["RuleList"], json!([]));
+    // Describe twice in a second is over its 1/s.
+    let describe =
+        async || rule_call(&sim.endpoint(), app, &secret, "DescribeForbidUserRules", "&RuleType=1", false).await;
+    let (first, second) = (call("DescribeForbidUserRules", "&RuleType=1").await, describe().await);
+    assert_eq!((first["Code"].as_i64(), second["Code"].as_i64()), (Some(0), Some(206)));
+
+    // An app without the feature: 9.
+    let plain = Apps::random(1, 0);
+    let off = start_sim(&plain).await;
+    let params = "&RuleType=3&UserId=u&DisabledPrivilege[]=1&EffectiveTime=60";
+    let a = rule_call(&off.endpoint(), plain.zego[0].0, &plain.zego[0].1, set, params, true).await;
+    assert_eq!(a["Code"], 9, "{a}");
+}

@@ -61,8 +61,10 @@ impl Sim {
             .and_then(|t| t.parse().ok())
             .filter(|t| (1..=4).contains(t))
             .ok_or_else(|| bad("RuleType must be 1..4"))?;
+        // Describe takes the type alone; Set and Del address a rule by its type and key.
+        let keyed = api.name != "DescribeForbidUserRules";
         let need = |k: &str, when: bool| -> Result<String, Refusal> {
-            if !when {
+            if !(when && keyed) {
                 return Ok(String::new());
             }
             get(k).map(str::to_owned).ok_or_else(|| bad(&format!("{k} is required for RuleType {rule_type}")))
