@@ -35,8 +35,8 @@ CREATE TABLE bans (
     -- The vendor rule that enforces the ban on the vendor's side too (ZEGO SetForbidUserRule with
     -- [[zego]] forbid_rules = true); 'none' where there is none.
     rule_state      text NOT NULL DEFAULT 'none'
-        CHECK (rule_state IN ('none', 'pending', 'in_force', 'rearm_due', 'delete_due', 'deleted',
-                              'refused_limit', 'not_enabled', 'failed')),
+        CHECK (rule_state IN ('none', 'pending', 'in_force', 'delete_due', 'deleted', 'refused_limit',
+                              'not_enabled', 'failed')),
     rule_expires_at timestamptz,
     rule_error      text,
     CHECK ((scope = 'app') = (room_id IS NULL)),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Db;
 use crate::audit::bans::{self, RuleWork};
-use crate::ban::BanScope;
+use crate::ban::{BanScope, RuleState};
 use crate::lease::Lease;
 use crate::quota::Quota;
 use crate::retry::Backoff;
@@ -60,7 +60,7 @@ pub(crate) enum RuleCall {
     Set(u32),
     Delete,
     /// No call: record this state (and why).
-    Settle(&'static str, &'static str),
+    Settle(RuleState, &'static str),
     /// Nothing to do (yet).
     Nothing,
 }
@@ -79,16 +79,16 @@ pub(crate) fn needs_rearm(now: DateTime<Utc>, ban_ends: DateTime<Utc>, rule_ends
 
 /// The decision for one fetched ban.
 pub(crate) fn decide(w: &RuleWork) -> RuleCall {
-    match w.rule_state.as_str() {
-        "delete_due" if w.superseded => {
-            Settle("deleted", "not deleted: a newer ban of the same user and place holds the same rule")
+    match w.rule_state {
+        RuleState::DeleteDue if w.superseded => {
+            Settle(RuleState::Deleted, "not deleted: a newer ban of the same user and place holds the same rule")
         }
-        "delete_due" => RuleCall::Delete,
-        "pending" => match rule_seconds(w.db_now, w.expires_at) {
+        RuleState::DeleteDue => RuleCall::Delete,
+        RuleState::Pending => match rule_seconds(w.db_now, w.expires_at) {
             Some(s) => RuleCall::Set(s),
-            None => Settle("none", "the ban ended before its rule was set"),
+            None => Settle(RuleState::None, "the ban ended before its rule was set"),
         },
-        "in_force" => match (w.rule_expires_at, rule_seconds(w.db_now, w.expires_at)) {
+        RuleState::InForce => match (w.rule_expires_at, rule_seconds(w.db_now, w.expires_at)) {
             (Some(rule_ends), Some(s)) if needs_rearm(w.db_now, w.expires_at, rule_ends) => RuleCall::Set(s),
             _ => RuleCall::Nothing,
         },
@@ -122,7 +122,7 @@ pub(crate) async fn run(lane: RulesLane) {
         }
         if limit_retried.elapsed() >= LIMIT_RETRY {
             limit_retried = Instant::now();
-            let _ = bans::move_rules(&lane.db, app, None, "refused_limit", "pending", None).await;
+            let _ = bans::move_rules(&lane.db, app, None, RuleState::RefusedLimit, RuleState::Pending, None).await;
         }
         let work = match bans::rule_work(&lane.db, app, BATCH).await {
             Ok(w) => w,
@@ -160,7 +160,7 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
     let (set, secs) = match decide(w) {
         RuleCall::Nothing => return Next::Continue,
         Settle(state, why) => {
-            let _ = bans::rule_result(&lane.db, w.id, &w.rule_state, state, None, Some(why)).await;
+            let _ = bans::rule_result(&lane.db, w.id, w.rule_state, state, None, Some(why)).await;
             return Next::Continue;
         }
         RuleCall::Set(secs) => (true, secs),
@@ -170,8 +170,8 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
     let action = if set { ZEGO_SET_FORBID_USER_RULE.name } else { ZEGO_DEL_FORBID_USER_RULE.name };
     metrics::counter!("bouncer_vendor_rule_calls_total", "vendor" => "zego", "action" => action, "outcome" => outcome.as_str())
         .increment(1);
-    let record = |state: &'static str, until: Option<DateTime<Utc>>, error: Option<String>| async move {
-        if let Err(e) = bans::rule_result(&lane.db, w.id, &w.rule_state, state, until, error.as_deref()).await {
+    let record = |state: RuleState, until: Option<DateTime<Utc>>, error: Option<String>| async move {
+        if let Err(e) = bans::rule_result(&lane.db, w.id, w.rule_state, state, until, error.as_deref()).await {
             metrics::counter!("bouncer_database_errors_total", "op" => "rules").increment(1);
             tracing::warn!(app_id = app, ban_id = w.id, error = %e, "cannot record a rule's result; it is sent again");
         }
@@ -179,14 +179,15 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
     match outcome {
         RuleOutcome::InForce { expires_at } => {
             backoff.reset();
-            record("in_force", DateTime::from_timestamp(expires_at, 0), None).await;
+            record(RuleState::InForce, DateTime::from_timestamp(expires_at, 0), None).await;
             Next::Continue
         }
         RuleOutcome::Deleted => {
             backoff.reset();
-            record("deleted", None, None).await;
+            record(RuleState::Deleted, None, None).await;
             // A slot of this rule type is free: bans refused for the limit may get theirs.
-            let _ = bans::move_rules(&lane.db, app, Some(scope_of(w)), "refused_limit", "pending", None).await;
+            let (from, to) = (RuleState::RefusedLimit, RuleState::Pending);
+            let _ = bans::move_rules(&lane.db, app, Some(scope_of(w)), from, to, None).await;
             Next::Continue
         }
         RuleOutcome::LimitReached => {
@@ -194,9 +195,10 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
                 "ZEGO 50123: 200 rules of type {} in force; the ban is enforced by Bouncer alone",
                 rule.rule_type()
             );
-            record("refused_limit", None, Some(why.clone())).await;
+            record(RuleState::RefusedLimit, None, Some(why.clone())).await;
             // Every other pending ban of the type would be refused alike: recorded now, tried again later.
-            let moved = bans::move_rules(&lane.db, app, Some(scope_of(w)), "pending", "refused_limit", Some(&why))
+            let (from, to) = (RuleState::Pending, RuleState::RefusedLimit);
+            let moved = bans::move_rules(&lane.db, app, Some(scope_of(w)), from, to, Some(&why))
                 .await
                 .unwrap_or(0);
             metrics::counter!("bouncer_vendor_rules_refused_total", "vendor" => "zego").increment(1 + moved);
@@ -221,7 +223,7 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
         RuleOutcome::Refused { code, message } => {
             let message = crate::text::single_line(&message).into_owned();
             tracing::error!(app_id = app, action, code, message = %message, "ZEGO refused a ban rule");
-            record("failed", None, Some(format!("ZEGO {code}: {message}"))).await;
+            record(RuleState::Failed, None, Some(format!("ZEGO {code}: {message}"))).await;
             Next::Continue
         }
     }
@@ -235,15 +237,15 @@ async fn not_enabled(lane: &RulesLane, w: &RuleWork, set: bool) -> Next {
     tracing::error!(app_id = app, pause_secs = NOT_ENABLED_PAUSE.as_secs(), "{why}; rules paused, bans stand");
     metrics::gauge!("bouncer_vendor_rules_paused", "vendor" => "zego").increment(1.0);
     if set {
-        let _ = bans::rule_result(&lane.db, w.id, &w.rule_state, "not_enabled", None, Some(why)).await;
-        let _ = bans::move_rules(&lane.db, app, None, "pending", "not_enabled", Some(why)).await;
+        let _ = bans::rule_result(&lane.db, w.id, w.rule_state, RuleState::NotEnabled, None, Some(why)).await;
+        let _ = bans::move_rules(&lane.db, app, None, RuleState::Pending, RuleState::NotEnabled, Some(why)).await;
     }
     let resumed = Backoff::sleep(NOT_ENABLED_PAUSE, &lane.cancel).await;
     metrics::gauge!("bouncer_vendor_rules_paused", "vendor" => "zego").decrement(1.0);
     if !resumed {
         return Next::Stop;
     }
-    let _ = bans::move_rules(&lane.db, app, None, "not_enabled", "pending", None).await;
+    let _ = bans::move_rules(&lane.db, app, None, RuleState::NotEnabled, RuleState::Pending, None).await;
     Next::Refetch(Duration::ZERO)
 }
 
@@ -293,7 +295,7 @@ mod tests {
             user_id: "u".into(),
             room_id: Some("r".into()),
             expires_at: at(ban_ends),
-            rule_state: state.into(),
+            rule_state: state.parse().unwrap(),
             rule_expires_at: rule_ends.map(at),
             superseded: false,
             db_now: at(now),
@@ -306,11 +308,11 @@ mod tests {
         assert_eq!(rule_seconds(at(0), at(3 * 86_400)), Some(86_400));
         assert_eq!(rule_seconds(at(0), at(0)), None);
         assert_eq!(decide(&work("pending", 0, 60, None)), RuleCall::Set(60));
-        assert!(matches!(decide(&work("pending", 61, 60, None)), RuleCall::Settle("none", _)));
+        assert!(matches!(decide(&work("pending", 61, 60, None)), RuleCall::Settle(RuleState::None, _)));
         let mut lifted = work("delete_due", 0, 60, Some(60));
         assert_eq!(decide(&lifted), RuleCall::Delete);
         lifted.superseded = true;
-        assert!(matches!(decide(&lifted), RuleCall::Settle("deleted", _)));
+        assert!(matches!(decide(&lifted), RuleCall::Settle(RuleState::Deleted, _)));
     }
 
     /// A three-day ban, watched on a simulated clock a second at a time: the rule is set for a

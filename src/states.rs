@@ -22,7 +22,7 @@ macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident, $kind:literal { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "lowercase")]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vdoc])* $variant),+
         }
@@ -118,6 +118,55 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// `bans.scope`: where a ban keeps its users out.
+    BanScope, "ban scope" {
+        /// The verdict's room of its app.
+        Room => "room",
+        /// Every room of the verdict's app.
+        App => "app",
+    }
+);
+
+text_enum!(
+    /// Where a ban stands, as ops filter them (computed from `bans` as of a query).
+    BanState, "ban state" {
+        /// Keeps its users out now.
+        Active => "active",
+        /// Ran its time.
+        Expired => "expired",
+        /// Ended early by a person or a token server.
+        Lifted => "lifted",
+    }
+);
+
+text_enum!(
+    /// `bans.rule_state`: the vendor rule that enforces a ban on the vendor's side too.
+    RuleState, "rule state" {
+        /// The app has no vendor rules.
+        None => "none",
+        /// To be set.
+        Pending => "pending",
+        /// Set; `rule_expires_at` says until when.
+        InForce => "in_force",
+        /// The ban was lifted: its rule is to be deleted.
+        DeleteDue => "delete_due",
+        Deleted => "deleted",
+        /// The vendor's limit of rules in force was reached (ZEGO 50123): the ban stands without one.
+        RefusedLimit => "refused_limit",
+        /// The vendor has not enabled rules for the app (ZEGO 9): the ban stands without one.
+        NotEnabled => "not_enabled",
+        /// Refused for good (the vendor's code and message in `rule_error`).
+        Failed => "failed",
+    }
+);
+
+impl BanState {
+    pub fn is_active(self) -> bool {
+        self == BanState::Active
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +181,10 @@ mod tests {
         }
         for s in AttemptOutcome::ALL {
             assert_eq!(s.as_str().parse::<AttemptOutcome>().unwrap(), *s);
+        }
+        for s in RuleState::ALL {
+            assert_eq!(s.as_str().parse::<RuleState>().unwrap(), *s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str(), "JSON shows the column value");
         }
         assert!("deferred".parse::<VerdictStatus>().is_err());
     }
@@ -149,5 +202,11 @@ mod tests {
             names(&AttemptOutcome::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
             "ok,gone,retry,permanent"
         );
+        // migrations/20261203000004_bans.sql.
+        assert_eq!(
+            names(&RuleState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            "none,pending,in_force,delete_due,deleted,refused_limit,not_enabled,failed"
+        );
+        assert_eq!(names(&BanScope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()), "room,app");
     }
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::{AuditError, Db};
-use crate::ban::{BanScope, BanState};
+use crate::ban::{BanScope, BanState, RuleState};
 use crate::keys::AppKey;
 use crate::vendors::Vendor;
 use crate::verdict::{RoomId, Verdict};
@@ -183,11 +183,11 @@ pub struct BanRow {
     pub vendor: String,
     pub app_id: i64,
     pub user_id: String,
-    pub scope: String,
+    pub scope: BanScope,
     pub room_id: Option<String>,
     pub room_id_numeric: Option<bool>,
-    /// `active`, `expired` or `lifted`, as of the query.
-    pub state: String,
+    /// As of the query.
+    pub state: BanState,
     pub verdict_id: String,
     pub verdict_ids: Vec<String>,
     pub reason: Option<String>,
@@ -197,7 +197,7 @@ pub struct BanRow {
     pub lifted_at: Option<DateTime<Utc>>,
     pub lifted_by: Option<String>,
     pub lift_reason: Option<String>,
-    pub rule_state: String,
+    pub rule_state: RuleState,
     pub rule_expires_at: Option<DateTime<Utc>>,
     pub rule_error: Option<String>,
 }
@@ -234,7 +234,7 @@ pub(crate) async fn of_verdict(
 pub struct ActiveBan {
     pub user_id: String,
     pub id: i64,
-    pub scope: String,
+    pub scope: BanScope,
     pub room_id: Option<String>,
     pub room_id_numeric: Option<bool>,
     pub expires_at: DateTime<Utc>,
@@ -331,7 +331,7 @@ pub async fn list(db: &Db, f: &BanFilter) -> Result<Vec<BanRow>, AuditError> {
 fn lifting(actor: &str, reason: &str) -> String {
     format!(
         "ended_at = now(), lifted_at = now(), lifted_by = {actor}, lift_reason = {reason}, updated_at = now(),
-         rule_state = CASE WHEN rule_state IN ('pending', 'in_force', 'rearm_due') THEN 'delete_due' ELSE rule_state END"
+         rule_state = CASE WHEN rule_state IN ('pending', 'in_force') THEN 'delete_due' ELSE rule_state END"
     )
 }
 
@@ -414,7 +414,7 @@ pub(crate) struct RuleWork {
     pub user_id: String,
     pub room_id: Option<String>,
     pub expires_at: DateTime<Utc>,
-    pub rule_state: String,
+    pub rule_state: RuleState,
     pub rule_expires_at: Option<DateTime<Utc>>,
     /// A newer open ban of the same user and place has its own rule: deleting this one's would
     /// delete that (a rule is addressed by its key, not by a ban).
@@ -454,8 +454,8 @@ pub(crate) async fn rule_work(db: &Db, app_id: u32, limit: i64) -> Result<Vec<Ru
 pub(crate) async fn rule_result(
     db: &Db,
     id: i64,
-    was: &str,
-    state: &str,
+    was: RuleState,
+    state: RuleState,
     rule_expires_at: Option<DateTime<Utc>>,
     error: Option<&str>,
 ) -> Result<(), AuditError> {
@@ -483,8 +483,8 @@ pub(crate) async fn move_rules(
     db: &Db,
     app_id: u32,
     scope: Option<BanScope>,
-    from: &str,
-    to: &str,
+    from: RuleState,
+    to: RuleState,
     error: Option<&str>,
 ) -> Result<u64, AuditError> {
     let moved = db
@@ -495,7 +495,7 @@ pub(crate) async fn move_rules(
                    AND ended_at IS NULL AND expires_at > now()",
             )
             .bind(i64::from(app_id))
-            .bind(scope.map(BanScope::as_str))
+            .bind(scope)
             .bind(from)
             .bind(to)
             .bind(error)

@@ -210,11 +210,11 @@ impl Tabular for BanRow {
     fn cells(&self) -> Vec<String> {
         vec![
             time(&self.created_at),
-            self.state.clone(),
+            self.state.to_string(),
             self.vendor.clone(),
             self.app_id.to_string(),
             self.user_id.clone(),
-            self.scope.clone(),
+            self.scope.to_string(),
             self.room_id
                 .clone()
                 .map(|r| r + if self.room_id_numeric == Some(true) { " (numeric)" } else { "" })
@@ -224,7 +224,7 @@ impl Tabular for BanRow {
             opt(&self.reason),
             opt(&self.lifted_by),
             opt(&self.lift_reason),
-            self.rule_state.clone(),
+            self.rule_state.to_string(),
         ]
     }
 }
@@ -317,13 +317,13 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
                 .map(|b| {
                     vec![
                         b.user_id.clone(),
-                        b.state.clone(),
-                        b.scope.clone(),
+                        b.state.to_string(),
+                        b.scope.to_string(),
                         opt(&b.room_id),
                         time(&b.expires_at),
                         b.verdict_id.clone(),
                         opt(&b.lifted_by),
-                        b.rule_state.clone(),
+                        b.rule_state.to_string(),
                     ]
                 })
                 .collect(),

@@ -46,7 +46,7 @@ pub struct KickArgs {
 
 /// `--ban-scope`: `room` or `app`.
 pub(crate) fn parse_scope(s: &str) -> Result<crate::ban::BanScope, String> {
-    crate::ban::BanScope::parse(s).ok_or_else(|| format!("{s:?}: must be room or app"))
+    s.parse::<crate::ban::BanScope>().ok().ok_or_else(|| format!("{s:?}: must be room or app"))
 }
 
 pub(crate) async fn run(cli: &Cli, args: &KickArgs) -> CliResult {

@@ -64,7 +64,7 @@ impl BanSearch {
             room: some(&self.room).map(|text| RoomRef { text, numeric: None }),
             state: some(&self.state)
                 .map(|s| {
-                    BanState::parse(&s).ok_or_else(|| format!("state: must be active, expired or lifted, got {s:?}"))
+                    s.parse::<BanState>().ok().ok_or_else(|| format!("state: must be active, expired or lifted, got {s:?}"))
                 })
                 .transpose()?,
             before_id: some(&self.before).and_then(|b| b.parse().ok()),
@@ -141,7 +141,7 @@ pub(crate) async fn confirm(State(c): State<Arc<Console>>, actor: Actor, Path(id
     let Some(ban) = bans::one(&c.pool, id).await? else {
         return Ok((StatusCode::NOT_FOUND, "no such ban").into_response());
     };
-    if ban.state != "active" {
+    if !ban.state.is_active() {
         return Ok((StatusCode::CONFLICT, "this ban is not active; nothing to lift").into_response());
     }
     let csrf = c.csrf.token(&actor.name, &action(id));
