@@ -198,9 +198,7 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
             record(RuleState::RefusedLimit, None, Some(why.clone())).await;
             // Every other pending ban of the type would be refused alike: recorded now, tried again later.
             let (from, to) = (RuleState::Pending, RuleState::RefusedLimit);
-            let moved = bans::move_rules(&lane.db, app, Some(scope_of(w)), from, to, Some(&why))
-                .await
-                .unwrap_or(0);
+            let moved = bans::move_rules(&lane.db, app, Some(scope_of(w)), from, to, Some(&why)).await.unwrap_or(0);
             metrics::counter!("bouncer_vendor_rules_refused_total", "vendor" => "zego").increment(1 + moved);
             tracing::warn!(
                 app_id = app,

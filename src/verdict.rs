@@ -366,7 +366,9 @@ fn parse_ban(v: &Value) -> Result<Ban, ContractError> {
     };
     let scope = match obj.get("scope") {
         None | Some(Value::Null) => BanScope::Room,
-        Some(Value::String(s)) => s.parse::<BanScope>().ok()
+        Some(Value::String(s)) => s
+            .parse::<BanScope>()
+            .ok()
             .ok_or_else(|| err("ban.scope", Rule::BadValue, format!("must be \"room\" or \"app\", got {s:?}")))?,
         Some(other) => return Err(wrong_type("ban.scope", "a string (\"room\" or \"app\")", other)),
     };

@@ -15,6 +15,7 @@ const CONFIG: &str = r#"
 [[zego]]
 app_id = 1234567890
 server_secret = "abcdefghijklmnopqrstuvwxyz012345"
+forbid_rules = true
 [[trtc]]
 sdk_app_id = 1400000001
 secret_id = "AKIDfuzz"

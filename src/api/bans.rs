@@ -120,7 +120,9 @@ pub(super) async fn list(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> 
         room,
         state: q
             .get("state")
-            .map(|st| st.parse::<BanState>().ok().ok_or_else(|| ApiError::bad("state", "must be active, expired or lifted")))
+            .map(|st| {
+                st.parse::<BanState>().ok().ok_or_else(|| ApiError::bad("state", "must be active, expired or lifted"))
+            })
             .transpose()?,
         before_id: q
             .get("before")

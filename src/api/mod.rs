@@ -30,6 +30,9 @@ use error::ApiError;
 /// The OpenAPI 3.1 document of this listener.
 pub const OPENAPI: &str = include_str!("../../deploy/api.openapi.json");
 
+/// How often the API's pool is brought back to its size (after PostgreSQL was away).
+const KEEP_OPEN_EVERY: Duration = Duration::from_secs(1);
+
 /// Largest request body: a check of 100 users of 128 bytes each is about 14 KiB.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -42,6 +45,31 @@ pub(crate) struct ApiState {
     tokens: Arc<Vec<(String, [u8; 32])>>,
     /// How long a request may wait for PostgreSQL before it is answered 503.
     database_timeout: Duration,
+    /// 503s since the last one logged: an overloaded or unreachable database must not also
+    /// flood the log (one line a second says it).
+    refusals: Arc<Throttle>,
+}
+
+/// At most one log line a second, counting what it held back.
+#[derive(Default)]
+pub(crate) struct Throttle {
+    /// Milliseconds since `UNIX_EPOCH` of the last line.
+    last_ms: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// `Some(how many were held back)` when a line may be written now.
+    fn suppressed(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let last = self.last_ms.load(Relaxed);
+        if now.saturating_sub(last) >= 1000 && self.last_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 /// The name of the token a request came with (`[[api.tokens]] name`): the actor of a lift.
@@ -49,22 +77,27 @@ pub(crate) struct ApiState {
 pub(crate) struct Caller(pub(crate) String);
 
 impl ApiState {
-    /// `work` within the database budget; any failure to answer is a 503 (logged here, never
-    /// shown to the caller).
+    /// `work` within the database budget; any failure to answer is a 503 (logged here, at most
+    /// once a second, never shown to the caller).
+    ///
+    /// The budget is enforced where waiting happens — the pool's acquire timeout is
+    /// `database_timeout`, and an unreachable server fails at once — not by cancelling a query in
+    /// flight: a cancelled query leaves its connection mid-protocol, the pool closes it, and under
+    /// load the API would spend its time opening connections (each a new server process) and
+    /// never catch up. The outer timeout only guards against a server that stops answering
+    /// mid-query (a network cut), at a multiple of the budget.
     async fn within<T>(&self, work: impl Future<Output = Result<T, AuditError>>) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.database_timeout, work).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
-                tracing::warn!(error = %e, "API: PostgreSQL did not answer; 503");
-                Err(ApiError::unavailable())
-            }
-            Err(_) => {
-                metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
-                tracing::warn!(timeout_ms = self.database_timeout.as_millis() as u64, "API: PostgreSQL too slow; 503");
-                Err(ApiError::unavailable())
-            }
+        let failure = match tokio::time::timeout(self.database_timeout * 5, work).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", (self.database_timeout * 5).as_millis()),
+        };
+        metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
+        let suppressed = self.refusals.suppressed();
+        if let Some(suppressed) = suppressed {
+            tracing::warn!(error = %failure, more_since_last_log = suppressed, "API: PostgreSQL did not answer; 503");
         }
+        Err(ApiError::unavailable())
     }
 
     /// The configured token `presented` is, by name: every token is compared, in constant time.
@@ -150,24 +183,61 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// Binds `[api].listen` (if set) and serves until `shutdown`. Returns the bound address. The
-/// listener's pool connects on first use, so the API answers 503 — not a refused connection —
-/// while PostgreSQL is away.
-pub async fn serve(
-    api: &ApiConfig,
-    postgres: &PostgresConfig,
-    shutdown: CancellationToken,
-) -> Result<Option<SocketAddr>, String> {
+/// The public API being served: its address, and the runtime it runs on.
+pub struct Serving {
+    pub addr: SocketAddr,
+    runtime: tokio::runtime::Runtime,
+    stop: CancellationToken,
+}
+
+impl Serving {
+    /// Stops accepting, gives requests being answered a moment, then stops the API's runtime.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.runtime.shutdown_background();
+    }
+}
+
+/// Binds `[api].listen` (if set) and serves until [`Serving::stop`] — after the worker has
+/// stopped, so a replica being replaced keeps answering token servers while it drains — on a
+/// runtime of its own: a token
+/// server's check must not wait behind intake recording a burst on the worker's runtime (the OS
+/// shares the cores between the two; tokio would run the check only when an intake task yields).
+/// The listener's pool is opened in the background and kept open, so the API answers 503 — not a
+/// refused connection — while PostgreSQL is away, and requests never wait for a connection to
+/// be opened.
+pub async fn serve(api: &ApiConfig, postgres: &PostgresConfig) -> Result<Option<Serving>, String> {
     let Some(listen) = api.listen else { return Ok(None) };
-    let db = Db::connect_lazy(postgres, api.max_connections, api.database_timeout)
+    let shutdown = CancellationToken::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bouncer-api")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("api: cannot start its runtime: {e}"))?;
+    let db = Db::connect_kept_open(postgres, api.max_connections, api.database_timeout)
         .map_err(|e| format!("api: PostgreSQL connection settings: {e}"))?;
     let tokens = api
         .tokens
         .iter()
         .map(|t| (t.name.clone(), Sha256::digest(t.token.expose_secret().as_bytes()).into()))
         .collect();
-    let state = ApiState { db, tokens: Arc::new(tokens), database_timeout: api.database_timeout };
-    let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
-    tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));
-    Ok(Some(addr))
+    let state = ApiState {
+        db: db.clone(),
+        tokens: Arc::new(tokens),
+        database_timeout: api.database_timeout,
+        refusals: Arc::new(Throttle::default()),
+    };
+    let size = api.max_connections;
+    // Sockets and connections belong to the runtime that creates them: bind and connect there.
+    let stop = shutdown.clone();
+    let started = runtime.spawn(async move {
+        let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
+        tokio::spawn(db.keep_open(size, KEEP_OPEN_EVERY, shutdown.clone()));
+        tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));
+        Ok::<_, String>(addr)
+    });
+    let addr = started.await.map_err(|e| format!("api: {e}"))??;
+    Ok(Some(Serving { addr, runtime, stop }))
 }

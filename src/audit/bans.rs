@@ -251,29 +251,35 @@ pub async fn check(
     users: &[String],
     room: Option<&RoomRef>,
 ) -> Result<Vec<ActiveBan>, AuditError> {
-    let (room_text, room_numeric) = match room {
-        Some(r) => (Some(r.text.as_str()), r.numeric),
-        None => (None, None),
+    // One statement per shape (one user or several; no room, a room, a room of one kind), each
+    // with plain parameters: PostgreSQL then settles on one cached plan per prepared statement.
+    // Optional parameters (`$4 IS NULL OR …`) or an array where one value is meant made it plan
+    // every execution anew, which cost several times the lookup itself.
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT DISTINCT ON (user_id) user_id, id, scope, room_id, room_id_numeric, expires_at, verdict_id, reason
+         FROM bans WHERE ended_at IS NULL AND expires_at > now() AND vendor = ",
+    );
+    qb.push_bind(vendor.as_str()).push(" AND app_id = ").push_bind(i64::from(app_id));
+    match users {
+        [one] => qb.push(" AND user_id = ").push_bind(one.clone()),
+        many => qb.push(" AND user_id = ANY(").push_bind(many.to_vec()).push(")"),
     };
-    Ok(db
-        .run(async |c| {
-            db.query_as(
-                "SELECT DISTINCT ON (user_id) user_id, id, scope, room_id, room_id_numeric, expires_at, verdict_id, reason
-                 FROM bans
-                 WHERE vendor = $1 AND app_id = $2 AND user_id = ANY($3) AND ended_at IS NULL AND expires_at > now()
-                   AND (scope = 'app'
-                        OR ($4::text IS NOT NULL AND room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))
-                 ORDER BY user_id, expires_at DESC",
-            )
-            .bind(vendor.as_str())
-            .bind(i64::from(app_id))
-            .bind(users)
-            .bind(room_text)
-            .bind(room_numeric)
-            .fetch_all(c)
-            .await
-        })
-        .await?)
+    match room {
+        // A ticket for any room: only app bans keep the user out of all of them.
+        None => {
+            qb.push(" AND scope = 'app'");
+        }
+        Some(r) => {
+            qb.push(" AND (scope = 'app' OR (room_id = ").push_bind(r.text.clone());
+            // Without a kind (a TRTC room of digits the caller did not type), either kind counts.
+            if let Some(numeric) = r.numeric {
+                qb.push(" AND room_id_numeric = ").push_bind(numeric);
+            }
+            qb.push("))");
+        }
+    }
+    qb.push(" ORDER BY user_id, expires_at DESC");
+    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
 }
 
 /// What ops list bans by. Every field narrows; `None` means any.

@@ -62,15 +62,38 @@ impl Db {
         Ok(Db { pool, pooler: cfg.pooler })
     }
 
-    /// A pool of up to `size` connections to `postgres.url` that connects on first use (a
-    /// listener serves, answering 503, while PostgreSQL is away); a statement waits at most
-    /// `acquire_timeout` for a connection.
-    pub fn connect_lazy(cfg: &PostgresConfig, size: u32, acquire_timeout: Duration) -> Result<Db, sqlx::Error> {
+    /// A pool of `size` connections to `postgres.url` kept open for a listener that must answer
+    /// fast under load (the public API): it serves (answering 503) while PostgreSQL is away, a
+    /// statement waits at most `acquire_timeout` for a connection, and connections are opened
+    /// by [`Db::keep_open`] in the background, never by a request. Why: a connection opened
+    /// inside a request's acquire is abandoned when that request gives up, and under a burst the
+    /// waiters that reach the front of the queue have almost no time left, so no connection is
+    /// ever completed and every request times out (sqlx issue 3513). Connections are not pinged
+    /// before each use (a round trip per check); a dead one fails its request and is replaced.
+    pub fn connect_kept_open(cfg: &PostgresConfig, size: u32, acquire_timeout: Duration) -> Result<Db, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
+            .idle_timeout(None)
             .connect_lazy_with(options(&cfg.url, cfg.pooler)?);
         Ok(Db { pool, pooler: cfg.pooler })
+    }
+
+    /// Opens connections until the pool holds `size`, every `every`, until `stop`.
+    pub async fn keep_open(self, size: u32, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let missing = size.saturating_sub(self.pool.size());
+            if missing > 0 {
+                // Acquired and released at once: each opens a connection the pool keeps.
+                let opened = futures_util::future::join_all((0..missing).map(|_| self.pool.acquire())).await;
+                drop(opened);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Runs `work` on one connection: as it is on a direct connection; behind a transaction

@@ -185,15 +185,21 @@ async fn run_worker(cli: &Cli) -> CliResult {
         Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz and /readyz"),
         Err(e) => return Err(CliError::failed(format!("cannot listen on http.listen = {}: {e}", config.http.listen))),
     }
-    match crate::api::serve(&config.api, &config.postgres, shutdown.clone()).await {
+    let api = match crate::api::serve(&config.api, &config.postgres).await {
         // As above: tests and scripts read the API's port from this line.
-        Ok(Some(addr)) => tracing::info!(%addr, tokens = config.api.tokens.len(), "serving the public API"),
-        Ok(None) => {}
+        Ok(Some(api)) => {
+            tracing::info!(addr = %api.addr, tokens = config.api.tokens.len(), "serving the public API");
+            Some(api)
+        }
+        Ok(None) => None,
         Err(e) => return Err(CliError::failed(format!("cannot serve the API: {e}"))),
-    }
-    crate::worker::run(config, shutdown, move |h| {
+    };
+    let ran = crate::worker::run(config, shutdown, move |h| {
         let _ = health_tx.send(Some(h));
     })
-    .await
-    .map_err(CliError::failed)
+    .await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
+    ran.map_err(CliError::failed)
 }

@@ -64,7 +64,9 @@ impl BanSearch {
             room: some(&self.room).map(|text| RoomRef { text, numeric: None }),
             state: some(&self.state)
                 .map(|s| {
-                    s.parse::<BanState>().ok().ok_or_else(|| format!("state: must be active, expired or lifted, got {s:?}"))
+                    s.parse::<BanState>()
+                        .ok()
+                        .ok_or_else(|| format!("state: must be active, expired or lifted, got {s:?}"))
                 })
                 .transpose()?,
             before_id: some(&self.before).and_then(|b| b.parse().ok()),

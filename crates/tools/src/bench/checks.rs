@@ -105,13 +105,18 @@ pub(super) async fn run(
                 Ok(r) if r.status() == 200 => r.json::<serde_json::Value>().await.ok().map(|v| v["banned"] == true),
                 _ => None,
             };
-            let _ = tx.send((due.elapsed().as_secs_f64() * 1000.0, ok_banned));
+            let _ = tx.send((i, due.elapsed().as_secs_f64() * 1000.0, ok_banned));
         });
     }
     drop(tx);
     let (mut ms, mut errors, mut banned) = (Vec::with_capacity(total), 0, 0);
-    while let Some((latency, answer)) = rx.recv().await {
+    let per_second = load.per_second as usize;
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); load.seconds as usize + 1];
+    while let Some((i, latency, answer)) = rx.recv().await {
         ms.push(latency);
+        if let Some(s) = seconds.get_mut(i / per_second.max(1)) {
+            s.push(latency);
+        }
         match answer {
             None => errors += 1,
             Some(true) => banned += 1,
@@ -119,6 +124,12 @@ pub(super) async fn run(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Second by second: where a slow stretch was.
+    for (k, mut s) in seconds.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        s.sort_by(f64::total_cmp);
+        let p99 = super::report::percentile(&s, 99.0);
+        eprintln!("  checks, second {k:>2}: p50 {:>7.2} ms  p99 {:>7.2} ms", super::report::percentile(&s, 50.0), p99);
+    }
     CheckReport {
         active_bans: active,
         load_seconds,
