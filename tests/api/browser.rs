@@ -472,6 +472,8 @@ async fn an_operator_lifts_a_ban_from_the_bans_page_and_a_viewer_cannot_in_a_rea
     page.find(Locator::Css("#lift-reason")).await.expect("reason").send_keys("appeal granted").await.expect("type");
     browser.click("#confirm-lift").await;
     page.wait().for_element(Locator::Css("#lifted")).await.expect("back on the bans");
+    page.goto(&format!("{}/bans", console.base)).await.expect("every ban");
+    browser.screenshot("console-bans.png").await;
     let row: (String, String) = sqlx::query_as("SELECT lifted_by, lift_reason FROM bans WHERE id = $1")
         .bind(hostile_ban)
         .fetch_one(&pool)
@@ -485,7 +487,6 @@ async fn an_operator_lifts_a_ban_from_the_bans_page_and_a_viewer_cannot_in_a_rea
     assert!(browser.text("dd.ban").await.contains("3600 s"));
     page.goto(&format!("{}/users/u2", console.base)).await.expect("user");
     assert_eq!(browser.texts("table.bans tr.ban td.state").await, vec!["active".to_owned()]);
-    browser.screenshot("console-bans.png").await;
     browser.close().await;
     pool.close().await;
 }
