@@ -17,7 +17,8 @@ pub struct FileApi {
     pub tokens: Vec<FileApiToken>,
     /// Connections of its own to PostgreSQL: the API never waits behind enforcement or intake.
     pub max_connections: u32,
-    /// How long a request may wait for PostgreSQL before it is answered 503.
+    /// How long a request may wait for a connection before it is answered 503 (a statement
+    /// already sent gets five times as long).
     pub database_timeout_ms: u64,
 }
 

@@ -379,3 +379,33 @@ async fn ops_ban_with_kick_read_bans_in_the_audit_and_unban_with_hostile_ids_sho
     let still = env.cli(&["audit", "--bans", "--active", "--format", "json"]);
     assert_eq!(crate::helpers::stdout(&still).trim(), "", "no active ban left");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ban_holds_from_the_moment_its_verdict_is_recorded_before_the_kick_and_its_id_cannot_be_reused() {
+    let mut env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    let token = env.enable_api();
+    let app = env.apps.zego[0].0;
+    // The vendor holds every call: the kick cannot have happened.
+    crate::helpers::SimControl::new(&env.sim).set_faults(json!({"vendor": "zego", "hang": true})).await;
+    env.publish_json(&with_ban(verdict("v-first", "zego", app, json!("r1"), &["u1"]), 600, "room")).await;
+    let worker = env.worker();
+    env.wait_for_count("SELECT count(*) FROM verdicts", 1, Duration::from_secs(60)).await;
+    let api = ApiClient::new(&worker, Some(&token));
+    assert!(api.banned("zego", app, "u1", Some(("r1", None))).await, "banned before any kick");
+    let pool = env.pool().await;
+    let kicked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM kicks WHERE status = 'kicked'").fetch_one(&pool).await.unwrap();
+    assert_eq!(kicked, 0, "and the kick is still pending");
+
+    // The same id with another ban is another verdict: kept as rejected, the first ban unchanged.
+    env.publish_json(&with_ban(verdict("v-first", "zego", app, json!("r1"), &["u1"]), 31_536_000, "app")).await;
+    env.wait_for_count(
+        "SELECT count(*) FROM rejected_messages WHERE rule = 'verdict_id_reused'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!api.banned("zego", app, "u1", None).await, "the reused id did not ban the user app-wide");
+    crate::helpers::SimControl::new(&env.sim).clear_faults().await;
+    pool.close().await;
+}
