@@ -60,14 +60,21 @@ fn kubernetes_manifests_are_valid_yaml_with_the_probes_wired() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("zego"), "s").unwrap();
     std::fs::write(dir.join("trtc"), "k").unwrap();
+    std::fs::write(dir.join("api"), "0123456789abcdef0123").unwrap();
     let local = toml
         .replace("/etc/bouncer/secrets/zego-server-secret", dir.join("zego").to_str().unwrap())
-        .replace("/etc/bouncer/secrets/trtc-secret-key", dir.join("trtc").to_str().unwrap());
+        .replace("/etc/bouncer/secrets/trtc-secret-key", dir.join("trtc").to_str().unwrap())
+        .replace("/etc/bouncer/secrets/api-token-token-server", dir.join("api").to_str().unwrap());
     let config = bouncer::config::Config::from_toml(&local).expect("the ConfigMap's config is valid");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(config.http.listen.port(), 9187);
     let svc = &yaml("deploy/k8s/service.yaml")[0];
     assert_eq!(svc["spec"]["ports"][0]["targetPort"].as_str(), Some("metrics"));
+    // The public API listens where the pod and the bouncer-api Service say.
+    assert_eq!(config.api.listen.map(|a| a.port()), Some(9192));
+    assert_eq!(c["ports"][1]["containerPort"].as_i64(), Some(9192));
+    let api = &yaml("deploy/k8s/service.yaml")[1];
+    assert_eq!(api["spec"]["ports"][0]["targetPort"].as_str(), c["ports"][1]["name"].as_str());
 }
 
 #[test]
