@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::params::{self, BodyFields, QueryParams, RoomInput};
 use super::{ApiState, Caller};
-use crate::audit::bans::{self, ActiveBan, BanFilter, BanRow, Lift, RoomRef};
+use crate::audit::bans::{self, ActiveBan, BanFilter, BanRow, CheckItem, Lift, RoomRef};
 use crate::ban::BanState;
 use crate::vendors::Vendor;
 use crate::verdict::{MAX_REASON_BYTES, MAX_USERS};
@@ -60,9 +60,9 @@ pub(super) async fn check_one(State(s): State<ApiState>, RawQuery(raw): RawQuery
     let app_id = params::app_id("app_id", q.required("app_id")?)?;
     let user = params::id("user_id", q.required("user_id")?)?;
     let room = room_of(vendor, q.get("room_id").map(RoomInput::Query), q.get("room_id_type"))?;
-    let users = [user];
-    let found = s.within(bans::check(&s.db, vendor, app_id, &users, room.as_ref())).await?;
-    Ok(axum::Json(answer(None, found.first())).into_response())
+    let items = vec![CheckItem { vendor, app_id, user_id: user, room }];
+    let found = s.check(items).await?;
+    Ok(axum::Json(answer(None, found.first().and_then(Option::as_ref))).into_response())
 }
 
 /// `POST /v1/bans/check` `{"vendor", "app_id", "room_id"?, "room_id_type"?, "user_ids": [≤ 100]}`:
@@ -83,8 +83,10 @@ pub(super) async fn check_many(State(s): State<ApiState>, body: Bytes) -> Result
         .enumerate()
         .map(|(i, v)| params::id_json(&format!("user_ids[{i}]"), v))
         .collect::<Result<Vec<String>, ApiError>>()?;
-    let found = s.within(bans::check(&s.db, vendor, app_id, &users, room.as_ref())).await?;
-    let results: Vec<Value> = users.iter().map(|u| answer(Some(u), found.iter().find(|b| &b.user_id == u))).collect();
+    let checked: Vec<CheckItem> =
+        users.iter().map(|u| CheckItem { vendor, app_id, user_id: u.clone(), room: room.clone() }).collect();
+    let found = s.check(checked).await?;
+    let results: Vec<Value> = users.iter().zip(&found).map(|(u, b)| answer(Some(u), b.as_ref())).collect();
     Ok(axum::Json(json!({"results": results})).into_response())
 }
 

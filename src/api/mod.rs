@@ -5,6 +5,7 @@
 //! Described by `deploy/api.openapi.json`, served at `/v1/openapi.json` without a token.
 
 mod bans;
+mod coalesce;
 mod error;
 mod params;
 
@@ -23,7 +24,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditError, Db};
+use crate::audit::Db;
 use crate::config::{ApiConfig, PostgresConfig};
 use error::ApiError;
 
@@ -40,6 +41,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub(crate) struct ApiState {
     db: Db,
+    /// Checks, coalesced into few statements under load.
+    checks: coalesce::Coalescer,
     /// SHA-256 of each configured token, with its name. Hashing first makes every comparison
     /// the same length, so its time says nothing about the token's length.
     tokens: Arc<Vec<(String, [u8; 32])>>,
@@ -86,7 +89,7 @@ impl ApiState {
     /// load the API would spend its time opening connections (each a new server process) and
     /// never catch up. The outer timeout only guards against a server that stops answering
     /// mid-query (a network cut), at a multiple of the budget.
-    async fn within<T>(&self, work: impl Future<Output = Result<T, AuditError>>) -> Result<T, ApiError> {
+    async fn within<T, E: std::fmt::Display>(&self, work: impl Future<Output = Result<T, E>>) -> Result<T, ApiError> {
         let failure = match tokio::time::timeout(self.database_timeout * 5, work).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e.to_string(),
@@ -98,6 +101,24 @@ impl ApiState {
             tracing::warn!(error = %failure, more_since_last_log = suppressed, "API: PostgreSQL did not answer; 503");
         }
         Err(ApiError::unavailable())
+    }
+
+    /// Checks through the coalescer, within the database budget: a check still waiting for its
+    /// statement when the budget runs out is answered 503 (the statement is not cancelled).
+    async fn check(
+        &self,
+        items: Vec<crate::audit::bans::CheckItem>,
+    ) -> Result<Vec<Option<crate::audit::bans::ActiveBan>>, ApiError> {
+        match tokio::time::timeout(self.database_timeout, self.checks.check(items)).await {
+            Ok(answer) => self.within(std::future::ready(answer)).await,
+            Err(_) => {
+                self.within(std::future::ready(Err::<Vec<_>, _>(format!(
+                    "no answer within {} ms",
+                    self.database_timeout.as_millis()
+                ))))
+                .await
+            }
+        }
     }
 
     /// The configured token `presented` is, by name: every token is compared, in constant time.
@@ -223,16 +244,18 @@ pub async fn serve(api: &ApiConfig, postgres: &PostgresConfig) -> Result<Option<
         .iter()
         .map(|t| (t.name.clone(), Sha256::digest(t.token.expose_secret().as_bytes()).into()))
         .collect();
-    let state = ApiState {
-        db: db.clone(),
-        tokens: Arc::new(tokens),
-        database_timeout: api.database_timeout,
-        refusals: Arc::new(Throttle::default()),
-    };
-    let size = api.max_connections;
-    // Sockets and connections belong to the runtime that creates them: bind and connect there.
+    let (size, database_timeout) = (api.max_connections, api.database_timeout);
+    // Sockets, connections and the coalescer's task belong to the runtime that creates them:
+    // bind, connect and start there.
     let stop = shutdown.clone();
     let started = runtime.spawn(async move {
+        let state = ApiState {
+            checks: coalesce::Coalescer::start(db.clone(), size as usize),
+            db: db.clone(),
+            tokens: Arc::new(tokens),
+            database_timeout,
+            refusals: Arc::new(Throttle::default()),
+        };
         let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
         tokio::spawn(db.keep_open(size, KEEP_OPEN_EVERY, shutdown.clone()));
         tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{FromRow, Postgres, QueryBuilder};
 
 use super::{AuditError, Db};
 use crate::ban::{BanScope, BanState, RuleState};
@@ -242,44 +242,60 @@ pub struct ActiveBan {
     pub reason: Option<String>,
 }
 
-/// Which of `users` are banned in `room` (or, without one, from the whole app): for each, the
-/// active ban that ends last (an app ban and a room ban may both hold).
-pub async fn check(
-    db: &Db,
-    vendor: Vendor,
-    app_id: u32,
-    users: &[String],
-    room: Option<&RoomRef>,
-) -> Result<Vec<ActiveBan>, AuditError> {
-    // One statement per shape (one user or several; no room, a room, a room of one kind), each
-    // with plain parameters: PostgreSQL then settles on one cached plan per prepared statement.
-    // Optional parameters (`$4 IS NULL OR …`) or an array where one value is meant made it plan
-    // every execution anew, which cost several times the lookup itself.
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT DISTINCT ON (user_id) user_id, id, scope, room_id, room_id_numeric, expires_at, verdict_id, reason
-         FROM bans WHERE ended_at IS NULL AND expires_at > now() AND vendor = ",
-    );
-    qb.push_bind(vendor.as_str()).push(" AND app_id = ").push_bind(i64::from(app_id));
-    match users {
-        [one] => qb.push(" AND user_id = ").push_bind(one.clone()),
-        many => qb.push(" AND user_id = ANY(").push_bind(many.to_vec()).push(")"),
-    };
-    match room {
-        // A ticket for any room: only app bans keep the user out of all of them.
-        None => {
-            qb.push(" AND scope = 'app'");
-        }
-        Some(r) => {
-            qb.push(" AND (scope = 'app' OR (room_id = ").push_bind(r.text.clone());
-            // Without a kind (a TRTC room of digits the caller did not type), either kind counts.
-            if let Some(numeric) = r.numeric {
-                qb.push(" AND room_id_numeric = ").push_bind(numeric);
-            }
-            qb.push("))");
+/// One user asked about, in one place: an entry of a batch of checks.
+#[derive(Clone, Debug)]
+pub struct CheckItem {
+    pub vendor: Vendor,
+    pub app_id: u32,
+    pub user_id: String,
+    pub room: Option<RoomRef>,
+}
+
+/// The checks of many callers in one statement, one round trip: for each item (by its position),
+/// the active ban that ends last, if any. The statement's shape never changes with the items, so
+/// PostgreSQL keeps one plan for it (an index probe per item).
+pub async fn check_items(db: &Db, items: &[CheckItem]) -> Result<Vec<Option<ActiveBan>>, AuditError> {
+    let vendors: Vec<&str> = items.iter().map(|i| i.vendor.as_str()).collect();
+    let apps: Vec<i64> = items.iter().map(|i| i64::from(i.app_id)).collect();
+    let users: Vec<&str> = items.iter().map(|i| i.user_id.as_str()).collect();
+    let rooms: Vec<Option<&str>> = items.iter().map(|i| i.room.as_ref().map(|r| r.text.as_str())).collect();
+    let kinds: Vec<Option<bool>> = items.iter().map(|i| i.room.as_ref().and_then(|r| r.numeric)).collect();
+    let rows: Vec<(i64, ActiveBan)> = db
+        .run(async |c| {
+            let rows = db
+                .query(
+                    "SELECT x.i, b.user_id, b.id, b.scope, b.room_id, b.room_id_numeric, b.expires_at, b.verdict_id,
+                            b.reason
+                     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bool[]) WITH ORDINALITY
+                          AS x(vendor, app_id, user_id, room_id, numeric, i)
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM bans b
+                         WHERE b.vendor = x.vendor AND b.app_id = x.app_id AND b.user_id = x.user_id
+                           AND b.ended_at IS NULL AND b.expires_at > now()
+                           -- Without a room only app bans count; a room without a kind counts both kinds.
+                           AND (b.scope = 'app' OR (b.room_id = x.room_id
+                                                    AND (x.numeric IS NULL OR b.room_id_numeric = x.numeric)))
+                         ORDER BY b.expires_at DESC LIMIT 1) b",
+                )
+                .bind(&vendors)
+                .bind(&apps)
+                .bind(&users)
+                .bind(&rooms)
+                .bind(&kinds)
+                .fetch_all(c)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((sqlx::Row::try_get(r, "i")?, ActiveBan::from_row(r)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })
+        .await?;
+    let mut out = vec![None; items.len()];
+    for (i, ban) in rows {
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(ban);
         }
     }
-    qb.push(" ORDER BY user_id, expires_at DESC");
-    Ok(db.run(async |c| qb.build_query_as().persistent(db.statements_named()).fetch_all(c).await).await?)
+    Ok(out)
 }
 
 /// What ops list bans by. Every field narrows; `None` means any.

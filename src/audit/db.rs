@@ -71,12 +71,26 @@ impl Db {
     /// ever completed and every request times out (sqlx issue 3513). Connections are not pinged
     /// before each use (a round trip per check); a dead one fails its request and is replaced.
     pub fn connect_kept_open(cfg: &PostgresConfig, size: u32, acquire_timeout: Duration) -> Result<Db, sqlx::Error> {
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(acquire_timeout)
             .test_before_acquire(false)
-            .idle_timeout(None)
-            .connect_lazy_with(options(&cfg.url, cfg.pooler)?);
+            .idle_timeout(None);
+        if cfg.pooler == Pooler::None {
+            // The API's statements are few and run thousands of times a second: one plan each,
+            // kept. PostgreSQL would otherwise re-plan a statement whose parameters are arrays
+            // (a batch of checks) on every execution, because a plan for the batch in hand looks
+            // cheaper than one for any batch — and planning it costs more than running it.
+            // (Behind a transaction pooler statements are unnamed and planned each time anyway,
+            // and a session setting would leak to other clients of the pooler's connection.)
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_lazy_with(options(&cfg.url, cfg.pooler)?);
         Ok(Db { pool, pooler: cfg.pooler })
     }
 
