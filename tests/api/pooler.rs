@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Apps, ConsoleProcess, EnvOptions, Route, SimControl, TestEnv, WorkerProcess, create_database, parse_prometheus,
-    pg_admin_url, stderr, stdout, verdict,
+    ApiClient, Apps, ConsoleProcess, EnvOptions, Route, SimControl, TestEnv, WorkerProcess, create_database,
+    parse_prometheus, pg_admin_url, stderr, stdout, verdict,
 };
 use crate::web::{Browser, csrf_of, user};
 
@@ -162,10 +162,26 @@ async fn through_a_transaction_pooler_alone_migrations_are_refused_naming_postgr
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("lanes poll for work every 250 ms"), "{}", stdout(&out));
     publish_the_mixed_workload(&env).await;
+    let token = env.enable_api();
     let worker = env.worker();
     the_mixed_workload_ended_as_it_should(&env).await;
     assert!(worker.log_text().contains("lanes poll for work"), "{}", worker.log_text());
     assert_eq!(listen_connected(&worker).await, 0.0, "no LISTEN connection without a direct URL");
+
+    // A ban recorded, checked and lifted through the pooler alone.
+    let z = env.apps.zego[0].0;
+    let mut banning = verdict("ban-through-pooler", "zego", z, json!("room-p"), &["p-banned"]);
+    banning["ban"] = json!({"seconds": 600, "scope": "room"});
+    env.publish_json(&banning).await;
+    env.wait_for_count("SELECT count(*) FROM bans WHERE user_id = 'p-banned'", 1, Duration::from_secs(60)).await;
+    let api = ApiClient::new(&worker, Some(&token));
+    assert!(api.banned("zego", z, "p-banned", Some(("room-p", None))).await);
+    assert!(!api.banned("zego", z, "p-banned", None).await);
+    let lifted = api
+        .post("/v1/bans/lift", &json!({"vendor": "zego", "app_id": z, "user_id": "p-banned", "reason": "test"}))
+        .await;
+    assert_eq!(lifted.body["lifted"], 1, "{lifted:?}");
+    assert!(!api.banned("zego", z, "p-banned", Some(("room-p", None))).await);
 }
 
 /// The worker's `bouncer_listen_connected` gauge.
