@@ -65,10 +65,12 @@ pub(crate) enum RuleCall {
     Nothing,
 }
 
-/// Seconds a rule set now should last: the ban's remaining whole seconds, at most ZEGO's day, so
-/// the rule never outlives the ban. `None` when less than a second is left.
+/// Seconds a rule set now should last: the ban's remaining whole seconds less one, at most ZEGO's
+/// day, so the rule never outlives the ban — ZEGO counts `EffectiveTime` from its own receipt of
+/// the call (`ExpireTime` = its Unix second + `EffectiveTime`), which comes after `now`: the second
+/// held back covers a call up to a second in flight. `None` when too little is left.
 pub(crate) fn rule_seconds(now: DateTime<Utc>, ban_ends: DateTime<Utc>) -> Option<u32> {
-    let left = (ban_ends - now).num_seconds();
+    let left = (ban_ends - now).num_seconds() - 1;
     (left >= 1).then(|| u32::try_from(left).unwrap_or(u32::MAX).min(ZEGO_MAX_RULE_SECONDS))
 }
 
@@ -136,9 +138,10 @@ pub(crate) async fn run(lane: RulesLane) {
                 continue;
             }
         };
+        let fetched = Instant::now();
         let mut wait = if work.is_empty() { IDLE_POLL } else { Duration::ZERO };
         for w in &work {
-            match one(&lane, w, &mut backoff).await {
+            match one(&lane, w, fetched, &mut backoff).await {
                 Next::Continue => {}
                 Next::Refetch(d) => {
                     wait = d;
@@ -154,20 +157,24 @@ pub(crate) async fn run(lane: RulesLane) {
 }
 
 /// Decides, calls and records one ban's rule.
-async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
+/// `fetched`: when `w` was read, so that time since then counts (`w.db_now` is the database's
+/// clock at that moment).
+async fn one(lane: &RulesLane, w: &RuleWork, fetched: Instant, backoff: &mut Backoff) -> Next {
     let app = lane.client.app_id();
     let rule = ForbidRule { user_id: w.user_id.clone(), room_id: w.room_id.clone() };
-    let (set, secs) = match decide(w) {
+    let set = match decide(w) {
         RuleCall::Nothing => return Next::Continue,
         Settle(state, why) => {
             let _ = bans::rule_result(&lane.db, w.id, w.rule_state, state, None, Some(why)).await;
             return Next::Continue;
         }
-        RuleCall::Set(secs) => (true, secs),
-        RuleCall::Delete => (false, 0),
+        // The seconds are counted again when the call leaves: waiting for the quota takes time.
+        RuleCall::Set(_) => Some(SetUntil { ban_ends: w.expires_at, db_now: w.db_now, fetched }),
+        RuleCall::Delete => None,
     };
-    let Some(outcome) = send(lane, &rule, set.then_some(secs)).await else { return Next::Stop };
-    let action = if set { ZEGO_SET_FORBID_USER_RULE.name } else { ZEGO_DEL_FORBID_USER_RULE.name };
+    let is_set = set.is_some();
+    let action = if is_set { ZEGO_SET_FORBID_USER_RULE.name } else { ZEGO_DEL_FORBID_USER_RULE.name };
+    let Some(outcome) = send(lane, &rule, set).await else { return Next::Stop };
     metrics::counter!("bouncer_vendor_rule_calls_total", "vendor" => "zego", "action" => action, "outcome" => outcome.as_str())
         .increment(1);
     let record = |state: RuleState, until: Option<DateTime<Utc>>, error: Option<String>| async move {
@@ -208,9 +215,9 @@ async fn one(lane: &RulesLane, w: &RuleWork, backoff: &mut Backoff) -> Next {
             );
             Next::Refetch(Duration::ZERO)
         }
-        RuleOutcome::NotEnabled => not_enabled(lane, w, set).await,
+        RuleOutcome::NotEnabled => not_enabled(lane, w, is_set).await,
         RuleOutcome::SlowDown => {
-            if set { &lane.set_quota } else { &lane.del_quota }.slow_down();
+            if is_set { &lane.set_quota } else { &lane.del_quota }.slow_down();
             Next::Refetch(Duration::ZERO)
         }
         RuleOutcome::Retry { reason } => {
@@ -247,9 +254,17 @@ async fn not_enabled(lane: &RulesLane, w: &RuleWork, set: bool) -> Next {
     Next::Refetch(Duration::ZERO)
 }
 
-/// One rule call at its quota, under the lease. `None`: stopped before an answer.
-async fn send(lane: &RulesLane, rule: &ForbidRule, set_secs: Option<u32>) -> Option<RuleOutcome> {
-    let quota = if set_secs.is_some() { &lane.set_quota } else { &lane.del_quota };
+/// A Set's time: the ban's end, and the database's clock when the ban was read.
+struct SetUntil {
+    ban_ends: DateTime<Utc>,
+    db_now: DateTime<Utc>,
+    fetched: Instant,
+}
+
+/// One rule call at its quota, under the lease: a Set (`Some`) or a Del. `None`: stopped before
+/// an answer.
+async fn send(lane: &RulesLane, rule: &ForbidRule, set: Option<SetUntil>) -> Option<RuleOutcome> {
+    let quota = if set.is_some() { &lane.set_quota } else { &lane.del_quota };
     let (charge, _) = tokio::select! {
         c = quota.acquire() => c,
         () = lane.cancel.cancelled() => return None,
@@ -258,6 +273,18 @@ async fn send(lane: &RulesLane, rule: &ForbidRule, set_secs: Option<u32>) -> Opt
         charge.unsent();
         return None;
     }
+    // Counted as the call leaves, on the database's clock as it was read plus the time since.
+    let set_secs = match set {
+        None => None,
+        Some(s) => match rule_seconds(s.db_now + s.fetched.elapsed(), s.ban_ends) {
+            Some(secs) => Some(secs),
+            None => {
+                charge.unsent();
+                // Read again, the ban is found ended and its rule settled without a call.
+                return Some(RuleOutcome::Retry { reason: "the ban ended while its rule waited for the quota".into() });
+            }
+        },
+    };
     let call = async {
         match set_secs {
             Some(secs) => lane.client.set_forbid_rule(rule, secs).await,
@@ -302,10 +329,10 @@ mod tests {
 
     #[test]
     fn a_rule_lasts_the_ban_s_whole_seconds_left_at_most_a_day() {
-        assert_eq!(rule_seconds(at(0), at(60)), Some(60));
+        assert_eq!(rule_seconds(at(0), at(60)), Some(59), "a second held back for the call in flight");
         assert_eq!(rule_seconds(at(0), at(3 * 86_400)), Some(86_400));
-        assert_eq!(rule_seconds(at(0), at(0)), None);
-        assert_eq!(decide(&work("pending", 0, 60, None)), RuleCall::Set(60));
+        assert_eq!(rule_seconds(at(0), at(1)), None);
+        assert_eq!(decide(&work("pending", 0, 60, None)), RuleCall::Set(59));
         assert!(matches!(decide(&work("pending", 61, 60, None)), RuleCall::Settle(RuleState::None, _)));
         let mut lifted = work("delete_due", 0, 60, Some(60));
         assert_eq!(decide(&lifted), RuleCall::Delete);
@@ -341,7 +368,7 @@ mod tests {
     #[test]
     fn an_extended_ban_re_arms_its_rule_at_once_and_a_rule_to_the_end_is_left_alone() {
         // A 60 s ban extended to an hour: its rule ends in 30 s, well within 10 minutes.
-        assert_eq!(decide(&work("in_force", 30, 3600, Some(60))), RuleCall::Set(3570));
+        assert_eq!(decide(&work("in_force", 30, 3600, Some(60))), RuleCall::Set(3569));
         assert_eq!(decide(&work("in_force", 30, 3600, Some(3600))), RuleCall::Nothing);
         assert_eq!(decide(&work("in_force", 30, 3600, Some(3599))), RuleCall::Nothing, "rounding is no reason");
     }

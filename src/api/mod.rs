@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Db;
+use crate::audit::bans::{ActiveBan, CheckItem};
 use crate::config::{ApiConfig, PostgresConfig};
 use error::ApiError;
 
@@ -90,35 +91,30 @@ impl ApiState {
     /// never catch up. The outer timeout only guards against a server that stops answering
     /// mid-query (a network cut), at a multiple of the budget.
     async fn within<T, E: std::fmt::Display>(&self, work: impl Future<Output = Result<T, E>>) -> Result<T, ApiError> {
-        let failure = match tokio::time::timeout(self.database_timeout * 5, work).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", (self.database_timeout * 5).as_millis()),
-        };
-        metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
-        let suppressed = self.refusals.suppressed();
-        if let Some(suppressed) = suppressed {
-            tracing::warn!(error = %failure, more_since_last_log = suppressed, "API: PostgreSQL did not answer; 503");
+        match tokio::time::timeout(self.database_timeout * 5, work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {} ms", (self.database_timeout * 5).as_millis()))),
         }
-        Err(ApiError::unavailable())
     }
 
     /// Checks through the coalescer, within the database budget: a check still waiting for its
     /// statement when the budget runs out is answered 503 (the statement is not cancelled).
-    async fn check(
-        &self,
-        items: Vec<crate::audit::bans::CheckItem>,
-    ) -> Result<Vec<Option<crate::audit::bans::ActiveBan>>, ApiError> {
+    async fn check(&self, items: Vec<CheckItem>) -> Result<Vec<Option<ActiveBan>>, ApiError> {
         match tokio::time::timeout(self.database_timeout, self.checks.check(items)).await {
-            Ok(answer) => self.within(std::future::ready(answer)).await,
-            Err(_) => {
-                self.within(std::future::ready(Err::<Vec<_>, _>(format!(
-                    "no answer within {} ms",
-                    self.database_timeout.as_millis()
-                ))))
-                .await
-            }
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {} ms", self.database_timeout.as_millis()))),
         }
+    }
+
+    /// A 503 for a database that did not answer: counted, logged at most once a second.
+    fn unavailable(&self, failure: impl std::fmt::Display) -> ApiError {
+        metrics::counter!("bouncer_database_errors_total", "op" => "api").increment(1);
+        if let Some(suppressed) = self.refusals.suppressed() {
+            tracing::warn!(error = %failure, more_since_last_log = suppressed, "API: PostgreSQL did not answer; 503");
+        }
+        ApiError::unavailable()
     }
 
     /// The configured token `presented` is, by name: every token is compared, in constant time.

@@ -15,7 +15,7 @@ use super::{AuditError, Db};
 use crate::ban::{BanScope, BanState, RuleState};
 use crate::keys::AppKey;
 use crate::vendors::Vendor;
-use crate::verdict::{RoomId, Verdict};
+use crate::verdict::Verdict;
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -26,12 +26,6 @@ type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 pub struct RoomRef {
     pub text: String,
     pub numeric: Option<bool>,
-}
-
-impl From<&RoomId> for RoomRef {
-    fn from(r: &RoomId) -> RoomRef {
-        RoomRef { text: r.to_string(), numeric: Some(r.is_numeric()) }
-    }
 }
 
 /// The place and user a ban row is unique for while open; sorted, it is the order rows are

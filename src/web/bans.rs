@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::Console;
 use super::auth::Actor;
 use super::csrf::{TOKEN_TTL, fingerprint};
-use super::pages::{PageResult, VendorChoice, no_nul, render};
+use super::pages::{PageResult, VendorChoice, no_nul, render, some};
 use crate::audit::bans::{self, BanFilter, BanRow, RoomRef};
 use crate::audit::console;
 use crate::ban::BanState;
@@ -41,10 +41,6 @@ pub(crate) struct BanSearch {
     /// Set by a lift's redirect.
     #[serde(default)]
     lifted: String,
-}
-
-fn some(s: &str) -> Option<String> {
-    (!s.trim().is_empty()).then(|| s.trim().to_owned())
 }
 
 impl BanSearch {

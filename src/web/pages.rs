@@ -195,7 +195,8 @@ pub(crate) struct SearchForm {
     pub(crate) replayed: Option<usize>,
 }
 
-fn some(s: &str) -> Option<String> {
+/// A form field as given, trimmed; `None` when blank.
+pub(crate) fn some(s: &str) -> Option<String> {
     (!s.trim().is_empty()).then(|| s.trim().to_owned())
 }
 

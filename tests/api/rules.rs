@@ -79,7 +79,7 @@ async fn rules_not_enabled_for_the_app_pause_loudly_and_the_bans_stand() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_2000_banned_users_in_40_rooms_kicks_in_full_chunks_and_sets_rules_within_their_own_limits() {
     let env =
-        TestEnv::new(Apps::random(1, 0).with_forbid_rules(), EnvOptions { linger_ms: 2000, ..EnvOptions::default() })
+        TestEnv::new(Apps::random(1, 0).with_forbid_rules(), EnvOptions { linger_ms: 10_000, ..EnvOptions::default() })
             .await;
     let app = env.apps.zego[0].0;
     // 40 rooms of 50 users, 10 verdicts of 5 users each.
