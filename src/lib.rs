@@ -23,6 +23,7 @@ pub mod audit;
 pub mod ban;
 pub mod batch;
 pub(crate) mod call;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub(crate) mod enforcement;

@@ -208,9 +208,15 @@ impl FileConfig {
         zego.server_secret_env = Some(String::new());
         zego.server_secret_file = Some(PathBuf::new());
         zego.is_test = Some(false);
+        zego.callback_secret = Some("".into());
+        zego.callback_secret_env = Some(String::new());
+        zego.callback_secret_file = Some(PathBuf::new());
         let mut trtc = FileTrtc::new(0, "", "", "", "");
         trtc.secret_key_env = Some(String::new());
         trtc.secret_key_file = Some(PathBuf::new());
+        trtc.callback_key = Some("".into());
+        trtc.callback_key_env = Some(String::new());
+        trtc.callback_key_file = Some(PathBuf::new());
         c.zego.push(zego);
         c.trtc.push(trtc);
         c.web.csrf_secret_env = Some(String::new());
@@ -256,6 +262,14 @@ pub struct FileZego {
     /// feature on for the AppID first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forbid_rules: bool,
+    /// ZEGO's CallbackSecret: room_login / room_logout callbacks for this app are verified with
+    /// it (absent: callbacks for this app are refused).
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub callback_secret: Option<SecretString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_secret_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Serialize, Clone)]
@@ -280,6 +294,13 @@ pub struct FileTrtc {
     pub timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// The signing key of TRTC's room event callbacks (console: callback configuration).
+    #[serde(default, serialize_with = "expose_opt", skip_serializing_if = "Option::is_none")]
+    pub callback_key: Option<SecretString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_key_file: Option<PathBuf>,
 }
 
 pub fn zego_endpoint() -> String {
@@ -327,6 +348,9 @@ impl FileZego {
             timeout_ms: default_timeout_ms(),
             connect_timeout_ms: default_timeout_ms(),
             forbid_rules: false,
+            callback_secret: None,
+            callback_secret_env: None,
+            callback_secret_file: None,
         }
     }
 }
@@ -346,6 +370,9 @@ impl FileTrtc {
             chunk_size: trtc_chunk(),
             timeout_ms: default_timeout_ms(),
             connect_timeout_ms: default_timeout_ms(),
+            callback_key: None,
+            callback_key_env: None,
+            callback_key_file: None,
         }
     }
 }

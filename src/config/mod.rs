@@ -34,7 +34,7 @@ pub use api::{ApiConfig, ApiToken, FileApi, FileApiToken};
 use env::apply_env_overrides;
 use file::*;
 pub use file::{FileConfig, FileTrtc, FileZego};
-use secret::resolve_secret;
+use secret::{resolve_optional_secret, resolve_secret};
 use validate::*;
 use web::validate_web;
 pub use web::{FileWeb, FileWebAuth, FileWebUser, Role, WebConfig, WebUser, host_name};
@@ -219,6 +219,8 @@ pub struct ZegoApp {
     pub timeouts: Timeouts,
     /// `forbid_rules`: bans are also set as ZEGO ban rules.
     pub forbid_rules: bool,
+    /// `callback_secret`: verifies this app's room callbacks (none: they are refused).
+    pub callback_secret: Option<SecretString>,
 }
 
 #[derive(Clone, Debug)]
@@ -231,6 +233,8 @@ pub struct TrtcApp {
     pub rate_per_second: u32,
     pub chunk_size: usize,
     pub timeouts: Timeouts,
+    /// `callback_key`: verifies this app's room event callbacks (none: they are refused).
+    pub callback_key: Option<SecretString>,
 }
 
 impl Default for Config {

@@ -46,3 +46,17 @@ pub(super) fn resolve_secret(
         }
     }
 }
+
+/// A secret that may be left out altogether (a feature then stays off); given, it follows the
+/// rules of [`resolve_secret`].
+pub(super) fn resolve_optional_secret(
+    key: &str,
+    s: FileSecret,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<Problem>,
+) -> Option<SecretString> {
+    if s.value.is_none() && s.env.is_none() && s.file.is_none() {
+        return None;
+    }
+    resolve_secret(key, s, env, p)
+}

@@ -182,6 +182,9 @@ fn check_zego(entries: Vec<FileZego>, env: &dyn Fn(&str) -> Option<String>, p: &
     for (i, z) in entries.into_iter().enumerate() {
         let key = |k: &str| format!("zego[{i}].{k}");
         check_app_id("zego", i, "app_id", z.app_id, &mut seen, p);
+        let callback_secret =
+            FileSecret { value: z.callback_secret, env: z.callback_secret_env, file: z.callback_secret_file };
+        let callback_secret = resolve_optional_secret(&key("callback_secret"), callback_secret, env, p);
         let resolved = check_connection(
             &key,
             AppEntry {
@@ -206,6 +209,7 @@ fn check_zego(entries: Vec<FileZego>, env: &dyn Fn(&str) -> Option<String>, p: &
                 is_test: z.is_test,
                 timeouts,
                 forbid_rules: z.forbid_rules,
+                callback_secret,
             });
         }
     }
@@ -219,6 +223,8 @@ fn check_trtc(entries: Vec<FileTrtc>, env: &dyn Fn(&str) -> Option<String>, p: &
     for (i, t) in entries.into_iter().enumerate() {
         let key = |k: &str| format!("trtc[{i}].{k}");
         check_app_id("trtc", i, "sdk_app_id", t.sdk_app_id, &mut seen, p);
+        let callback_key = FileSecret { value: t.callback_key, env: t.callback_key_env, file: t.callback_key_file };
+        let callback_key = resolve_optional_secret(&key("callback_key"), callback_key, env, p);
         if t.secret_id.trim().is_empty() {
             p.push(problem(key("secret_id"), "must not be empty"));
         }
@@ -264,6 +270,7 @@ fn check_trtc(entries: Vec<FileTrtc>, env: &dyn Fn(&str) -> Option<String>, p: &
                 rate_per_second: t.rate_per_second,
                 chunk_size: t.chunk_size,
                 timeouts,
+                callback_key,
             });
         }
     }
