@@ -58,7 +58,8 @@ CREATE TABLE kick_confirmations (
     received_at     timestamptz NOT NULL,
     event_key       text NOT NULL,
     UNIQUE (vendor, app_id, event_key),
-    CHECK ((verdict_id IS NULL) <> (reentry_id IS NULL))
+    -- Both NULL until linked: a removal may arrive before the kick's result is written.
+    CHECK (verdict_id IS NULL OR reentry_id IS NULL)
 );
 CREATE INDEX kick_confirmations_kick ON kick_confirmations (verdict_id, user_id) WHERE verdict_id IS NOT NULL;
 CREATE INDEX kick_confirmations_reentry ON kick_confirmations (reentry_id) WHERE reentry_id IS NOT NULL;

@@ -53,11 +53,25 @@ pub struct Claim {
     /// Retries scheduled so far (the backoff exponent).
     pub scheduled_retries: i32,
     pub last_error: Option<String>,
+    /// A re-kick of a banned user who came back (`reentries.id`), on behalf of the verdict whose
+    /// ban held: urgent, served before any other room.
+    pub reentry: Option<i64>,
 }
 
 impl Claim {
     pub fn new(verdict: &str) -> Claim {
-        Claim { verdict: Arc::from(verdict), first_attempt_at: None, scheduled_retries: 0, last_error: None }
+        Claim {
+            verdict: Arc::from(verdict),
+            first_attempt_at: None,
+            scheduled_retries: 0,
+            last_error: None,
+            reentry: None,
+        }
+    }
+
+    /// The same work: one verdict's kick, or one re-entry.
+    fn same_work(&self, other: &Claim) -> bool {
+        self.verdict == other.verdict && self.reentry == other.reentry
     }
 }
 
@@ -95,6 +109,8 @@ pub struct RoomBatches<K: BatchKey = Target> {
     full_set: HashSet<K>,
     /// (deadline of the room's oldest entry, room); stale items are skipped on use.
     deadlines: BinaryHeap<Reverse<(Instant, K)>>,
+    /// Rooms with a re-kick at the front, in arrival order (stale ids checked on use).
+    urgent: VecDeque<K>,
     pending: usize,
 }
 
@@ -107,6 +123,7 @@ impl<K: BatchKey> RoomBatches<K> {
             full: VecDeque::new(),
             full_set: HashSet::new(),
             deadlines: BinaryHeap::new(),
+            urgent: VecDeque::new(),
             pending: 0,
         }
     }
@@ -133,10 +150,14 @@ impl<K: BatchKey> RoomBatches<K> {
         origin: DateTime<Utc>,
         since: Instant,
     ) -> bool {
+        let urgent = claim.reentry.is_some();
         let r = self.rooms.entry(room.clone()).or_default();
         if let Some(e) = r.entries.get_mut(user_id) {
-            if !e.claims.iter().any(|c| c.verdict == claim.verdict) {
+            if !e.claims.iter().any(|c| c.same_work(&claim)) {
                 e.claims.push(claim);
+            }
+            if urgent {
+                self.hurry(room, user_id);
             }
             return false;
         }
@@ -153,7 +174,27 @@ impl<K: BatchKey> RoomBatches<K> {
         if r.order.len() >= self.chunk_size && self.full_set.insert(room.clone()) {
             self.full.push_back(room.clone());
         }
+        if urgent {
+            self.hurry(room, user_id);
+        }
         true
+    }
+
+    /// Puts a re-kick first: at the front of its room, its room first in [`Self::ready`], due now.
+    fn hurry(&mut self, room: &K, user_id: &str) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        r.order.retain(|u| u != user_id);
+        r.order.push_front(user_id.to_owned());
+        if let Some(e) = r.entries.get(user_id) {
+            // The front changed: its deadline goes on the heap (the old one is skipped as stale).
+            self.deadlines.push(Reverse((e.since + self.linger, room.clone())));
+        }
+        self.urgent.push_back(room.clone());
+    }
+
+    fn has_urgent_front(&self, room: &K) -> bool {
+        let Some(r) = self.rooms.get(room) else { return false };
+        r.order.front().and_then(|u| r.entries.get(u)).is_some_and(|e| e.claims.iter().any(|c| c.reentry.is_some()))
     }
 
     fn front_deadline(&self, room: &K) -> Option<Instant> {
@@ -163,6 +204,7 @@ impl<K: BatchKey> RoomBatches<K> {
     }
 
     /// The room to serve next, or `None` if nothing is due at `now`:
+    /// 0. a room with a re-kick waiting (a banned user came back), at once, linger or not;
     /// 1. a room holding a full chunk (oldest first);
     /// 2. a room whose linger expired more than [`STARVED`] ago (oldest first), so no room waits
     ///    without bound;
@@ -170,6 +212,13 @@ impl<K: BatchKey> RoomBatches<K> {
     ///    bottleneck every room is past its linger; serving the oldest would send a stream of
     ///    near-empty calls and waste the quota, serving the fullest keeps calls full.
     pub fn ready(&mut self, now: Instant) -> Option<K> {
+        // 0. A re-kick goes before everything: a banned user is in the room now.
+        while let Some(room) = self.urgent.front() {
+            if self.has_urgent_front(room) {
+                return Some(room.clone());
+            }
+            self.urgent.pop_front();
+        }
         while let Some(room) = self.full.front() {
             if self.rooms.get(room).is_some_and(|r| r.order.len() >= self.chunk_size) {
                 return Some(room.clone());
@@ -324,6 +373,30 @@ mod tests {
         }
         let late = t0 + Duration::from_millis(25) + STARVED;
         assert_eq!(b.ready(late), Some(room("small")), "a starved room goes first");
+    }
+
+    #[test]
+    fn a_rekick_goes_first_and_at_the_front_of_its_room_whatever_else_is_full_or_due() {
+        let mut b = RoomBatches::<RoomId>::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        for u in ["1", "2", "3"] {
+            b.add(&room("busy"), u, v("v"), None, Utc::now(), now);
+        }
+        for u in ["a", "b"] {
+            b.add(&room("r"), u, v("v2"), None, Utc::now(), now);
+        }
+        b.add(&room("r"), "z", v("v2"), None, Utc::now(), now);
+        let rekick = Claim { reentry: Some(7), ..v("v2") };
+        assert!(!b.add(&room("r"), "z", rekick.clone(), None, Utc::now(), now), "z was waiting: the entry is shared");
+        assert_eq!(b.ready(now), Some(room("r")), "before the older full room");
+        let chunk = b.take(&room("r"));
+        assert_eq!(users(&chunk), ["z", "a"]);
+        assert_eq!(chunk[0].claims, [v("v2"), rekick], "the kick and the re-kick are both answered");
+        assert_eq!(b.ready(now), Some(room("busy")), "then as before");
+        b.add(&room("quiet"), "q", Claim { reentry: Some(8), ..v("v3") }, None, Utc::now(), now);
+        assert_eq!(b.ready(now), Some(room("quiet")), "alone and long before its linger");
+        assert_eq!(users(&b.take(&room("quiet"))), ["q"]);
+        assert_eq!(b.ready(now), Some(room("busy")));
     }
 
     #[test]

@@ -118,7 +118,21 @@ fn conclude(ctx: &LaneCtx, part: &Part, end: End, outcomes: &mut Vec<KickOutcome
                     }
                 }
             };
-            if let KickChange::Ended(status) = change {
+            if claim.reentry.is_some() {
+                // A re-kick: counted apart from verdicts' kicks, with the time from the callback
+                // reaching Bouncer (the entry's origin) to the first call carrying it.
+                if let KickChange::Ended(status) = change {
+                    metrics::counter!("bouncer_rekicks_total", "vendor" => vendor, "outcome" => status.as_str())
+                        .increment(1);
+                }
+                if claim.first_attempt_at.is_none()
+                    && let Some(first_call) = part.first_call_at
+                {
+                    let latency = (first_call - entry.origin).to_std().unwrap_or_default();
+                    metrics::histogram!("bouncer_reentry_to_call_seconds", "vendor" => vendor)
+                        .record(latency.as_secs_f64());
+                }
+            } else if let KickChange::Ended(status) = change {
                 // Counted like `kicks` rows (one per verdict and user), so the metric matches the audit.
                 metrics::counter!("bouncer_kicks_total", "vendor" => vendor, "outcome" => status.as_str()).increment(1);
                 if status == KickStatus::Kicked {
@@ -135,6 +149,7 @@ fn conclude(ctx: &LaneCtx, part: &Part, end: End, outcomes: &mut Vec<KickOutcome
                 first_attempt_at: first,
                 last_error: error,
                 vendor_request_id: request_id,
+                reentry: claim.reentry,
             });
         }
     }

@@ -69,16 +69,23 @@ impl std::ops::Deref for VerdictId {
     }
 }
 
-/// One user of one verdict: a `kicks` row.
+/// One user of one verdict: a `kicks` row; or, with `reentry`, the re-kick of a banned user who
+/// came back (a `reentries` row, on behalf of the verdict whose ban held).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KickKey {
     pub verdict_id: VerdictId,
     pub user_id: String,
+    pub reentry: Option<i64>,
 }
 
 impl KickKey {
     pub fn new(verdict_id: impl Into<VerdictId>, user_id: impl Into<String>) -> KickKey {
-        KickKey { verdict_id: verdict_id.into(), user_id: user_id.into() }
+        KickKey { verdict_id: verdict_id.into(), user_id: user_id.into(), reentry: None }
+    }
+
+    /// A row of either table: `reentry` names a `reentries` row.
+    pub fn of(verdict_id: impl Into<VerdictId>, user_id: impl Into<String>, reentry: Option<i64>) -> KickKey {
+        KickKey { verdict_id: verdict_id.into(), user_id: user_id.into(), reentry }
     }
 }
 

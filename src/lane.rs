@@ -73,11 +73,17 @@ pub async fn run(
     let mut poll = tokio::time::interval(wake.tick());
     let mut looked_at = Instant::now();
     let mut want_fetch = true;
+    // Re-kicks are fetched on every wake-up and tick, even while the lane is full of kicks.
+    let mut want_reentries = true;
     loop {
         while let Ok(keys) = settled.try_recv() {
             keys.iter().for_each(|k| {
                 held.keys.remove(k);
             });
+        }
+        if want_reentries {
+            want_reentries = false;
+            fetch_reentries(&ctx, &pool, &mut held).await;
         }
         if want_fetch && held.batches.pending_users() < limits.capacity {
             want_fetch = false;
@@ -100,9 +106,13 @@ pub async fn run(
         };
         tokio::select! {
             () = ctx.cancel.cancelled() => break,
-            () = wake.notify.notified() => want_fetch = true,
+            () = wake.notify.notified() => (want_fetch, want_reentries) = (true, true),
             Some(keys) = settled.recv() => keys.iter().for_each(|k| { held.keys.remove(k); }),
-            _ = poll.tick() => want_fetch |= wake.poll_due(looked_at.elapsed()),
+            _ = poll.tick() => {
+                let due = wake.poll_due(looked_at.elapsed());
+                want_fetch |= due;
+                want_reentries |= due;
+            },
             () = ctx.call_done.notified(), if at_cap => {},
             waited = async { match &quota { Some(q) => q.ready().await, None => std::future::pending().await } } => {
                 metrics::histogram!("bouncer_rate_limiter_wait_seconds", "vendor" => ctx.stats.vendor.as_str())
@@ -135,12 +145,34 @@ pub async fn run(
     ctx.stats.open_rooms.store(0, Ordering::Relaxed);
 }
 
+/// Most re-kicks fetched at once (a few per second arrive even in a raid; more wait a turn).
+const REENTRY_FETCH: usize = 100;
+
+/// Adds due re-kicks (banned users who came back) this lane does not hold yet, whatever it holds:
+/// they go first ([`crate::batch::RoomBatches::ready`]).
+async fn fetch_reentries(ctx: &LaneCtx, pool: &Db, held: &mut Held) {
+    let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
+    let held_reentries = held.keys.iter().filter(|k| k.reentry.is_some()).count();
+    let fetched = work::due_reentries(pool, vendor, app_id, held_reentries + REENTRY_FETCH);
+    add_rows(ctx, held, tokio::time::timeout(FETCH_TIMEOUT, fetched).await).await;
+}
+
 /// Fills the batches with due kicks this lane does not hold yet.
 async fn fetch(ctx: &LaneCtx, pool: &Db, held: &mut Held, capacity: usize) {
     let want = capacity.saturating_sub(held.batches.pending_users());
     let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
-    let rows = match tokio::time::timeout(FETCH_TIMEOUT, work::due(pool, vendor, app_id, held.keys.len() + want)).await
-    {
+    let fetched = work::due(pool, vendor, app_id, held.keys.len() + want);
+    add_rows(ctx, held, tokio::time::timeout(FETCH_TIMEOUT, fetched).await).await;
+}
+
+/// Adds fetched rows to the batches (failing at once those that cannot be sent).
+async fn add_rows(
+    ctx: &LaneCtx,
+    held: &mut Held,
+    fetched: Result<Result<Vec<DueKick>, crate::audit::AuditError>, tokio::time::error::Elapsed>,
+) {
+    let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
+    let rows = match fetched {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
             metrics::counter!("bouncer_database_errors_total", "op" => "fetch").increment(1);
@@ -156,7 +188,7 @@ async fn fetch(ctx: &LaneCtx, pool: &Db, held: &mut Held, capacity: usize) {
     let now = Instant::now();
     let mut expired = Vec::new();
     for row in rows {
-        let key = KickKey::new(row.verdict_id.as_str(), row.user_id.as_str());
+        let key = KickKey::of(row.verdict_id.as_str(), row.user_id.as_str(), row.reentry_id);
         if held.keys.contains(&key) {
             continue;
         }
@@ -190,6 +222,7 @@ async fn fetch(ctx: &LaneCtx, pool: &Db, held: &mut Held, capacity: usize) {
             first_attempt_at: row.first_attempt_at,
             scheduled_retries: row.scheduled_retries,
             last_error: row.last_error.clone(),
+            reentry: row.reentry_id,
         };
         let reason = row.reason.as_deref().map(Arc::from);
         held.batches.add(&target, &row.user_id, claim, reason.as_ref(), row.origin, since);
@@ -211,6 +244,7 @@ fn ended_without_call(row: &DueKick, error: String) -> KickOutcome {
         first_attempt_at: None,
         last_error: Some(error),
         vendor_request_id: None,
+        reentry: row.reentry_id,
     }
 }
 

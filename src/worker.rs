@@ -109,7 +109,7 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Resu
 }
 
 /// This replica's name: configured, else host name and process id.
-fn worker_id(config: &Config) -> (String, String) {
+pub(crate) fn worker_id(config: &Config) -> (String, String) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

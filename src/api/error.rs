@@ -29,6 +29,17 @@ impl ApiError {
         }
     }
 
+    /// 401 for a vendor callback that cannot be trusted; `reason` is one of
+    /// [`crate::callback::Refusal::reason`]'s labels (never anything from the request).
+    pub(crate) fn callback_refused(reason: &'static str) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "callback_refused",
+            parameter: None,
+            message: format!("callback refused: {reason}"),
+        }
+    }
+
     /// 400 naming the parameter (query parameter or JSON field) at fault.
     pub(crate) fn bad(parameter: &str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -96,7 +107,7 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            StatusCode::UNAUTHORIZED => {
+            StatusCode::UNAUTHORIZED if self.code == "unauthorized" => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}

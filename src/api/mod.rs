@@ -5,6 +5,7 @@
 //! Described by `deploy/api.openapi.json`, served at `/v1/openapi.json` without a token.
 
 mod bans;
+mod callbacks;
 mod coalesce;
 mod error;
 mod params;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Db;
 use crate::audit::bans::{ActiveBan, CheckItem};
-use crate::config::{ApiConfig, PostgresConfig};
+use crate::config::Config;
 use error::ApiError;
 
 /// The OpenAPI 3.1 document of this listener.
@@ -52,6 +53,8 @@ pub(crate) struct ApiState {
     /// 503s since the last one logged: an overloaded or unreachable database must not also
     /// flood the log (one line a second says it).
     refusals: Arc<Throttle>,
+    /// The vendors' callback signing secrets, per app.
+    callbacks: Arc<callbacks::CallbackKeys>,
 }
 
 /// At most one log line a second, counting what it held back.
@@ -139,6 +142,9 @@ fn routes(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/openapi.json", get(openapi))
+        // Vendors sign their callbacks; they cannot send a bearer token.
+        .route("/v1/callbacks/zego/{app_id}", post(callbacks::zego))
+        .route("/v1/callbacks/trtc/{sdk_app_id}", post(callbacks::trtc))
         .merge(authed)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -196,6 +202,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/bans" => "/v1/bans",
         "/v1/bans/lift" => "/v1/bans/lift",
         "/v1/openapi.json" => "/v1/openapi.json",
+        p if p.starts_with("/v1/callbacks/zego/") => "/v1/callbacks/zego/{app_id}",
+        p if p.starts_with("/v1/callbacks/trtc/") => "/v1/callbacks/trtc/{sdk_app_id}",
         _ => "other",
     }
 }
@@ -224,8 +232,10 @@ impl Serving {
 /// The listener's pool is opened in the background and kept open, so the API answers 503 — not a
 /// refused connection — while PostgreSQL is away, and requests never wait for a connection to
 /// be opened.
-pub async fn serve(api: &ApiConfig, postgres: &PostgresConfig) -> Result<Option<Serving>, String> {
+pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
+    let (api, postgres) = (&config.api, &config.postgres);
     let Some(listen) = api.listen else { return Ok(None) };
+    let keys = Arc::new(callbacks::CallbackKeys::from_config(config, crate::worker::worker_id(config).0));
     let shutdown = CancellationToken::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -251,7 +261,9 @@ pub async fn serve(api: &ApiConfig, postgres: &PostgresConfig) -> Result<Option<
             tokens: Arc::new(tokens),
             database_timeout,
             refusals: Arc::new(Throttle::default()),
+            callbacks: keys.clone(),
         };
+        tokio::spawn(callbacks::forget_nonces(db.clone(), keys, shutdown.clone()));
         let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
         tokio::spawn(db.keep_open(size, KEEP_OPEN_EVERY, shutdown.clone()));
         tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));

@@ -12,6 +12,7 @@ pub mod console;
 pub(crate) mod intake;
 pub mod leases;
 pub mod query;
+pub mod reentries;
 pub(crate) mod results;
 pub mod work;
 pub(crate) mod writer;

@@ -50,6 +50,8 @@ pub struct KickOutcome {
     pub first_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub vendor_request_id: Option<String>,
+    /// A re-kick's outcome: updates `reentries` row `reentry` instead of a `kicks` row.
+    pub reentry: Option<i64>,
 }
 
 /// Writes attempts and kick changes in one transaction, then closes every verdict they touched
@@ -75,6 +77,9 @@ pub async fn record(
         .execute(&mut *tx)
         .await?;
     }
+    let (rekicks, outcomes): (Vec<&KickOutcome>, Vec<&KickOutcome>) =
+        outcomes.iter().partition(|o| o.reentry.is_some());
+    record_rekicks(db, &mut tx, &rekicks).await?;
     let mut ids: Vec<String> = Vec::new();
     if !outcomes.is_empty() {
         // Lock order: the verdicts first, in verdict_id order, then their kicks — as replays do
@@ -129,6 +134,51 @@ pub async fn record(
     let finished = close_finished(db, &mut tx, &ids).await?;
     tx.commit().await?;
     Ok(finished)
+}
+
+/// Re-kick outcomes (`reentries` rows), as kick outcomes are written: only pending rows change.
+async fn record_rekicks(
+    db: &Db,
+    tx: &mut Transaction<'_, Postgres>,
+    outcomes: &[&KickOutcome],
+) -> Result<(), AuditError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let status: Vec<KickStatus> = outcomes
+        .iter()
+        .map(|o| match o.change {
+            KickChange::Ended(s) => s,
+            KickChange::RetryAt(_) => KickStatus::Pending,
+        })
+        .collect();
+    let next: Vec<Option<DateTime<Utc>>> = outcomes
+        .iter()
+        .map(|o| match o.change {
+            KickChange::Ended(_) => None,
+            KickChange::RetryAt(t) => Some(t),
+        })
+        .collect();
+    db.query(
+        "UPDATE reentries r SET status = x.status, attempts = r.attempts + x.attempts, last_error = x.last_error,
+                vendor_request_id = COALESCE(x.request_id, r.vendor_request_id), updated_at = now(),
+                next_attempt_at = x.next_at,
+                first_attempt_at = COALESCE(r.first_attempt_at, x.first_at),
+                scheduled_retries = r.scheduled_retries + CASE WHEN x.next_at IS NULL THEN 0 ELSE 1 END
+         FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
+              AS x(id, status, attempts, last_error, request_id, next_at, first_at)
+         WHERE r.id = x.id AND r.status = 'pending'",
+    )
+    .bind(outcomes.iter().map(|o| o.reentry).collect::<Vec<_>>())
+    .bind(status)
+    .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.last_error.as_deref()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.vendor_request_id.as_deref()).collect::<Vec<_>>())
+    .bind(next)
+    .bind(outcomes.iter().map(|o| o.first_attempt_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Closes each of `ids` that is pending with no pending user left: `failed` if any user failed,

@@ -24,6 +24,8 @@ pub struct DueKick {
     pub scheduled_retries: i32,
     /// The last error, for the deadline message of a kick that fails without another call.
     pub last_error: Option<String>,
+    /// Set for a re-kick (`reentries.id`): the row lives in `reentries`, not `kicks`.
+    pub reentry_id: Option<i64>,
 }
 
 impl DueKick {
@@ -47,7 +49,7 @@ pub async fn due(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -> Result<V
                 -- before receipt (or five minutes after, for skew); otherwise from receipt.
                 CASE WHEN v.detected_at BETWEEN v.received_at - interval '7 days' AND v.received_at + interval '5 minutes'
                      THEN v.detected_at ELSE v.received_at END AS origin, k.next_attempt_at, k.first_attempt_at,
-                k.scheduled_retries, k.last_error
+                k.scheduled_retries, k.last_error, NULL::bigint AS reentry_id
          FROM kicks k JOIN verdicts v USING (verdict_id)
          WHERE k.status = 'pending' AND k.vendor = $1 AND k.app_id = $2 AND k.next_attempt_at <= now()
          ORDER BY k.next_attempt_at
@@ -58,6 +60,30 @@ pub async fn due(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -> Result<V
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(c)
     .await).await?)
+}
+
+/// Up to `limit` due re-kicks of one app (banned users who came back), oldest first. Few at any
+/// time, and each is urgent: the lane fetches them on every wake-up, whatever it holds.
+pub async fn due_reentries(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -> Result<Vec<DueKick>, AuditError> {
+    Ok(db
+        .run(async |c| {
+            db.query_as(
+                "SELECT r.verdict_id, r.user_id, r.room_id, r.room_id_numeric, 'kick' AS action, b.reason,
+                -- Callback → vendor call latency counts from the callback's arrival.
+                r.received_at AS origin, r.next_attempt_at, r.first_attempt_at, r.scheduled_retries, r.last_error,
+                r.id AS reentry_id
+         FROM reentries r LEFT JOIN bans b ON b.id = r.ban_id
+         WHERE r.status = 'pending' AND r.vendor = $1 AND r.app_id = $2 AND r.next_attempt_at <= now()
+         ORDER BY r.next_attempt_at
+         LIMIT $3",
+            )
+            .bind(vendor.as_str())
+            .bind(i64::from(app_id))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(c)
+            .await
+        })
+        .await?)
 }
 
 /// Pending users and the oldest pending arrival, per app (for `bouncer status` and `/metrics`).

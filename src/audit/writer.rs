@@ -86,7 +86,7 @@ async fn run(pool: Db, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken
                 AuditMsg::Attempt(a) => attempts.push(*a),
                 AuditMsg::Outcomes { outcomes: o, settled, .. } => {
                     let keys: Vec<KickKey> =
-                        o.iter().map(|k| KickKey::new(k.verdict_id.as_str(), k.user_id.as_str())).collect();
+                        o.iter().map(|k| KickKey::of(k.verdict_id.as_str(), k.user_id.as_str(), k.reentry)).collect();
                     settled_lanes.push((settled, keys));
                     outcomes.extend(o);
                 }

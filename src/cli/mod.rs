@@ -185,7 +185,7 @@ async fn run_worker(cli: &Cli) -> CliResult {
         Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz and /readyz"),
         Err(e) => return Err(CliError::failed(format!("cannot listen on http.listen = {}: {e}", config.http.listen))),
     }
-    let api = match crate::api::serve(&config.api, &config.postgres).await {
+    let api = match crate::api::serve(&config).await {
         // As above: tests and scripts read the API's port from this line.
         Ok(Some(api)) => {
             tracing::info!(addr = %api.addr, tokens = config.api.tokens.len(), "serving the public API");
