@@ -32,7 +32,7 @@ fn simulator() -> Arc<Sim> {
     static SIM: OnceLock<Arc<Sim>> = OnceLock::new();
     SIM.get_or_init(|| {
         let config = Config::from_toml(CONFIG).expect("fuzz config");
-        Arc::new(Sim::new(SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: 50, trtc_rate: 20 }))
+        Arc::new(Sim::new(SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: 50, trtc_rate: 20, callback_url: None }))
     })
     .clone()
 }

@@ -289,6 +289,10 @@ pub struct Story {
     pub replays: Vec<ReplayView>,
     /// The bans this verdict set or extended, as they stand now.
     pub bans: Vec<super::bans::BanRow>,
+    /// Its banned users coming back, and their re-kicks.
+    pub reentries: Vec<super::reentries::ReentryRow>,
+    /// The vendor's word that a kicked user left the room.
+    pub confirmations: Vec<super::reentries::Confirmation>,
 }
 
 /// One verdict and everything recorded about it, read on one connection (behind a transaction
@@ -340,7 +344,9 @@ pub async fn story(db: &Db, verdict_id: &str) -> Result<Option<Story>, AuditErro
                     super::bans::of_verdict(db, &mut *c, &verdict.vendor, verdict.app_id, &users, verdict_id).await?
                 }
             };
-            Ok(Some(Story { verdict, kicks, attempts, replays, bans }))
+            let reentries = super::reentries::of_verdict(db, &mut *c, verdict_id).await?;
+            let confirmations = super::reentries::confirmations_of_verdict(db, &mut *c, verdict_id).await?;
+            Ok(Some(Story { verdict, kicks, attempts, replays, bans, reentries, confirmations }))
         })
         .await?)
 }

@@ -242,10 +242,14 @@ const REENTRY_COLUMNS: &str =
     (SELECT coalesce(c.left_at, c.received_at) FROM kick_confirmations c WHERE c.reentry_id = r.id LIMIT 1)
         AS confirmed_left_at";
 
-/// Re-entries under a verdict's ban, oldest first.
-pub async fn of_verdict(db: &Db, verdict_id: &str) -> Result<Vec<ReentryRow>, AuditError> {
+/// Re-entries under a verdict's ban, oldest first (the first 1,000), on the story's connection.
+pub(crate) async fn of_verdict(
+    db: &Db,
+    c: &mut sqlx::PgConnection,
+    verdict_id: &str,
+) -> Result<Vec<ReentryRow>, sqlx::Error> {
     let sql = format!("SELECT {REENTRY_COLUMNS} FROM reentries r WHERE r.verdict_id = $1 ORDER BY r.id LIMIT 1000");
-    Ok(db.run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(verdict_id).fetch_all(c).await).await?)
+    db.query_as(sqlx::AssertSqlSafe(sql)).bind(verdict_id).fetch_all(c).await
 }
 
 /// A user's re-entries, newest first.
@@ -255,19 +259,26 @@ pub async fn of_user(db: &Db, user_id: &str, limit: i64) -> Result<Vec<ReentryRo
     Ok(db.run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(limit).fetch_all(c).await).await?)
 }
 
-/// When the vendor confirmed each kicked user of a verdict left (user, left at).
-pub async fn confirmations_of_verdict(db: &Db, verdict_id: &str) -> Result<Vec<(String, DateTime<Utc>)>, AuditError> {
-    Ok(db
-        .run(async |c| {
-            db.query_as(
-                "SELECT user_id, coalesce(left_at, received_at) FROM kick_confirmations
-                 WHERE verdict_id = $1 ORDER BY user_id",
-            )
-            .bind(verdict_id)
-            .fetch_all(c)
-            .await
-        })
-        .await?)
+/// The vendor's word that a kicked user left the room.
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct Confirmation {
+    pub user_id: String,
+    pub left_at: DateTime<Utc>,
+}
+
+/// When the vendor confirmed each kicked user of a verdict left, on the story's connection.
+pub(crate) async fn confirmations_of_verdict(
+    db: &Db,
+    c: &mut sqlx::PgConnection,
+    verdict_id: &str,
+) -> Result<Vec<Confirmation>, sqlx::Error> {
+    db.query_as(
+        "SELECT user_id, coalesce(left_at, received_at) AS left_at FROM kick_confirmations
+         WHERE verdict_id = $1 ORDER BY user_id LIMIT 1000",
+    )
+    .bind(verdict_id)
+    .fetch_all(c)
+    .await
 }
 
 /// A kick the vendor has not confirmed within the window.

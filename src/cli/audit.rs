@@ -285,6 +285,14 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
             })
             .collect(),
     )?;
+    for c in &s.confirmations {
+        writeln!(
+            out,
+            "  {} left the room at {} (the vendor's confirmation of the kick)",
+            esc(&c.user_id),
+            time(&c.left_at)
+        )?;
+    }
     writeln!(out, "\nvendor calls:")?;
     output::table(
         &mut out,
@@ -307,6 +315,25 @@ pub fn print_story(s: &Story) -> std::io::Result<()> {
             })
             .collect(),
     )?;
+    if !s.reentries.is_empty() {
+        writeln!(out, "\nre-entries (banned users who came back):")?;
+        for r in &s.reentries {
+            let left =
+                r.confirmed_left_at.as_ref().map(|t| format!(", left the room at {}", time(t))).unwrap_or_default();
+            writeln!(
+                out,
+                "  {} re-entered room {} at {} (callback at {}): re-kick {} after {} call(s){}{}",
+                esc(&r.user_id),
+                esc(&r.room_id),
+                r.entered_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
+                time(&r.received_at),
+                esc(&r.status),
+                r.attempts,
+                r.vendor_request_id.as_deref().map(|id| format!(", request {}", esc(id))).unwrap_or_default(),
+                left,
+            )?;
+        }
+    }
     if !s.bans.is_empty() {
         writeln!(out, "\nbans:")?;
         output::table(

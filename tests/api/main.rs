@@ -13,6 +13,7 @@ mod layout;
 mod ops;
 mod pipeline;
 mod pooler;
+mod reentry;
 mod rules;
 mod secrets;
 mod vendors;

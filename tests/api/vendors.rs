@@ -66,7 +66,7 @@ async fn both_vendors_and_both_trtc_room_kinds_kick_successfully() {
 async fn a_wrong_secret_is_refused_by_the_sim_and_classified_as_configuration() {
     let apps = Apps::random(1, 1);
     let sim = start_sim(&apps).await;
-    let mut wrong = Apps { zego: apps.zego.clone(), trtc: apps.trtc.clone(), forbid_rules: false };
+    let mut wrong = Apps { zego: apps.zego.clone(), trtc: apps.trtc.clone(), forbid_rules: false, callbacks: false };
     wrong.zego[0].1 = "not-the-secret".into();
     wrong.trtc[0].2 = "not-the-key".into();
     let (zego, trtc) = clients(&wrong.config(&sim.endpoint()));

@@ -16,6 +16,7 @@
 mod call;
 pub mod faults;
 mod records;
+mod rooms;
 mod rules;
 mod server;
 mod trtc;
@@ -38,6 +39,7 @@ use faults::{Faults, Scope, chance};
 use records::{Counters, QuotaState};
 
 pub use records::Record;
+pub use rooms::{Delivery, JoinRequest, Member, RoomKey, trtc_sign, zego_callback_signature};
 pub use rules::SimRule;
 pub use server::{RunningSim, router, start, start_on};
 
@@ -53,6 +55,9 @@ pub struct SimSettings {
     pub zego_rate: u32,
     /// Calls per second per TRTC (SecretId, action) (the documented 20 unless raised).
     pub trtc_rate: u32,
+    /// Where room callbacks go: `<callback_url>/v1/callbacks/<vendor>/<app id>` (None: nowhere
+    /// until set through `PUT /_sim/callback_url`).
+    pub callback_url: Option<String>,
 }
 
 /// The simulator's shared state.
@@ -67,6 +72,17 @@ pub struct Sim {
     forbid_enabled: HashSet<u32>,
     /// ZEGO ban rules, in force and recently expired.
     rules: Mutex<Vec<rules::SimRule>>,
+    /// Room callback signing secrets: ZEGO AppId → CallbackSecret, TRTC SdkAppId → key.
+    zego_callback: HashMap<u32, SecretString>,
+    trtc_callback: HashMap<u32, SecretString>,
+    /// Where room callbacks go (see [`SimSettings::callback_url`]).
+    callback_base: Mutex<Option<String>>,
+    /// Who is in which room.
+    rooms: Mutex<rooms::Rooms>,
+    /// Every callback delivery attempt.
+    deliveries: Mutex<Vec<rooms::Delivery>>,
+    /// Sends callbacks.
+    http: reqwest::Client,
     zego_rate: u32,
     trtc_rate: u32,
     started: Instant,
@@ -99,6 +115,13 @@ impl Sim {
             trtc_apps: s.trtc.iter().map(|t| t.sdk_app_id).collect(),
             forbid_enabled: s.zego.iter().filter(|z| z.forbid_rules).map(|z| z.app_id).collect(),
             rules: Mutex::default(),
+            zego_callback: s.zego.iter().filter_map(|z| Some((z.app_id, z.callback_secret.clone()?))).collect(),
+            trtc_callback: s.trtc.iter().filter_map(|t| Some((t.sdk_app_id, t.callback_key.clone()?))).collect(),
+            callback_base: Mutex::new(s.callback_url.clone()),
+            rooms: Mutex::default(),
+            deliveries: Mutex::default(),
+            // The vendors give up on a receiver after 5 s (TRTC's documented timeout).
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
             zego_rate: s.zego_rate,
             trtc_rate: s.trtc_rate,
             started: Instant::now(),

@@ -192,6 +192,8 @@ impl Sim {
         lock(&self.records).clear();
         lock(&self.quotas).clear();
         lock(&self.rules).clear();
+        *lock(&self.rooms) = Default::default();
+        lock(&self.deliveries).clear();
         *lock(&self.counters) = Counters::default();
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::call::{Answer, Call, render};
 use crate::faults::Faults;
-use crate::{Sim, SimSettings};
+use crate::{JoinRequest, Sim, SimSettings};
 
 async fn vendor_api(
     State(sim): State<Arc<Sim>>,
@@ -31,6 +31,13 @@ async fn vendor_api(
     } else {
         return (StatusCode::NOT_FOUND, "not a ZEGO or TRTC API call").into_response();
     };
+    // A kick that succeeded removes its users from the simulator's room (with the callbacks).
+    if result.is_ok() && !call.rule {
+        let sim = sim.clone();
+        let (vendor, app_id, room, numeric, users) =
+            (call.vendor, call.app_id, call.room_id.clone(), call.room_numeric, call.user_ids.clone());
+        sim.kicked(vendor, app_id, &room, numeric, &users);
+    }
     let (answer, rejection) = match result {
         Ok(success) => (success, None),
         Err((answer, why)) => (answer, Some(why)),
@@ -54,6 +61,37 @@ async fn delete_faults(State(sim): State<Arc<Sim>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+async fn join(State(sim): State<Arc<Sim>>, Json(req): Json<JoinRequest>) -> Response {
+    match sim.join(&req) {
+        Ok(member) => {
+            (StatusCode::OK, Json(serde_json::json!({"joined": true, "session_id": member.session_id}))).into_response()
+        }
+        Err(Ok(refused)) => {
+            (StatusCode::FORBIDDEN, Json(serde_json::json!({"joined": false, "refused": refused.refused})))
+                .into_response()
+        }
+        Err(Err(bad)) => (StatusCode::UNPROCESSABLE_ENTITY, bad).into_response(),
+    }
+}
+
+async fn leave(State(sim): State<Arc<Sim>>, Json(req): Json<JoinRequest>) -> Response {
+    match sim.leave(&req) {
+        Ok(left) => Json(serde_json::json!({"left": left})).into_response(),
+        Err(bad) => (StatusCode::UNPROCESSABLE_ENTITY, bad).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackUrl {
+    url: Option<String>,
+}
+
+async fn rooms(State(sim): State<Arc<Sim>>) -> Response {
+    let rooms: Vec<serde_json::Value> =
+        sim.rooms().into_iter().map(|(k, members)| serde_json::json!({"room": k, "members": members})).collect();
+    Json(rooms).into_response()
+}
+
 #[derive(Deserialize)]
 struct Since {
     #[serde(default)]
@@ -71,6 +109,17 @@ pub fn router(sim: Arc<Sim>) -> Router {
         )
         .route("/_sim/faults", axum::routing::put(put_faults).delete(delete_faults))
         .route("/_sim/rules", get(|State(s): State<Arc<Sim>>| async move { Json(s.rules()) }))
+        .route("/_sim/rooms", get(rooms))
+        .route("/_sim/rooms/join", post(join))
+        .route("/_sim/rooms/leave", post(leave))
+        .route("/_sim/callbacks", get(|State(s): State<Arc<Sim>>| async move { Json(s.deliveries()) }))
+        .route(
+            "/_sim/callback_url",
+            axum::routing::put(|State(s): State<Arc<Sim>>, Json(u): Json<CallbackUrl>| async move {
+                s.set_callback_url(u.url);
+                StatusCode::NO_CONTENT
+            }),
+        )
         .route(
             "/_sim/reset",
             post(|State(s): State<Arc<Sim>>| async move {

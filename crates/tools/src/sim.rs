@@ -22,6 +22,10 @@ pub struct SimArgs {
     /// request loop and is counted as arriving when the loop takes it up (0: no loop).
     #[arg(long, default_value_t = 0)]
     handling_us: u64,
+    /// Where room callbacks go: Bouncer's API (`[api] listen`), e.g. http://127.0.0.1:9192;
+    /// each app with a callback secret gets `<url>/v1/callbacks/<vendor>/<app id>`.
+    #[arg(long)]
+    callback_url: Option<String>,
 }
 
 /// Serves the apps of the configuration at `config` (default `bouncer.toml`).
@@ -29,8 +33,13 @@ pub(crate) async fn run(config: Option<&std::path::Path>, args: &SimArgs) -> Cli
     // The sim reads only the [[zego]] and [[trtc]] sections, so one file can serve both.
     let path = config.map_or_else(|| "bouncer.toml".into(), std::path::Path::to_path_buf);
     let config = Config::load_vendors_only(&path).map_err(|e| invalid_config(&path, &e))?;
-    let settings =
-        SimSettings { zego: config.zego, trtc: config.trtc, zego_rate: args.zego_rate, trtc_rate: args.trtc_rate };
+    let settings = SimSettings {
+        zego: config.zego,
+        trtc: config.trtc,
+        zego_rate: args.zego_rate,
+        trtc_rate: args.trtc_rate,
+        callback_url: args.callback_url.clone(),
+    };
     let running = sim::start(settings, args.listen)
         .await
         .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;

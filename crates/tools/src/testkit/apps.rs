@@ -12,6 +12,8 @@ pub struct Apps {
     pub trtc: Vec<(u32, String, String)>,
     /// `[[zego]] forbid_rules` for every ZEGO app (worker and simulator alike).
     pub forbid_rules: bool,
+    /// Room callbacks signed and verified for every app ([`Apps::callback_secret`]).
+    pub callbacks: bool,
 }
 
 /// Tests give up on a silent vendor after 2 s (the default is 5 s).
@@ -25,7 +27,29 @@ impl Apps {
             zego: (0..zego).map(|_| (id(), secret())).collect(),
             trtc: (0..trtc).map(|_| (id(), format!("AKID{}", secret()), secret())).collect(),
             forbid_rules: false,
+            callbacks: false,
         }
+    }
+
+    /// The same apps with room callbacks: `[[zego]] callback_secret` and `[[trtc]] callback_key`
+    /// (worker and simulator alike).
+    pub fn with_callbacks(mut self) -> Apps {
+        self.callbacks = true;
+        self
+    }
+
+    /// An app's callback signing secret (ZEGO's CallbackSecret, TRTC's key: up to 32 letters
+    /// and digits), derived from its API secret.
+    pub fn callback_secret(&self, app_id: u32) -> String {
+        let api_secret = self
+            .zego
+            .iter()
+            .map(|(a, s)| (*a, s))
+            .chain(self.trtc.iter().map(|(a, _, k)| (*a, k)))
+            .find(|(a, _)| *a == app_id)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        format!("cb{}", &api_secret[..api_secret.len().min(30)]).chars().rev().collect()
     }
 
     /// The same apps with ZEGO ban rules switched on (in the simulator too).
@@ -42,13 +66,17 @@ impl Apps {
                 .iter()
                 .map(|(app, secret)| FileZego {
                     forbid_rules: self.forbid_rules,
+                    callback_secret: self.callbacks.then(|| self.callback_secret(*app).into()),
                     ..FileZego::new(*app, secret, endpoint)
                 })
                 .collect(),
             trtc: self
                 .trtc
                 .iter()
-                .map(|(app, id, key)| FileTrtc::new(*app, id, key, "ap-guangzhou", endpoint))
+                .map(|(app, id, key)| FileTrtc {
+                    callback_key: self.callbacks.then(|| self.callback_secret(*app).into()),
+                    ..FileTrtc::new(*app, id, key, "ap-guangzhou", endpoint)
+                })
                 .collect(),
             ..FileConfig::default()
         };
