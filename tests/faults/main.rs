@@ -5,6 +5,7 @@
 mod api;
 mod pacing;
 mod private_pg;
+mod reentry;
 mod replicas;
 
 use std::time::Duration;
