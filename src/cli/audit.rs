@@ -78,6 +78,14 @@ pub struct AuditArgs {
     /// With --bans: only bans in force now.
     #[arg(long, requires = "bans")]
     active: bool,
+    /// Kicks and re-kicks the vendor has not confirmed (no room callback saying a server API
+    /// removed the user) within --within seconds, for apps whose callbacks Bouncer receives
+    /// (`callback_secret` / `callback_key`); since --since (default: the last 24 h).
+    #[arg(long, conflicts_with_all = ["summary", "bans"])]
+    unconfirmed: bool,
+    /// With --unconfirmed: seconds a confirmation may take (default: api.confirm_within_secs).
+    #[arg(long, requires = "unconfirmed")]
+    within: Option<u64>,
     /// table (default on a terminal), json (one object per line) or csv (with a header).
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -154,7 +162,11 @@ pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
     let pool = cli.audit_pool().await?;
     let filter = args.filter.filter(Some(AUDIT_DEFAULT_LIMIT));
     let format = output::resolve(args.format);
-    let result = if args.bans {
+    let result = if args.unconfirmed {
+        let config = cli.load_config()?;
+        let within = args.within.map(std::time::Duration::from_secs).unwrap_or(config.api.confirm_within);
+        unconfirmed(&pool, &config, &filter, within, format).await
+    } else if args.bans {
         bans(&pool, &filter, args.active, format).await
     } else if args.summary {
         summary(&pool, &filter, format).await
@@ -175,6 +187,50 @@ pub(crate) async fn run(cli: &Cli, args: &AuditArgs) -> CliResult {
     };
     pool.close().await;
     result.map_err(|e| CliError::failed(format!("audit failed: {e}")))
+}
+
+async fn unconfirmed(
+    pool: &crate::audit::Db,
+    config: &crate::config::Config,
+    filter: &Filter,
+    within: std::time::Duration,
+    format: Format,
+) -> Result<(), String> {
+    use crate::keys::AppKey;
+    let apps: Vec<AppKey> = config
+        .zego
+        .iter()
+        .filter(|z| z.callback_secret.is_some())
+        .map(|z| AppKey::new(Vendor::Zego, z.app_id))
+        .chain(config.trtc.iter().filter(|t| t.callback_key.is_some()).map(|t| AppKey::new(Vendor::Trtc, t.sdk_app_id)))
+        .filter(|a| {
+            filter.vendor.is_none_or(|v| v == a.vendor) && filter.app.is_none_or(|id| id == i64::from(a.app_id))
+        })
+        .collect();
+    if apps.is_empty() && format == Format::Table {
+        eprintln!("no app has a callback secret configured: no kick can be confirmed");
+    }
+    let since = filter.since.unwrap_or_else(|| Utc::now() - chrono::Duration::hours(24));
+    let rows = crate::audit::reentries::unconfirmed(pool, &apps, within, since, filter.limit.unwrap_or(i64::MAX))
+        .await
+        .map_err(|e| e.to_string())?;
+    output::print(&rows, format).map_err(|e| e.to_string())
+}
+
+impl Tabular for crate::audit::reentries::Unconfirmed {
+    const HEADERS: &'static [&'static str] =
+        &["kicked_at", "vendor", "app_id", "room_id", "user_id", "verdict_id", "reentry_id"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            time(&self.kicked_at),
+            self.vendor.clone(),
+            self.app_id.to_string(),
+            self.room_id.clone(),
+            self.user_id.clone(),
+            opt(&self.verdict_id),
+            opt(&self.reentry_id),
+        ]
+    }
 }
 
 async fn bans(pool: &crate::audit::Db, filter: &Filter, active: bool, format: Format) -> Result<(), String> {

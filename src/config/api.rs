@@ -20,11 +20,20 @@ pub struct FileApi {
     /// How long a request may wait for a connection before it is answered 503 (a statement
     /// already sent gets five times as long).
     pub database_timeout_ms: u64,
+    /// A kick the vendor has not confirmed (room callback: removed by a server API) within this
+    /// long is listed by `bouncer audit --unconfirmed`.
+    pub confirm_within_secs: u64,
 }
 
 impl Default for FileApi {
     fn default() -> Self {
-        FileApi { listen: None, tokens: Vec::new(), max_connections: 8, database_timeout_ms: 1000 }
+        FileApi {
+            listen: None,
+            tokens: Vec::new(),
+            max_connections: 8,
+            database_timeout_ms: 1000,
+            confirm_within_secs: 60,
+        }
     }
 }
 
@@ -56,6 +65,8 @@ pub struct ApiConfig {
     pub tokens: Vec<ApiToken>,
     pub max_connections: u32,
     pub database_timeout: Duration,
+    /// `confirm_within_secs`.
+    pub confirm_within: Duration,
 }
 
 /// Tokens shorter than this are guessable.
@@ -99,7 +110,11 @@ pub(super) fn validate_api(f: FileApi, env: &dyn Fn(&str) -> Option<String>, p: 
     if !(50..=30_000).contains(&f.database_timeout_ms) {
         p.push(problem("api.database_timeout_ms", format!("must be 50..=30000, got {}", f.database_timeout_ms)));
     }
+    if !(1..=86_400).contains(&f.confirm_within_secs) {
+        p.push(problem("api.confirm_within_secs", format!("must be 1..=86400, got {}", f.confirm_within_secs)));
+    }
     ApiConfig {
+        confirm_within: Duration::from_secs(f.confirm_within_secs),
         listen,
         tokens,
         max_connections: f.max_connections,

@@ -85,6 +85,11 @@ async fn a_banned_user_who_comes_back_is_kicked_again_in_zego_and_in_numeric_and
         Duration::from_secs(60),
     )
     .await;
+    let out = env.cli(&["audit", "--unconfirmed", "--within", "1", "--format", "json"]);
+    assert!(
+        out.status.success() && crate::helpers::stdout(&out).trim().is_empty(),
+        "every kick was confirmed: {out:?}"
+    );
     let story = env.cli(&["audit", "--verdict", "v1", "--format", "table"]);
     let text = String::from_utf8_lossy(&story.stdout);
     assert!(text.contains("re-entered"), "the story tells the re-entry: {text}");
@@ -125,6 +130,18 @@ async fn a_user_whose_ban_ended_or_was_lifted_joins_and_stays_and_an_unbanned_jo
     }
     assert_eq!(kicks_of(&sim, "innocent").await, 0);
     assert_eq!(kicks_of(&sim, "lifted").await, 1, "only the verdict's kick");
+
+    // Neither was in a room when kicked, so the vendor never confirmed those kicks.
+    let out = env.cli(&["audit", "--unconfirmed", "--within", "0", "--format", "json"]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let mut users: Vec<String> = crate::helpers::stdout(&out)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("a JSON line")["user_id"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    users.sort();
+    assert_eq!(users, ["expired", "lifted"]);
 }
 
 /// A ZEGO callback body for `user` entering `room`, signed with `secret` at `timestamp`.
