@@ -277,6 +277,8 @@ struct Verdicts {
     bulk_replay: Option<String>,
     /// On a user's page: the user's bans (in every app), newest first.
     user_bans: Option<Vec<crate::audit::bans::BanRow>>,
+    /// On a user's page: the user's re-entries while banned, newest first.
+    user_reentries: Option<Vec<crate::audit::reentries::ReentryRow>>,
 }
 
 async fn verdict_list(
@@ -285,6 +287,7 @@ async fn verdict_list(
     form: SearchForm,
     heading: String,
     user_bans: Option<Vec<crate::audit::bans::BanRow>>,
+    user_reentries: Option<Vec<crate::audit::reentries::ReentryRow>>,
 ) -> PageResult {
     let (rows, problem) = match form.filter() {
         Ok(filter) => (console::search(&c.pool, &filter, form.after(), PAGE).await?, None),
@@ -296,7 +299,18 @@ async fn verdict_list(
     let vendors = VendorChoice::all(&form.vendor);
     // A form problem is the asker's: the page shows it, with 400.
     let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    let mut page = render(Verdicts { actor, heading, form, vendors, problem, rows, next, bulk_replay, user_bans })?;
+    let mut page = render(Verdicts {
+        actor,
+        heading,
+        form,
+        vendors,
+        problem,
+        rows,
+        next,
+        bulk_replay,
+        user_bans,
+        user_reentries,
+    })?;
     *page.status_mut() = status;
     Ok(page)
 }
@@ -306,7 +320,7 @@ pub(crate) async fn verdicts(
     actor: Actor,
     Query(form): Query<SearchForm>,
 ) -> PageResult {
-    verdict_list(&c, actor, form, "Verdicts".into(), None).await
+    verdict_list(&c, actor, form, "Verdicts".into(), None, None).await
 }
 
 /// Every verdict that named a user, across apps and rooms.
@@ -315,7 +329,8 @@ pub(crate) async fn user(State(c): State<Arc<Console>>, actor: Actor, Path(user)
     let heading = format!("User {user}");
     let filter = crate::audit::bans::BanFilter { user_id: Some(user.clone()), limit: PAGE, ..Default::default() };
     let bans = crate::audit::bans::list(&c.pool, &filter).await?;
-    verdict_list(&c, actor, SearchForm { user, ..SearchForm::default() }, heading, Some(bans)).await
+    let reentries = crate::audit::reentries::of_user(&c.pool, &user, PAGE).await?;
+    verdict_list(&c, actor, SearchForm { user, ..SearchForm::default() }, heading, Some(bans), Some(reentries)).await
 }
 
 #[derive(Template)]

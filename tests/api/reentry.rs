@@ -94,6 +94,11 @@ async fn a_banned_user_who_comes_back_is_kicked_again_in_zego_and_in_numeric_and
     let text = String::from_utf8_lossy(&story.stdout);
     assert!(text.contains("re-entered"), "the story tells the re-entry: {text}");
     assert!(text.contains("left the room"), "and the vendor's confirmation: {text}");
+    let console = crate::helpers::ConsoleProcess::start(&env.config.0).await;
+    let page = reqwest::get(format!("{}/verdicts/v1", console.base)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("<h2>Re-entries</h2>") && page.contains("left the room at"), "{page}");
+    let page = reqwest::get(format!("{}/users/u1", console.base)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("class=\"reentry\""), "the user's page lists the re-entry: {page}");
     let metrics = parse_prometheus(&worker.metrics_text().await);
     assert_eq!(metric_sum(&metrics, "bouncer_reentries_total", ("vendor", "trtc")), 2.0);
     assert_eq!(metric_sum(&metrics, "bouncer_rekicks_total", ("outcome", "kicked")), 3.0);
