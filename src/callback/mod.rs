@@ -111,3 +111,48 @@ fn from_millis(ms: i64) -> Option<DateTime<Utc>> {
 fn event_key(parts: &[&str]) -> String {
     serde_json::to_string(parts).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000, 0).unwrap()
+    }
+
+    proptest! {
+        /// Whatever arrives, only a body carrying its own valid signature becomes a
+        /// `RoomCallback` — the only thing the handler acts on.
+        #[test]
+        fn no_trtc_body_without_its_signature_is_accepted(body in proptest::collection::vec(any::<u8>(), 0..400), sign in ".{0,60}") {
+            if trtc::verify(1, &body, Some(&sign), "key", now()).is_ok() {
+                prop_assert_eq!(sign.trim(), trtc::sign("key", &body));
+            }
+        }
+
+        #[test]
+        fn no_zego_body_without_its_signature_is_accepted(
+            timestamp in prop_oneof![Just("1700000000".to_owned()), "[0-9]{1,12}"],
+            nonce in "[0-9a-z]{0,12}",
+            signature in prop_oneof!["[0-9a-f]{40}", ".{0,50}"],
+            event in prop_oneof![Just("room_login".to_owned()), Just("room_logout".to_owned()), ".{0,12}"],
+            user in ".{0,20}",
+        ) {
+            let body = serde_json::json!({"event": event, "timestamp": timestamp, "nonce": nonce, "signature": signature,
+                                          "room_id": "r", "user_account": user, "reason": "3"}).to_string();
+            if zego::verify(1, body.as_bytes(), false, "secret", now()).is_ok() {
+                prop_assert_eq!(signature, zego::signature("secret", &timestamp, &nonce));
+            }
+        }
+
+        /// The same fields signed properly verify (the property above is not vacuous).
+        #[test]
+        fn a_properly_signed_zego_login_is_accepted(nonce in "[0-9]{1,9}", user in "[a-z0-9]{1,20}") {
+            let signature = zego::signature("secret", "1700000000", &nonce);
+            let body = serde_json::json!({"event": "room_login", "timestamp": "1700000000", "nonce": nonce,
+                                          "signature": signature, "room_id": "r", "user_account": user}).to_string();
+            prop_assert!(zego::verify(1, body.as_bytes(), false, "secret", now()).is_ok());
+        }
+    }
+}
