@@ -81,6 +81,8 @@ pub struct Delivery {
     pub status: u16,
     /// Milliseconds since the simulator started, when the attempt was sent.
     pub sent_ms: u64,
+    /// How long the receiver took to answer (or to fail), in milliseconds.
+    pub answer_ms: f64,
 }
 
 /// The simulator's rooms and callback deliveries.
@@ -269,6 +271,7 @@ impl Sim {
             for (k, v) in headers {
                 request = request.header(k, v);
             }
+            let sent = std::time::Instant::now();
             let status = match request.send().await {
                 Ok(r) => r.status().as_u16(),
                 Err(_) => 0,
@@ -284,6 +287,7 @@ impl Sim {
                 attempt: i as u32 + 1,
                 status,
                 sent_ms: self.started.elapsed().as_millis() as u64,
+                answer_ms: sent.elapsed().as_secs_f64() * 1000.0,
             };
             {
                 let mut d = lock(&self.deliveries);

@@ -11,6 +11,7 @@ mod baseline;
 mod checks;
 mod console;
 mod print;
+mod reentry;
 mod report;
 mod run;
 mod stack;
@@ -45,6 +46,9 @@ pub enum Preset {
     /// 1,000,000 active bans, 2,000 ban checks/s for 30 s over two replicas' APIs, while they
     /// enforce the backlog preset's backlog.
     Bans,
+    /// 200 banned users rejoining at random over 30 s (their callbacks spread over two replicas)
+    /// beside a 10,000-user backlog of the same ZEGO app: callback → re-kick latency.
+    Reentry,
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,5 +160,6 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Memory => "memory",
         Preset::Console => "console",
         Preset::Bans => "bans",
+        Preset::Reentry => "reentry",
     }
 }

@@ -82,6 +82,15 @@ fn print_rest(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         "rejected {}, failed verdicts {}, injected vendor faults {}, retries {}",
         r.rejected, r.failed_verdicts, r.vendor_faults_injected, r.retries
     )?;
+    if let Some(e) = &r.reentry {
+        let l = |x: &super::report::Latency| {
+            format!("p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})", x.p50_ms, x.p99_ms, x.max_ms, x.count)
+        };
+        writeln!(out, "re-entries: {} joins, {} recorded, {} re-kicked", e.joins, e.reentries, e.rekicked)?;
+        writeln!(out, "  callback → re-kick call, received by the quota owner: {}", l(&e.to_call_on_owner))?;
+        writeln!(out, "  callback → re-kick call, received by another replica: {}", l(&e.to_call_from_other))?;
+        writeln!(out, "  callback answered in: {}; {} not answered 200", l(&e.callback_answer), e.callback_errors)?;
+    }
     if let Some(c) = &r.ban_checks {
         let l = &c.latency;
         writeln!(

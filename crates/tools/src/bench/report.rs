@@ -194,6 +194,8 @@ pub struct Report {
     pub worker_peak_rss_mib: f64,
     /// Bans preset: the public API's ban checks during the run.
     pub ban_checks: Option<super::checks::CheckReport>,
+    /// Reentry preset: banned users rejoining, and their re-kicks.
+    pub reentry: Option<super::reentry::ReentryReport>,
     /// Memory preset: kicks pending in PostgreSQL while the peak was measured.
     pub pending_kicks: Option<i64>,
     /// Stuck preset: messages in the queue about 5 s after the stuck backlog was published.

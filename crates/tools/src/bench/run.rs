@@ -50,6 +50,8 @@ struct Extra {
     pending_kicks: Option<i64>,
     /// Bans preset: the checks, running beside the backlog.
     checks: Option<tokio::task::JoinHandle<super::checks::CheckReport>>,
+    /// Reentry preset: the joins, running beside the backlog.
+    joins: Option<tokio::task::JoinHandle<usize>>,
     /// Bans preset: the bans written before the run, and how long that took.
     bans_loaded: Option<(i64, f64)>,
 }
@@ -81,6 +83,14 @@ impl<'a> Run<'a> {
         if let Some(load) = &self.w.checks {
             self.load_bans(load).await?;
         }
+        if let Some(load) = &self.w.reentries {
+            bouncer::audit::migrate(&self.stack.config.postgres, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("migrate: {e}"))?;
+            let pool = self.pool().await?;
+            super::reentry::load_bans(&pool, self.stack.app_ids[0], load.users).await?;
+            pool.close().await;
+        }
         let publisher = Publisher::connect(&self.stack.config.amqp, "bench-publisher")
             .await
             .map_err(|e| format!("RabbitMQ: {e}"))?;
@@ -92,6 +102,14 @@ impl<'a> Run<'a> {
         let (mut workers, started) = started?;
         if let Some(load) = self.w.checks.clone() {
             self.start_checks(&workers, load).await?;
+        }
+        if let Some(load) = self.w.reentries.clone() {
+            for port in &workers.ports {
+                wait_ready(*port).await?;
+            }
+            eprintln!("  {} banned users rejoin over {} s", load.users, load.seconds);
+            let (sim, app, addrs) = (self.stack.running.sim.clone(), self.stack.app_ids[0], workers.api_addrs.clone());
+            self.extra.joins = Some(tokio::spawn(super::reentry::join(sim, app, addrs, load)));
         }
         let pool = self.pool().await?;
         let waited = self.await_finished(&pool, &mut workers, started).await;
@@ -163,15 +181,13 @@ impl<'a> Run<'a> {
             eprintln!("  queued {}/{}", (n * 1000 + chunk.len()).min(total), total);
         }
         self.published_at.fill(now_ms());
-        let workers =
-            Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.checks.is_some())?;
+        let workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.api())?;
         Ok((workers, Instant::now()))
     }
 
     /// A Poisson stream of `rate` verdicts/s into running workers, once they own every quota.
     async fn stream(&mut self, publisher: &Publisher, rate: f64) -> Result<(Workers, Instant), String> {
-        let mut workers =
-            Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.checks.is_some())?;
+        let mut workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.api())?;
         for port in &workers.ports {
             wait_ready(*port).await?;
         }
@@ -330,6 +346,13 @@ impl<'a> Run<'a> {
             }
             None => None,
         };
+        let reentry = match self.extra.joins.take() {
+            Some(handle) => {
+                let joins = handle.await.map_err(|e| format!("the joins failed: {e}"))?;
+                Some(super::reentry::report(pool, &self.stack.running.sim, self.stack.app_ids[0], joins).await)
+            }
+            None => None,
+        };
         workers.sample();
         let cpu: f64 = workers.usage.iter().map(|u| u.0).sum();
         let rss = workers.usage.iter().map(|u| u.1).fold(0.0, f64::max);
@@ -409,6 +432,7 @@ impl<'a> Run<'a> {
             vendor_faults_injected: stats["rejections"]["http_502"].as_u64().unwrap_or(0),
             retries: count(pool, "SELECT count(*) FROM kick_attempts WHERE outcome = 'retry'").await,
             ban_checks,
+            reentry,
             baseline_msgs_per_second: None,
             ratio_to_baseline: None,
             batched_baseline_msgs_per_second: None,

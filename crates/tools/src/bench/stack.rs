@@ -51,7 +51,9 @@ impl BenchStack {
                 Vendor::Zego => {
                     let z = 2_000_000 + k as u32;
                     let app = FileZego::new(z, &format!("bench-{z}-{id}"), endpoint);
-                    file.zego.push(FileZego { forbid_rules: s.banned, ..app });
+                    // The reentry preset's app receives room callbacks (the simulator signs them).
+                    let callback_secret = w.reentries.as_ref().map(|_| format!("cb{z}{id}").into());
+                    file.zego.push(FileZego { forbid_rules: s.banned, callback_secret, ..app });
                     z
                 }
                 Vendor::Trtc => {
@@ -86,7 +88,7 @@ impl BenchStack {
         }
         point_vendors_at(&mut file, &running.endpoint());
         // Token servers' token, for the bans preset (each worker listens where it is told).
-        let api_token = w.checks.as_ref().map(|_| uuid::Uuid::new_v4().simple().to_string());
+        let api_token = w.api().then(|| uuid::Uuid::new_v4().simple().to_string());
         if let Some(t) = &api_token {
             file.api.tokens = vec![bouncer::config::FileApiToken {
                 name: "bench".into(),

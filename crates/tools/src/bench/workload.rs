@@ -7,6 +7,7 @@ use serde_json::json;
 use bouncer::verdict::Vendor;
 
 use super::checks::CheckLoad;
+use super::reentry::ReentryLoad;
 use super::report;
 use super::{BenchArgs, Preset};
 
@@ -42,6 +43,15 @@ pub(super) struct Workload {
     pub(super) stop_after_recorded: Option<Duration>,
     /// Bans preset: ban checks against the workers' public API during the run.
     pub(super) checks: Option<CheckLoad>,
+    /// Reentry preset: banned users of the first (ZEGO) app rejoining during the run.
+    pub(super) reentries: Option<ReentryLoad>,
+}
+
+impl Workload {
+    /// Whether the workers serve the public API.
+    pub(super) fn api(&self) -> bool {
+        self.checks.is_some() || self.reentries.is_some()
+    }
 }
 
 fn seg(vendor: Vendor, verdicts: usize, max_users: usize, rooms: usize) -> Segment {
@@ -67,6 +77,7 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
         stuck: false,
         stop_after_recorded: None,
         checks: None,
+        reentries: None,
     };
     let mut w = match args.preset {
         Preset::Backlog => Workload {
@@ -127,6 +138,13 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
             ],
             replicas: 2,
             checks: Some(CheckLoad { bans: 1_000_000, per_second: 2_000.0, seconds: 30 }),
+            ..base
+        },
+        // A burst of one app at its full quota (40 s of it) while its banned users come back.
+        Preset::Reentry => Workload {
+            segments: vec![seg(Zego, 10_000, 1, 25)],
+            replicas: 2,
+            reentries: Some(ReentryLoad { users: 200, seconds: 30 }),
             ..base
         },
         // Publishes nothing: the console preset writes its trail into PostgreSQL (bench/console.rs).
