@@ -61,13 +61,18 @@ fn kubernetes_manifests_are_valid_yaml_with_the_probes_wired() {
     std::fs::write(dir.join("zego"), "s").unwrap();
     std::fs::write(dir.join("trtc"), "k").unwrap();
     std::fs::write(dir.join("api"), "0123456789abcdef0123").unwrap();
+    std::fs::write(dir.join("zego-callback"), "c").unwrap();
+    std::fs::write(dir.join("trtc-callback"), "k2").unwrap();
     let local = toml
+        .replace("/etc/bouncer/secrets/zego-callback-secret", dir.join("zego-callback").to_str().unwrap())
+        .replace("/etc/bouncer/secrets/trtc-callback-key", dir.join("trtc-callback").to_str().unwrap())
         .replace("/etc/bouncer/secrets/zego-server-secret", dir.join("zego").to_str().unwrap())
         .replace("/etc/bouncer/secrets/trtc-secret-key", dir.join("trtc").to_str().unwrap())
         .replace("/etc/bouncer/secrets/api-token-token-server", dir.join("api").to_str().unwrap());
     let config = bouncer::config::Config::from_toml(&local).expect("the ConfigMap's config is valid");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(config.http.listen.port(), 9187);
+    assert!(config.zego[0].callback_secret.is_some() && config.trtc[0].callback_key.is_some(), "callbacks verified");
     let svc = &yaml("deploy/k8s/service.yaml")[0];
     assert_eq!(svc["spec"]["ports"][0]["targetPort"].as_str(), Some("metrics"));
     // The public API listens where the pod and the bouncer-api Service say.
