@@ -135,26 +135,22 @@ async fn act(
                 verdict_id = %crate::text::single_line(verdict_id), user_id = %crate::text::single_line(&cb.user_id),
                 room_id = %crate::text::single_line(&cb.room.to_string()), "a banned user came back; re-kick queued");
         }
-        Recorded::Unmatched { confirmation_id } => {
-            // The kick's result may still be on its way to the database: look again shortly.
-            tokio::spawn(link_later(s.db.clone(), *confirmation_id));
+        Recorded::Removal => {
+            // Linked once the kick's result is surely written (the housekeeping sweeper links it
+            // too, should this process stop first).
+            tokio::spawn(link_later(s.db.clone()));
         }
         _ => {}
     }
     accepted()
 }
 
-/// Links a removal that came before its kick's result, trying a few times over ten seconds.
-async fn link_later(db: crate::audit::Db, id: i64) {
-    for wait in [1, 3, 6] {
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        match reentries::link_confirmation(&db, id).await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, confirmation_id = id, "cannot link a kick confirmation yet"),
-        }
+/// Links due removals once this one is due.
+async fn link_later(db: crate::audit::Db) {
+    tokio::time::sleep(reentries::LINK_AFTER + Duration::from_millis(100)).await;
+    if let Err(e) = reentries::link_due(&db).await {
+        tracing::debug!(error = %e, "cannot link kick confirmations now; the sweeper tries again");
     }
-    tracing::debug!(confirmation_id = id, "a removal the vendor reported matches no kick of Bouncer's");
 }
 
 fn refuse(s: &ApiState, vendor: Vendor, refusal: Refusal) -> Response {
@@ -173,21 +169,30 @@ fn refuse(s: &ApiState, vendor: Vendor, refusal: Refusal) -> Response {
     }
 }
 
-/// Forgets used ZEGO nonces once their timestamps can no longer be accepted, every minute.
-pub(crate) async fn forget_nonces(
+/// While callbacks are configured: links removals every 5 s (those a stopped process left
+/// unlinked) and forgets used ZEGO nonces once their timestamps can no longer be accepted, every
+/// minute. Any replica may run both.
+pub(crate) async fn housekeeping(
     db: crate::audit::Db,
     keys: Arc<CallbackKeys>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    if !keys.any_zego() {
+    if keys.zego.is_empty() && keys.trtc.is_empty() {
         return;
     }
-    let mut every = tokio::time::interval(Duration::from_secs(60));
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => {
-                if let Err(e) = reentries::forget_old_nonces(&db).await {
+                ticks += 1;
+                if let Err(e) = reentries::link_due(&db).await {
+                    tracing::debug!(error = %e, "cannot link kick confirmations now; trying again in 5 s");
+                }
+                if keys.any_zego() && ticks % 12 == 1
+                    && let Err(e) = reentries::forget_old_nonces(&db).await
+                {
                     tracing::debug!(error = %e, "cannot forget old callback nonces; trying again in a minute");
                 }
             }

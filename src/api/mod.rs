@@ -263,7 +263,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
             refusals: Arc::new(Throttle::default()),
             callbacks: keys.clone(),
         };
-        tokio::spawn(callbacks::forget_nonces(db.clone(), keys, shutdown.clone()));
+        tokio::spawn(callbacks::housekeeping(db.clone(), keys, shutdown.clone()));
         let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
         tokio::spawn(db.keep_open(size, KEEP_OPEN_EVERY, shutdown.clone()));
         tokio::spawn(crate::serve::serve(listener, routes(state), crate::serve::API, shutdown));

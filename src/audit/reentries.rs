@@ -23,11 +23,9 @@ pub enum Recorded {
     Reentry { id: i64, verdict_id: String },
     /// The user entered and no active ban covers the room: nothing to do.
     NotBanned,
-    /// The vendor removed a user Bouncer kicked: confirmation recorded for the kick or re-kick.
-    Confirmed,
-    /// A removal that matches no kick recorded yet (the kick's result may still be on its way
-    /// to the database): recorded; [`link_confirmation`] tries again.
-    Unmatched { confirmation_id: i64 },
+    /// The vendor removed a user: recorded in `kick_confirmations`, to be linked to the kick it
+    /// confirms by [`link_due`] a moment later (once that kick's result is surely written).
+    Removal,
     /// This event was recorded before (a redelivery): acted on once, not again.
     Duplicate,
     /// Nothing Bouncer acts on (a normal exit, a media event).
@@ -42,8 +40,7 @@ impl Recorded {
         match self {
             Recorded::Reentry { .. } => "reentry",
             Recorded::NotBanned => "not_banned",
-            Recorded::Confirmed => "confirmed",
-            Recorded::Unmatched { .. } => "unmatched",
+            Recorded::Removal => "removal",
             Recorded::Duplicate => "duplicate",
             Recorded::Ignored => "ignored",
             Recorded::Replayed => "replayed",
@@ -149,8 +146,7 @@ pub async fn record(
                 .await?;
             match added {
                 None => Recorded::Duplicate,
-                Some((id,)) if link(db, &mut tx, id).await? => Recorded::Confirmed,
-                Some((id,)) => Recorded::Unmatched { confirmation_id: id },
+                Some(_) => Recorded::Removal,
             }
         }
     };
@@ -158,41 +154,68 @@ pub async fn record(
     Ok(recorded)
 }
 
-/// Links confirmation `id` to the latest kick or re-kick of its user in its room that ended
-/// `kicked` and has no confirmation yet. Returns whether it found one.
-async fn link(db: &Db, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, id: i64) -> Result<bool, AuditError> {
-    let linked = db
-        .query(
-            "WITH c AS (SELECT * FROM kick_confirmations WHERE id = $1 AND verdict_id IS NULL AND reentry_id IS NULL),
-                  target AS (
-                      SELECT * FROM (
-                          (SELECT k.verdict_id, NULL::bigint AS reentry_id, k.updated_at AS at
-                           FROM c JOIN kicks k ON k.user_id = c.user_id AND k.status = 'kicked'
-                           JOIN verdicts v ON v.verdict_id = k.verdict_id AND v.vendor = c.vendor
-                                AND v.app_id = c.app_id AND v.room_id = c.room_id AND v.room_id_numeric = c.room_id_numeric
-                           WHERE NOT EXISTS (SELECT 1 FROM kick_confirmations o
-                                             WHERE o.verdict_id = k.verdict_id AND o.user_id = k.user_id)
-                           ORDER BY k.updated_at DESC LIMIT 1)
-                          UNION ALL
-                          (SELECT NULL, r.id, r.updated_at
-                           FROM c JOIN reentries r ON r.user_id = c.user_id AND r.vendor = c.vendor AND r.app_id = c.app_id
-                                AND r.room_id = c.room_id AND r.room_id_numeric = c.room_id_numeric AND r.status = 'kicked'
-                           WHERE NOT EXISTS (SELECT 1 FROM kick_confirmations o WHERE o.reentry_id = r.id)
-                           ORDER BY r.updated_at DESC LIMIT 1)) t
-                      ORDER BY at DESC LIMIT 1)
-             UPDATE kick_confirmations k SET verdict_id = target.verdict_id, reentry_id = target.reentry_id
-             FROM target WHERE k.id = $1",
-        )
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(linked.rows_affected() == 1)
-}
+/// How long a removal waits before it is linked: the vendor reports a server kick as soon as it
+/// has happened, often before Bouncer's audit writer has committed the kick's result.
+pub const LINK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Tries again to link a confirmation that arrived before its kick's result was written.
-pub async fn link_confirmation(db: &Db, id: i64) -> Result<bool, AuditError> {
+/// Links removals received at least [`LINK_AFTER`] ago (and within the last hour) to the kicks
+/// they confirm, oldest removal first, so that two removals of one user link in the order they
+/// happened. A removal at time T (the vendor's, else its arrival) confirms the latest unconfirmed
+/// kick or re-kick of its user in its room whose first call started at or before T; if none did
+/// (the vendor's clock a little behind ours), the earliest one started within 5 s after T. One
+/// linker at a time across replicas (a transaction-scoped advisory lock). Returns how many it
+/// linked.
+pub async fn link_due(db: &Db) -> Result<u64, AuditError> {
     let mut tx = db.begin().await?;
-    let linked = link(db, &mut tx, id).await?;
+    let ours: bool = db
+        .query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('bouncer.kick_confirmations'))")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ours {
+        return Ok(0);
+    }
+    let due: Vec<i64> = db
+        .query_scalar(
+            "SELECT id FROM kick_confirmations
+             WHERE verdict_id IS NULL AND reentry_id IS NULL
+               AND received_at < now() - make_interval(secs => $1) AND received_at > now() - interval '1 hour'
+             ORDER BY coalesce(left_at, received_at), id LIMIT 500",
+        )
+        .bind(LINK_AFTER.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut linked = 0;
+    for id in due {
+        linked += db
+            .query(
+                "WITH c AS (SELECT *, coalesce(left_at, received_at) AS t FROM kick_confirmations WHERE id = $1),
+                      candidates AS (
+                          SELECT k.verdict_id, NULL::bigint AS reentry_id, k.first_attempt_at AS at
+                          FROM c JOIN kicks k ON k.user_id = c.user_id AND k.status = 'kicked'
+                          JOIN verdicts v ON v.verdict_id = k.verdict_id AND v.vendor = c.vendor AND v.app_id = c.app_id
+                               AND v.room_id = c.room_id AND v.room_id_numeric = c.room_id_numeric
+                          WHERE k.first_attempt_at <= c.t + interval '5 seconds'
+                            AND NOT EXISTS (SELECT 1 FROM kick_confirmations o
+                                            WHERE o.verdict_id = k.verdict_id AND o.user_id = k.user_id)
+                          UNION ALL
+                          SELECT NULL, r.id, r.first_attempt_at
+                          FROM c JOIN reentries r ON r.user_id = c.user_id AND r.vendor = c.vendor
+                               AND r.app_id = c.app_id AND r.room_id = c.room_id
+                               AND r.room_id_numeric = c.room_id_numeric AND r.status = 'kicked'
+                          WHERE r.first_attempt_at <= c.t + interval '5 seconds'
+                            AND NOT EXISTS (SELECT 1 FROM kick_confirmations o WHERE o.reentry_id = r.id)),
+                      target AS (
+                          SELECT x.* FROM candidates x, c
+                          ORDER BY (x.at <= c.t) DESC, CASE WHEN x.at <= c.t THEN x.at END DESC, x.at
+                          LIMIT 1)
+                 UPDATE kick_confirmations k SET verdict_id = target.verdict_id, reentry_id = target.reentry_id
+                 FROM target WHERE k.id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
     tx.commit().await?;
     Ok(linked)
 }

@@ -239,6 +239,8 @@ async fn the_demo_runs_green_in_under_a_minute() {
         "400/400 verdicts finished",
         "audit summary",
         "malformed messages recorded and dead-lettered: 8",
+        "and is kicked again",
+        "re-entered room live-ban",
         "demo finished",
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");

@@ -48,7 +48,16 @@ fn demo_config(args: &DemoArgs) -> FileConfig {
     file.shutdown.grace_secs = 3;
     // The simulator's address is filled in once it listens.
     let endpoint = "http://127.0.0.1:1";
-    file.zego = vec![FileZego::new(ZEGO_OK, &secret(1), endpoint), FileZego::new(ZEGO_FLAKY, &secret(2), endpoint)];
+    // The healthy app receives room callbacks (the re-entry scene), verified by the public API.
+    let zego_ok = FileZego { callback_secret: Some(secret(4).into()), ..FileZego::new(ZEGO_OK, &secret(1), endpoint) };
+    file.zego = vec![zego_ok, FileZego::new(ZEGO_FLAKY, &secret(2), endpoint)];
+    file.api.listen = Some("127.0.0.1:0".into());
+    file.api.tokens = vec![bouncer::config::FileApiToken {
+        name: "demo".into(),
+        token: Some(secret(5).into()),
+        token_env: None,
+        token_file: None,
+    }];
     file.trtc = vec![FileTrtc::new(TRTC, "AKIDdemo", &secret(3), "ap-singapore", endpoint)];
     file
 }
@@ -131,17 +140,26 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     );
 
     let shutdown = CancellationToken::new();
+    let api = bouncer::api::serve(&config).await?.ok_or("the demo's API did not start")?;
+    running.sim.set_callback_url(Some(format!("http://{}", api.addr)));
     let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
     let pool = publish_and_wait(&config).await?;
+    let reentry = reentry_scene(&config, &running, &pool).await;
     shutdown.cancel();
     if let Ok(Err(why)) = worker.await {
         return Err(format!("the worker refused to start: {why}"));
     }
+    api.stop().await;
+    let reentry_verdict = reentry?;
 
     print_summary(&pool).await?;
     print_vendor_side(&running)?;
 
     print_stories(&pool).await?;
+    println!("\n■ the banned user who came back (bouncer audit --verdict {reentry_verdict})");
+    if let Ok(Some(s)) = query::story(&pool, &reentry_verdict).await {
+        bouncer::cli::print_story(&s).map_err(|e| e.to_string())?;
+    }
     pool.close().await;
     drop(running);
     delete_queues(config.amqp.url.expose_secret(), &config.amqp.queue).await;
@@ -153,6 +171,76 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         name = args.name
     );
     Ok(())
+}
+
+/// A user in a room is kicked and banned for ten minutes, rejoins at once (their ticket is still
+/// good), and is kicked again: ZEGO's `room_login` callback reaches the API, the owner re-kicks.
+/// Prints how long the user was back in the room. Returns the banning verdict's id.
+async fn reentry_scene(
+    config: &Config,
+    running: &bouncer_sim::RunningSim,
+    pool: &bouncer::audit::Db,
+) -> Result<String, String> {
+    let (user, room, id) = ("troll-1", "live-ban", "demo-ban-1");
+    let join = bouncer_sim::JoinRequest {
+        vendor: "zego".into(),
+        app_id: ZEGO_OK,
+        room_id: room.into(),
+        user_id: user.into(),
+        callback_url: None,
+        deliveries: None,
+    };
+    let in_room = || running.sim.rooms().iter().any(|(k, m)| k.room_id == room && m.iter().any(|m| m.user_id == user));
+    println!("\n■ re-entry: {user} is in room {room} of app {ZEGO_OK}; a verdict bans them for 10 minutes");
+    running.sim.join(&join).map_err(|e| format!("join: {e:?}"))?;
+    let verdict = json!({"verdict_id": id, "vendor": "zego", "app_id": ZEGO_OK, "room_id": room, "user_ids": [user],
+                         "reason": "harassment", "source": "demo", "ban": {"seconds": 600, "scope": "room"}});
+    let publisher = Publisher::connect(&config.amqp, "demo-publisher").await.map_err(|e| format!("RabbitMQ: {e}"))?;
+    let confirmed = publisher.publish_all(&[verdict.to_string().into_bytes()], &[]).await;
+    publisher.close().await;
+    if confirmed != [true] {
+        return Err("the broker did not confirm the ban".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_room() {
+        if Instant::now() > deadline {
+            return Err(format!("{user} was never kicked"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("  {user} kicked (and banned: a token server asking GET /v1/bans/check hears banned: true)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("  {user} rejoins with the ticket they still hold…");
+    let back = Instant::now();
+    running.sim.join(&join).map_err(|e| format!("join: {e:?}"))?;
+    while in_room() {
+        if back.elapsed() > Duration::from_secs(10) {
+            return Err(format!("{user} was never kicked again"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = back.elapsed();
+    println!(
+        "  …and is kicked again {} ms later: ZEGO's signed room_login callback → re-entry recorded → the quota owner's re-kick",
+        took.as_millis()
+    );
+    // The re-kick's result and the vendor's removal callbacks land in the trail a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmed: i64 = pool
+            .run(async |c| {
+                pool.query_scalar("SELECT count(*) FROM kick_confirmations WHERE reentry_id IS NOT NULL")
+                    .fetch_one(c)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if confirmed > 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(id.into())
 }
 
 /// The simulator's faults for the demo's apps: a flaky ZEGO app, a TRTC user id the vendor
