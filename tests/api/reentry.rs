@@ -257,3 +257,20 @@ async fn a_forged_stale_replayed_or_unknown_callback_is_refused_and_acts_on_noth
     assert!(!log.contains(&zego_secret) && !log.contains(&trtc_key), "no secret in the log");
     assert!(!log.contains("room 77: bad entered"), "no body in the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_under_a_zego_login_rule_is_refused_at_join_and_nothing_needs_a_rekick() {
+    let mut env = TestEnv::new(Apps::random(1, 0).with_forbid_rules().with_callbacks(), EnvOptions::default()).await;
+    env.enable_api();
+    let app = env.apps.zego[0].0;
+    env.publish_json(&banned("v-rule", "zego", app, json!("r"), &["ruled"], 600)).await;
+    let worker = env.worker();
+    let sim = SimControl::new(&env.sim);
+    sim.set_callback_url(&format!("http://{}", worker.api_addr())).await;
+    env.wait_for_count("SELECT count(*) FROM bans WHERE rule_state = 'in_force'", 1, Duration::from_secs(60)).await;
+    assert!(!sim.join("zego", app, json!("r"), "ruled").await, "ZEGO refuses the login itself");
+    assert!(sim.join("zego", app, json!("elsewhere"), "ruled").await, "a room ban's rule holds in its room only");
+    wait_delivered(&sim, "room_login", "ruled").await;
+    let pool = env.pool().await;
+    assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reentries").fetch_one(&pool).await.unwrap(), 0);
+}
