@@ -32,6 +32,10 @@ pub struct LaneStats {
     pub calling_users: AtomicUsize,
     /// Calls started and not yet answered.
     pub calls_in_flight: AtomicUsize,
+    /// Chunks handed to a call task that has not yet been charged for its first call. The lane
+    /// cuts the next chunk only when this is 0, so chunks are cut when the quota lets a call
+    /// leave — not queued behind each other in the limiter, where a re-kick would wait its turn.
+    pub awaiting_quota: AtomicUsize,
     /// Rooms with users waiting.
     pub open_rooms: AtomicUsize,
 }
@@ -44,6 +48,7 @@ impl LaneStats {
             waiting_users: AtomicUsize::new(0),
             calling_users: AtomicUsize::new(0),
             calls_in_flight: AtomicUsize::new(0),
+            awaiting_quota: AtomicUsize::new(0),
             open_rooms: AtomicUsize::new(0),
         }
     }

@@ -54,15 +54,35 @@ impl Part {
 /// The process stopped owning the quota (or is shutting down) before this part was sent.
 struct Stopped;
 
+/// The lane's hold on the quota for a chunk not yet charged: released (and the lane woken to cut
+/// the next chunk) when the chunk's first call is charged, or when the task ends without one.
+pub(crate) struct FirstCharge(Arc<LaneCtx>);
+
+impl FirstCharge {
+    /// Taken by the lane as it hands a chunk over.
+    pub(crate) fn take(ctx: &Arc<LaneCtx>) -> FirstCharge {
+        ctx.stats.awaiting_quota.fetch_add(1, Ordering::Relaxed);
+        FirstCharge(ctx.clone())
+    }
+}
+
+impl Drop for FirstCharge {
+    fn drop(&mut self) {
+        self.0.stats.awaiting_quota.fetch_sub(1, Ordering::Relaxed);
+        self.0.call_done.notify_one();
+    }
+}
+
 /// Sends one chunk and records how every user in it came out.
-pub async fn run(ctx: Arc<LaneCtx>, target: Target, chunk: Vec<Entry>) {
+pub async fn run(ctx: Arc<LaneCtx>, target: Target, chunk: Vec<Entry>, first_charge: FirstCharge) {
+    let mut first_charge = Some(first_charge);
     let n = chunk.len();
     let reason = chunk.first().and_then(|e| e.reason.clone());
     let mut parts = vec![Part::new(chunk, 0, None)];
     let mut attempt_no = 0;
     let mut outcomes = Vec::new();
     while let Some(mut part) = parts.pop() {
-        match attempt(&ctx, &target, reason.as_deref(), &mut part, &mut attempt_no).await {
+        match attempt(&ctx, &target, reason.as_deref(), &mut part, &mut attempt_no, &mut first_charge).await {
             Ok(Some(end)) => conclude(&ctx, &part, end, &mut outcomes),
             Ok(None) => {
                 // Split on a parameter error: the halves go next, first half first.
@@ -171,6 +191,7 @@ async fn attempt(
     reason: Option<&str>,
     part: &mut Part,
     attempt_no: &mut i32,
+    first_charge: &mut Option<FirstCharge>,
 ) -> Result<Option<End>, Stopped> {
     let (Some(quota), Some(api)) = (ctx.quota_for(target), ctx.api_for(target)) else {
         // The lane fails such kicks when it fetches them; this is a guard, not a path.
@@ -186,6 +207,8 @@ async fn attempt(
             }
             () = ctx.cancel.cancelled() => return Err(Stopped),
         };
+        // The lane may cut the next chunk now.
+        drop(first_charge.take());
         if !ctx.may_call() {
             charge.unsent();
             return Err(Stopped);

@@ -94,11 +94,13 @@ pub async fn run(
         ctx.stats.open_rooms.store(held.batches.open_rooms(), Ordering::Relaxed);
 
         let paused = ctx.health.paused_until();
-        let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight;
+        let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight
+            || ctx.stats.awaiting_quota.load(Ordering::Relaxed) > 0;
         let ready = if paused.is_some() || at_cap { None } else { held.batches.ready(Instant::now()) };
         let quota = ready.as_ref().and_then(|r| ctx.quota_for(r).cloned());
         let wake_at = match (&ready, paused) {
-            // At the cap only an ended call changes anything (the rooms are due already).
+            // At the cap (or with a chunk not yet charged) only a call's charge or end changes
+            // anything (the rooms are due already).
             _ if at_cap => None,
             (Some(_), _) => None,
             (None, Some(until)) if held.batches.pending_users() > 0 => Some(until),
@@ -132,7 +134,8 @@ pub async fn run(
                 // Ids and rooms are data: escaped, so a CR/LF in one cannot forge a text log line.
                 let span = tracing::info_span!("chunk", verdict_id = %single_line(&ids.join(",")), vendor = %ctx.stats.vendor,
                     app_id = ctx.stats.app_id, room_id = %single_line(&room.to_string()));
-                let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk), span);
+                let first_charge = crate::call::FirstCharge::take(&ctx);
+                let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk, first_charge), span);
                 tracker.spawn_on(call, &ctx.calls);
                 if held.batches.pending_users() < limits.capacity / 2 {
                     want_fetch = true;
@@ -154,7 +157,13 @@ async fn fetch_reentries(ctx: &LaneCtx, pool: &Db, held: &mut Held) {
     let (vendor, app_id) = (ctx.stats.vendor, ctx.stats.app_id);
     let held_reentries = held.keys.iter().filter(|k| k.reentry.is_some()).count();
     let fetched = work::due_reentries(pool, vendor, app_id, held_reentries + REENTRY_FETCH);
-    add_rows(ctx, held, tokio::time::timeout(FETCH_TIMEOUT, fetched).await).await;
+    let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetched).await;
+    if let Ok(Ok(rows)) = &fetched
+        && rows.len() > held_reentries
+    {
+        tracing::debug!(vendor = %vendor, app_id, due = rows.len(), held = held_reentries, "re-kicks fetched");
+    }
+    add_rows(ctx, held, fetched).await;
 }
 
 /// Fills the batches with due kicks this lane does not hold yet.
