@@ -4,8 +4,8 @@
 -- which needs no grant). `bouncer migrate --grant-console ROLE` runs these statements with ROLE
 -- in place of console_role; the role itself (LOGIN, password) is the DBA's to create.
 GRANT USAGE ON SCHEMA public TO console_role;
-GRANT SELECT ON verdicts, kicks, kick_attempts, rejected_messages, replays, audit_log, workers, quota_owners, bans
-    TO console_role;
+GRANT SELECT ON verdicts, kicks, kick_attempts, rejected_messages, replays, audit_log, workers, quota_owners, bans,
+    reentries, kick_confirmations TO console_role;
 GRANT UPDATE (status, finished_at, replays) ON verdicts TO console_role;
 GRANT UPDATE (status, next_attempt_at, first_attempt_at, scheduled_retries, updated_at) ON kicks TO console_role;
 GRANT INSERT (verdict_id, actor, previous_status, published) ON replays TO console_role;

@@ -261,7 +261,7 @@ impl Sim {
         for (i, wait) in waits.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let (body, headers) = if out.room.vendor == "zego" {
-                (zego_body(out, logout_ms, self.callback_secret_str(&out.secret)), vec![])
+                (zego_body(out, logout_ms, out.secret.expose_secret()), vec![])
             } else {
                 let body = trtc_body(out, event_ms);
                 let sign = trtc_sign(out.secret.expose_secret(), &body);
@@ -301,10 +301,6 @@ impl Sim {
                 return;
             }
         }
-    }
-
-    fn callback_secret_str<'a>(&self, s: &'a SecretString) -> &'a str {
-        s.expose_secret()
     }
 }
 
