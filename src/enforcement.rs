@@ -46,6 +46,11 @@ impl QuotaGroup {
     pub fn trtc(secret_id: &str) -> QuotaGroup {
         QuotaGroup(QuotaKey::trtc_group(secret_id))
     }
+    /// Not a vendor quota: the outcome relay, which one replica at a time runs (so a verdict's
+    /// events leave in order), handed out and taken over like a quota group.
+    pub fn relay() -> QuotaGroup {
+        QuotaGroup("outbox:relay".into())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -137,6 +142,8 @@ pub struct Wiring {
     pub audit: AuditSink,
     pub wakers: Arc<Wakers>,
     pub view: Arc<LaneView>,
+    /// The outcome relay's settings (`None`: `outcomes.enabled = false`).
+    pub outcomes: Option<crate::outcomes::Outcomes>,
 }
 
 /// The lanes of the groups this replica owns.
@@ -152,7 +159,8 @@ impl Enforcement {
 
     /// The groups the configuration names.
     pub fn group_names(&self) -> Vec<QuotaGroup> {
-        self.wiring.groups.iter().map(|g| g.group.clone()).collect()
+        let relay = self.wiring.outcomes.as_ref().map(|_| QuotaGroup::relay());
+        self.wiring.groups.iter().map(|g| g.group.clone()).chain(relay).collect()
     }
 
     /// `pacing.jitter_ms`, which a new owner waits on top of a window.
@@ -173,6 +181,10 @@ impl Enforcement {
     /// Starts the lanes of a group just acquired under `lease`; no call starts before
     /// `not_before`.
     pub fn start(&mut self, group: &QuotaGroup, lease: Arc<Lease>, not_before: Instant) {
+        if *group == QuotaGroup::relay() {
+            self.start_relay();
+            return;
+        }
         let Some(g) = self.wiring.groups.iter().find(|g| &g.group == group) else { return };
         let cancel = CancellationToken::new();
         let abandon = CancellationToken::new();
@@ -223,6 +235,16 @@ impl Enforcement {
             apps.push(app);
         }
         self.running.insert(group.clone(), Running { cancel, abandon, tracker, apps });
+    }
+
+    /// Starts the outcome relay (its lease was just acquired).
+    fn start_relay(&mut self) {
+        let Some(settings) = self.wiring.outcomes.clone() else { return };
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::outcomes::relay::run(self.wiring.pool.clone(), settings, cancel.clone()));
+        let running = Running { cancel, abandon: CancellationToken::new(), tracker, apps: Vec::new() };
+        self.running.insert(QuotaGroup::relay(), running);
     }
 
     /// Stops a group's lanes: no new calls. A lost lease also gives up its calls in flight at once;

@@ -85,6 +85,12 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("bouncer_inflight_verdicts").set(count as f64);
             metrics::gauge!("bouncer_oldest_pending_verdict_seconds").set(secs);
         }
+        // Outcome events waiting in the outbox, and how long the oldest has waited.
+        let outbox = tokio::time::timeout(Duration::from_secs(1), crate::audit::outbox::depth(&h.pool)).await;
+        if let Ok(Ok((count, secs))) = outbox {
+            metrics::gauge!("bouncer_outbox_depth").set(count as f64);
+            metrics::gauge!("bouncer_outbox_oldest_seconds").set(secs);
+        }
         // Bans in force in the whole deployment, by vendor (a vendor with none reads 0).
         let active = tokio::time::timeout(Duration::from_secs(1), crate::audit::bans::active_by_vendor(&h.pool)).await;
         if let Ok(Ok(rows)) = active {

@@ -168,16 +168,26 @@ impl Elector {
             self.lose(&g);
         }
 
-        let share = self.groups.len().div_ceil(live);
-        if self.owned.len() > share {
+        // Shares count vendor quota groups only. The outcome relay is not spread: whoever finds it
+        // free takes it (one wins the lease), and it moves only when its holder stops or dies.
+        let relay = QuotaGroup::relay();
+        let quota_groups = self.groups.iter().filter(|g| **g != relay).count();
+        let owned_quotas = self.owned.keys().filter(|g| **g != relay).count();
+        let share = quota_groups.div_ceil(live);
+        if owned_quotas > share {
             // Hand the newest surplus over; others pick it up at once (NOTIFY).
-            let surplus: Vec<QuotaGroup> = self.owned.keys().rev().take(self.owned.len() - share).cloned().collect();
+            let surplus: Vec<QuotaGroup> =
+                self.owned.keys().filter(|g| **g != relay).rev().take(owned_quotas - share).cloned().collect();
             for g in surplus {
                 self.hand_over(&g).await;
             }
-        } else if self.owned.len() < share {
-            let candidates: Vec<String> =
-                self.groups.iter().filter(|g| !self.owned.contains_key(*g)).map(|g| g.as_str().to_owned()).collect();
+        } else if owned_quotas < share {
+            let candidates: Vec<String> = self
+                .groups
+                .iter()
+                .filter(|g| **g != relay && !self.owned.contains_key(*g))
+                .map(|g| g.as_str().to_owned())
+                .collect();
             let free = match tokio::time::timeout(budget, leases::free_groups(&self.leases, &candidates)).await {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
@@ -186,11 +196,20 @@ impl Elector {
                 }
                 Err(_) => return,
             };
-            for key in free.into_iter().take(share - self.owned.len()) {
+            for key in free.into_iter().take(share - owned_quotas) {
                 self.try_acquire(&key).await;
             }
         }
-        self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
+        if self.groups.contains(&relay) && !self.owned.contains_key(&relay) {
+            let free =
+                tokio::time::timeout(budget, leases::free_groups(&self.leases, &[relay.as_str().to_owned()])).await;
+            if let Ok(Ok(free)) = free
+                && let Some(key) = free.into_iter().next()
+            {
+                self.try_acquire(&key).await;
+            }
+        }
+        self.view.owned_groups.store(self.owned.keys().filter(|g| **g != relay).count(), Ordering::Relaxed);
     }
 
     async fn try_acquire(&mut self, key: &str) {

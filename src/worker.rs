@@ -139,7 +139,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     let Some(calls) = calls_runtime() else { return Err("cannot start the vendor-call runtime".into()) };
     let (me, hostname) = worker_id(&config);
     let writers_stop = CancellationToken::new();
-    let (audit, writer_tasks) = writer::spawn(pool.clone(), writers_stop.clone());
+    let events = config.outcomes.enabled;
+    let (audit, writer_tasks) = writer::spawn(pool.clone(), writers_stop.clone(), events);
     let groups = enforcement::groups(&config);
     let apps: HashSet<_> =
         groups.iter().flat_map(|g| g.apps.iter().map(move |(c, _)| AppKey::new(g.vendor, c.app_id()))).collect();
@@ -176,6 +177,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         audit: audit.clone(),
         wakers: wakers.clone(),
         view: view.lanes.clone(),
+        outcomes: crate::outcomes::Outcomes::from_config(&config),
     });
     let identity = Identity { worker_id: me.clone(), hostname };
     let elector = Elector::new(
@@ -190,7 +192,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
 
     let rule_apps =
         config.zego.iter().filter(|z| z.forbid_rules).map(|z| AppKey::new(Vendor::Zego, z.app_id)).collect();
-    let intake = Intake { pool: intake_pool.clone(), apps, rule_apps, wakers, me, amqp: config.amqp.clone(), status };
+    let outcomes = crate::outcomes::Outcomes::from_config(&config);
+    let intake = Intake {
+        pool: intake_pool.clone(),
+        apps,
+        rule_apps,
+        wakers,
+        me,
+        amqp: config.amqp.clone(),
+        status,
+        events,
+        outcomes,
+    };
     let stopped = async {
         shutdown.cancelled().await;
         tracing::info!(grace_secs = config.shutdown.grace.as_secs(), "stopping: intake ends, quotas are handed over");

@@ -31,6 +31,8 @@ pub struct NewVerdict<'a> {
     pub deliveries: i32,
     /// Why nobody will enforce it (its app is not configured), if so: recorded `failed`.
     pub unconfigured: Option<String>,
+    /// The W3C `traceparent` it was delivered with (first delivery), carried into its events.
+    pub traceparent: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -49,6 +51,7 @@ struct VerdictRow<'a> {
     deliveries: i32,
     ban_seconds: Option<i64>,
     ban_scope: Option<&'a str>,
+    traceparent: Option<&'a str>,
 }
 
 /// Where a verdict stands after intake.
@@ -86,6 +89,7 @@ pub async fn record(
     rejections: &[Rejection<'_>],
     wake: Option<&WakeNote>,
     rule_apps: &HashSet<AppKey>,
+    events: bool,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
     let mut tx = db.begin().await?;
     insert_rejections(db, &mut tx, rejections).await?;
@@ -102,10 +106,23 @@ pub async fn record(
         let resumed = insert_kicks(db, &mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
         // path, or it was just failed as unconfigured) is closed here.
+        let mut finished: Vec<String> = result
+            .iter()
+            .filter(|(_, r)| r.inserted && r.status != VerdictStatus::Pending)
+            .map(|(id, _)| id.clone())
+            .collect();
         for (id, status) in results::close_finished(db, &mut tx, &resumed).await? {
             if let Some(r) = result.get_mut(&id) {
                 r.status = status;
             }
+            finished.push(id);
+        }
+        if events {
+            // Every verdict that ends here (failed as unconfigured, or closed) gets its event in
+            // this transaction.
+            finished.sort_unstable();
+            finished.dedup();
+            super::outbox::verdicts_finished(db, &mut tx, &finished).await?;
         }
     }
     if let Some(note) = wake {
@@ -165,6 +182,7 @@ async fn upsert_verdicts(
                 deliveries: n.deliveries,
                 ban_seconds: v.ban.map(|b| i64::from(b.seconds)),
                 ban_scope: v.ban.map(|b| b.scope.as_str()),
+                traceparent: n.traceparent.as_deref(),
             }
         })
         .collect();
@@ -172,12 +190,14 @@ async fn upsert_verdicts(
     Ok(db
         .query_as(
             "INSERT INTO verdicts AS v (verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason,
-                                        source, detected_at, evidence, payload, deliveries, ban_seconds, ban_scope)
+                                        source, detected_at, evidence, payload, deliveries, ban_seconds, ban_scope,
+                                        traceparent)
              SELECT verdict_id, vendor, app_id, room_id, room_id_numeric, user_ids, reason, source, detected_at,
-                    evidence, payload, deliveries, ban_seconds, ban_scope
+                    evidence, payload, deliveries, ban_seconds, ban_scope, traceparent
              FROM jsonb_to_recordset($1) AS x(verdict_id text, vendor text, app_id bigint, room_id text,
                   room_id_numeric boolean, user_ids text[], reason text, source text, detected_at timestamptz,
-                  evidence jsonb, payload jsonb, deliveries integer, ban_seconds integer, ban_scope text)
+                  evidence jsonb, payload jsonb, deliveries integer, ban_seconds integer, ban_scope text,
+                  traceparent text)
              -- Verdict rows are locked in verdict_id order everywhere (see reopen_for_replay).
              ORDER BY verdict_id
              ON CONFLICT (verdict_id) DO UPDATE

@@ -11,6 +11,7 @@ pub mod bans;
 pub mod console;
 pub(crate) mod intake;
 pub mod leases;
+pub mod outbox;
 pub mod query;
 pub mod reentries;
 pub(crate) mod results;

@@ -60,6 +60,7 @@ pub async fn record(
     db: &Db,
     attempts: &[AttemptRow],
     outcomes: &[KickOutcome],
+    events: bool,
 ) -> Result<Vec<(String, VerdictStatus)>, AuditError> {
     let mut tx = db.begin().await?;
     if !attempts.is_empty() {
@@ -132,6 +133,12 @@ pub async fn record(
     ids.sort_unstable();
     ids.dedup();
     let finished = close_finished(db, &mut tx, &ids).await?;
+    if events {
+        // The outcome events, in the transaction that finishes their verdicts: never one without
+        // the other.
+        let ids: Vec<String> = finished.iter().map(|(id, _)| id.clone()).collect();
+        super::outbox::verdicts_finished(db, &mut tx, &ids).await?;
+    }
     tx.commit().await?;
     Ok(finished)
 }

@@ -66,17 +66,18 @@ impl AuditSink {
 /// Starts the writers. They end when every [`AuditSink`] is dropped and their queues are written.
 /// Starts the writers. Once `stop` is cancelled a writer that cannot reach PostgreSQL gives its
 /// batch up instead of holding it (those kicks stay pending and are retried by the next owner).
-pub fn spawn(pool: Db, stop: CancellationToken) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
+/// With `events`, each verdict finished gets its outcome event in the same transaction.
+pub fn spawn(pool: Db, stop: CancellationToken, events: bool) -> (AuditSink, Vec<tokio::task::JoinHandle<()>>) {
     let (senders, tasks) = (0..WRITERS)
         .map(|_| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-            (tx, tokio::spawn(run(pool.clone(), rx, stop.clone())))
+            (tx, tokio::spawn(run(pool.clone(), rx, stop.clone(), events)))
         })
         .unzip();
     (AuditSink(senders), tasks)
 }
 
-async fn run(pool: Db, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken) {
+async fn run(pool: Db, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken, events: bool) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
         let (mut attempts, mut outcomes, mut settled_lanes, mut flushes) =
@@ -98,7 +99,7 @@ async fn run(pool: Db, mut rx: mpsc::Receiver<AuditMsg>, stop: CancellationToken
         let written = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
             .until_ok(
                 &stop,
-                || results::record(&pool, &attempts, &outcomes),
+                || results::record(&pool, &attempts, &outcomes, events),
                 |e: &super::AuditError, wait| {
                     metrics::counter!("bouncer_database_errors_total", "op" => "results").increment(1);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write audit rows; holding them and retrying");

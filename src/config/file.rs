@@ -30,6 +30,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub api: FileApi,
     #[serde(default)]
+    pub outcomes: FileOutcomes,
+    #[serde(default)]
     pub zego: Vec<FileZego>,
     #[serde(default)]
     pub trtc: Vec<FileTrtc>,

@@ -25,6 +25,7 @@ use crate::vendors::{self, Action};
 mod api;
 mod env;
 pub mod file;
+mod outcomes;
 mod secret;
 mod validate;
 mod web;
@@ -34,6 +35,8 @@ pub use api::{ApiConfig, ApiToken, FileApi, FileApiToken};
 use env::apply_env_overrides;
 use file::*;
 pub use file::{FileConfig, FileTrtc, FileZego};
+use outcomes::validate_outcomes;
+pub use outcomes::{FileOutcomes, OutcomesConfig};
 use secret::{resolve_optional_secret, resolve_secret};
 use validate::*;
 use web::validate_web;
@@ -114,6 +117,8 @@ pub struct Config {
     pub web: WebConfig,
     /// `[api]`: the public API `bouncer run` serves.
     pub api: ApiConfig,
+    /// `[outcomes]`: outcome events back to the pipelines.
+    pub outcomes: OutcomesConfig,
     pub zego: Vec<ZegoApp>,
     pub trtc: Vec<TrtcApp>,
 }

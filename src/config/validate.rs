@@ -10,6 +10,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let trtc_apps = check_trtc(f.trtc, env, &mut p);
     let web = validate_web(f.web, env, &mut p);
     let api = validate_api(f.api, env, &mut p);
+    let outcomes = validate_outcomes(f.outcomes, &mut p);
     let (pooler, direct_url) = check_pooler(&f.postgres, env, &mut p);
     if pooler == Pooler::None && direct_url.is_some() {
         warnings.push(problem(
@@ -56,6 +57,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         shutdown: ShutdownConfig { grace: Duration::from_secs(f.shutdown.grace_secs) },
         web,
         api,
+        outcomes,
         zego: zego_apps,
         trtc: trtc_apps,
     })

@@ -75,6 +75,10 @@ pub struct Intake {
     pub me: String,
     pub amqp: AmqpConfig,
     pub status: Arc<BrokerStatus>,
+    /// `outcomes.enabled`: verdicts that end at intake get their outcome events.
+    pub events: bool,
+    /// Where outcome events go (declared with the intake topology), when enabled.
+    pub outcomes: Option<crate::outcomes::Outcomes>,
 }
 
 use session::{QUARANTINE_RECONNECT, SessionError};

@@ -186,13 +186,15 @@ impl Intake {
             let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
         }
         let mut seen: HashSet<&str> = HashSet::new();
-        for (_, v) in &arrivals {
+        for (d, v) in &arrivals {
             let first_in_batch = seen.insert(v.verdict_id.as_str());
             if let Some(r) = recorded.get(&v.verdict_id) {
                 let outcome = outcome(r, first_in_batch, self.serves(v));
                 metrics::counter!("bouncer_verdicts_received_total", "outcome" => outcome).increment(1);
+                // The publisher's trace id (W3C traceparent), so its trace reaches this line.
+                let trace_id = traceparent(&d.properties).and_then(|t| t.split('-').nth(1).map(str::to_owned));
                 tracing::debug!(verdict_id = %single_line(&v.verdict_id), vendor = %v.vendor, app_id = v.app_id,
-                    room_id = %single_line(&v.room_id.to_string()),
+                    room_id = %single_line(&v.room_id.to_string()), trace_id = trace_id.as_deref().unwrap_or(""),
                     status = %r.status, deliveries = r.deliveries, outcome, "verdict recorded");
             }
         }
@@ -269,11 +271,13 @@ impl Intake {
                         "verdict for an app not configured here recorded as failed");
                     Some(format!("{} app {} is not configured in this worker; replay once it is", v.vendor, v.app_id))
                 };
-                NewVerdict { verdict: v, payload, deliveries, unconfigured }
+                let traceparent = traceparent(&arrivals[i].0.properties);
+                NewVerdict { verdict: v, payload, deliveries, unconfigured, traceparent }
             })
             .collect();
         let note = (!woken.is_empty()).then(|| WakeNote::new(&self.me, woken.iter().copied()));
-        let recorded = record::record(&self.pool, &new, &rejections, note.as_ref(), &self.rule_apps).await?;
+        let recorded =
+            record::record(&self.pool, &new, &rejections, note.as_ref(), &self.rule_apps, self.events).await?;
         // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
         // so the failure alerts see them.
         for n in new.iter().filter(|n| n.unconfigured.is_some()) {
@@ -331,6 +335,33 @@ fn outcome(r: &Recorded, first_in_batch: bool, served: bool) -> &'static str {
 
 /// Largest header document stored with a rejected message (serialised JSON).
 pub const MAX_HEADERS_BYTES: usize = 8 * 1024;
+
+/// The W3C trace context a publisher sent (`traceparent` header), if it is one: version `00`
+/// `-` 32 hex trace id `-` 16 hex parent id `-` 2 hex flags, ids not all zero. Anything else is
+/// ignored (a malformed trace header is no reason to refuse a verdict).
+pub(crate) fn traceparent(props: &BasicProperties) -> Option<String> {
+    let value = props.headers().as_ref()?.inner().get("traceparent")?;
+    let text = match value {
+        lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        lapin::types::AMQPValue::ShortString(s) => s.to_string(),
+        _ => return None,
+    };
+    valid_traceparent(text.trim()).then(|| text.trim().to_ascii_lowercase())
+}
+
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && !parts[0].eq_ignore_ascii_case("ff")
+        && hex(parts[1], 32)
+        && nonzero(parts[1])
+        && hex(parts[2], 16)
+        && nonzero(parts[2])
+        && hex(parts[3], 2)
+}
 
 /// AMQP headers as JSON for the audit trail: U+0000 (which jsonb cannot hold) written as the
 /// text `\u0000`, and at most [`MAX_HEADERS_BYTES`]; larger ones are replaced by a note of their

@@ -78,6 +78,9 @@ impl Intake {
     ) -> Result<(lapin::Channel, lapin::Consumer, String), SessionError> {
         let consume = conn.create_channel().await?;
         topology::declare(&consume, &self.amqp).await?;
+        if let Some(o) = &self.outcomes {
+            crate::outcomes::relay::declare(&consume, o).await?;
+        }
         let prefetch = if quarantined { 1 } else { self.amqp.prefetch };
         consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("{}-{}", self.amqp.connection_name, uuid::Uuid::new_v4().simple());

@@ -72,9 +72,13 @@ pub async fn declare(ch: &Channel, cfg: &AmqpConfig) -> lapin::Result<()> {
 /// with it), then closes the channel. Errors are ignored: what is already gone is fine.
 pub async fn delete(ch: &Channel, queue: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    for name in [queue.to_owned(), rejected(queue), legacy_deferred(queue)] {
+    // `<queue>.outcomes` is the default outcomes exchange, and the queue tests bind to it.
+    let outcomes = format!("{queue}.outcomes");
+    for name in [queue.to_owned(), rejected(queue), legacy_deferred(queue), outcomes.clone()] {
         let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
     }
-    let _ = ch.exchange_delete(dlx(queue).as_str().into(), ExchangeDeleteOptions::default()).await;
+    for name in [dlx(queue), outcomes] {
+        let _ = ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
     let _ = ch.close(200, "cleaned up".into()).await;
 }

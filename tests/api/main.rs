@@ -11,6 +11,7 @@ use bouncer_tools::testkit as helpers;
 mod hostile;
 mod layout;
 mod ops;
+mod outcomes;
 mod pipeline;
 mod pooler;
 mod reentry;

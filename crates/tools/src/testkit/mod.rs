@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod events;
 pub mod metrics;
 pub mod process;
 pub mod services;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use api::*;
 pub use apps::*;
+pub use events::*;
 pub use metrics::*;
 pub use process::*;
 pub use services::*;
