@@ -28,3 +28,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_subject ON outbox (subject, id);
 -- Rows are inserted and deleted at the rate verdicts finish: vacuum the table often.
 ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
+
+-- A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, version 7, variant 10, random rest) for events
+-- written by a statement alone (a lift, a re-kick); PostgreSQL 15 has no uuidv7().
+CREATE FUNCTION bouncer_uuidv7() RETURNS uuid AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$ LANGUAGE sql VOLATILE;

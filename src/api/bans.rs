@@ -166,7 +166,8 @@ pub(super) async fn lift(
     if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES || reason.contains('\0') {
         return Err(ApiError::bad("reason", format!("must be 1 to {MAX_REASON_BYTES} bytes of text without U+0000")));
     }
-    let lift = Lift { vendor, app_id, user_id: &user_id, room: room.as_ref(), actor: &caller.0, reason };
+    let lift =
+        Lift { vendor, app_id, user_id: &user_id, room: room.as_ref(), actor: &caller.0, reason, events: s.events };
     let lifted = s.within(bans::lift(&s.db, &lift)).await?;
     tracing::info!(actor = %caller.0, vendor = vendor.as_str(), app_id, lifted = lifted.len(), "bans lifted through the API");
     Ok(axum::Json(json!({"lifted": lifted.len(), "bans": lifted.iter().map(ban_json).collect::<Vec<_>>()}))

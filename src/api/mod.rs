@@ -55,6 +55,8 @@ pub(crate) struct ApiState {
     refusals: Arc<Throttle>,
     /// The vendors' callback signing secrets, per app.
     callbacks: Arc<callbacks::CallbackKeys>,
+    /// `outcomes.enabled`: lifts and re-entries are also outcome events.
+    events: bool,
 }
 
 /// At most one log line a second, counting what it held back.
@@ -236,6 +238,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
     let (api, postgres) = (&config.api, &config.postgres);
     let Some(listen) = api.listen else { return Ok(None) };
     let keys = Arc::new(callbacks::CallbackKeys::from_config(config, crate::worker::worker_id(config).0));
+    let events = config.outcomes.enabled;
     let shutdown = CancellationToken::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -262,6 +265,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
             database_timeout,
             refusals: Arc::new(Throttle::default()),
             callbacks: keys.clone(),
+            events,
         };
         tokio::spawn(callbacks::housekeeping(db.clone(), keys, shutdown.clone()));
         let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;

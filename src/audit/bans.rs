@@ -351,6 +351,30 @@ fn lifting(actor: &str, reason: &str) -> String {
     )
 }
 
+/// The statement that lifts bans (`update`, an `UPDATE bans … RETURNING *`) and, when `events`
+/// is the SQL `true`, writes a `bouncer.ban.lifted` event for each in the same statement.
+fn lift_with_events(update: &str, events: &str) -> String {
+    format!(
+        "WITH lifted AS ({update} RETURNING *),
+              events AS (
+                  INSERT INTO outbox (event_id, type, subject, routing_key, event)
+                  SELECT x.id, 'bouncer.ban.lifted', l.verdict_id, 'ban.lifted.' || l.vendor || '.' || l.app_id,
+                         jsonb_build_object('specversion', '1.0', 'id', x.id, 'type', 'bouncer.ban.lifted',
+                             'subject', l.verdict_id, 'time', l.lifted_at, 'datacontenttype', 'application/json',
+                             'data', jsonb_build_object('ban_id', l.id, 'verdict_id', l.verdict_id, 'vendor', l.vendor,
+                                 'app_id', l.app_id, 'user_id', l.user_id, 'scope', l.scope,
+                                 'room_id', CASE WHEN l.room_id IS NULL THEN NULL
+                                                 WHEN l.room_id_numeric THEN to_jsonb(l.room_id::bigint)
+                                                 ELSE to_jsonb(l.room_id) END,
+                                 'expires_at', l.expires_at, 'lifted_at', l.lifted_at, 'lifted_by', l.lifted_by,
+                                 'reason', l.lift_reason))
+                  FROM lifted l CROSS JOIN LATERAL (SELECT bouncer_uuidv7() AS id) x
+                  WHERE {events}
+                  ORDER BY l.id)
+         SELECT {BAN_COLUMNS} FROM lifted"
+    )
+}
+
 /// Who lifts a ban, and why.
 pub struct Lift<'a> {
     pub vendor: Vendor,
@@ -361,6 +385,8 @@ pub struct Lift<'a> {
     pub room: Option<&'a RoomRef>,
     pub actor: &'a str,
     pub reason: &'a str,
+    /// `outcomes.enabled`: each lift is also a `bouncer.ban.lifted` event.
+    pub events: bool,
 }
 
 /// Ends the matching active bans now and returns them as they stand after.
@@ -369,13 +395,13 @@ pub async fn lift(db: &Db, l: &Lift<'_>) -> Result<Vec<BanRow>, AuditError> {
         Some(r) => (Some(r.text.as_str()), r.numeric),
         None => (None, None),
     };
-    let sql = format!(
+    let update = format!(
         "UPDATE bans SET {}
          WHERE vendor = $1 AND app_id = $2 AND user_id = $3 AND ended_at IS NULL AND expires_at > now()
-           AND ($4::text IS NULL OR (room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))
-         RETURNING {BAN_COLUMNS}",
+           AND ($4::text IS NULL OR (room_id = $4 AND ($5::bool IS NULL OR room_id_numeric = $5)))",
         lifting("$6", "$7")
     );
+    let sql = lift_with_events(&update, "$8");
     Ok(db
         .run(async |c| {
             db.query_as(sqlx::AssertSqlSafe(sql))
@@ -386,6 +412,7 @@ pub async fn lift(db: &Db, l: &Lift<'_>) -> Result<Vec<BanRow>, AuditError> {
                 .bind(room_numeric)
                 .bind(l.actor)
                 .bind(l.reason)
+                .bind(l.events)
                 .fetch_all(c)
                 .await
         })
@@ -399,13 +426,14 @@ pub async fn one(db: &Db, id: i64) -> Result<Option<BanRow>, AuditError> {
 }
 
 /// Ends one ban now, if it is active (the console's lift); `None` if it was not.
-pub async fn lift_one(db: &Db, id: i64, actor: &str, reason: &str) -> Result<Option<BanRow>, AuditError> {
-    let sql = format!(
-        "UPDATE bans SET {} WHERE id = $1 AND ended_at IS NULL AND expires_at > now() RETURNING {BAN_COLUMNS}",
-        lifting("$2", "$3")
-    );
+pub async fn lift_one(db: &Db, id: i64, actor: &str, reason: &str, events: bool) -> Result<Option<BanRow>, AuditError> {
+    let update =
+        format!("UPDATE bans SET {} WHERE id = $1 AND ended_at IS NULL AND expires_at > now()", lifting("$2", "$3"));
+    let sql = lift_with_events(&update, "$4");
     Ok(db
-        .run(async |c| db.query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(actor).bind(reason).fetch_optional(c).await)
+        .run(async |c| {
+            db.query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(actor).bind(reason).bind(events).fetch_optional(c).await
+        })
         .await?)
 }
 

@@ -80,7 +80,7 @@ pub async fn record(
     }
     let (rekicks, outcomes): (Vec<&KickOutcome>, Vec<&KickOutcome>) =
         outcomes.iter().partition(|o| o.reentry.is_some());
-    record_rekicks(db, &mut tx, &rekicks).await?;
+    record_rekicks(db, &mut tx, &rekicks, events).await?;
     let mut ids: Vec<String> = Vec::new();
     if !outcomes.is_empty() {
         // Lock order: the verdicts first, in verdict_id order, then their kicks — as replays do
@@ -144,10 +144,13 @@ pub async fn record(
 }
 
 /// Re-kick outcomes (`reentries` rows), as kick outcomes are written: only pending rows change.
+/// With `events`, each re-kick that ends `kicked` is a `bouncer.reentry.kicked` event, in this
+/// transaction.
 async fn record_rekicks(
     db: &Db,
     tx: &mut Transaction<'_, Postgres>,
     outcomes: &[&KickOutcome],
+    events: bool,
 ) -> Result<(), AuditError> {
     if outcomes.is_empty() {
         return Ok(());
@@ -167,14 +170,30 @@ async fn record_rekicks(
         })
         .collect();
     db.query(
-        "UPDATE reentries r SET status = x.status, attempts = r.attempts + x.attempts, last_error = x.last_error,
-                vendor_request_id = COALESCE(x.request_id, r.vendor_request_id), updated_at = now(),
-                next_attempt_at = x.next_at,
-                first_attempt_at = COALESCE(r.first_attempt_at, x.first_at),
-                scheduled_retries = r.scheduled_retries + CASE WHEN x.next_at IS NULL THEN 0 ELSE 1 END
-         FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
-              AS x(id, status, attempts, last_error, request_id, next_at, first_at)
-         WHERE r.id = x.id AND r.status = 'pending'",
+        "WITH changed AS (
+             UPDATE reentries r SET status = x.status, attempts = r.attempts + x.attempts, last_error = x.last_error,
+                    vendor_request_id = COALESCE(x.request_id, r.vendor_request_id), updated_at = now(),
+                    next_attempt_at = x.next_at,
+                    first_attempt_at = COALESCE(r.first_attempt_at, x.first_at),
+                    scheduled_retries = r.scheduled_retries + CASE WHEN x.next_at IS NULL THEN 0 ELSE 1 END
+             FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::timestamptz[])
+                  AS x(id, status, attempts, last_error, request_id, next_at, first_at)
+             WHERE r.id = x.id AND r.status = 'pending'
+             RETURNING r.*)
+         INSERT INTO outbox (event_id, type, subject, routing_key, event)
+         SELECT e.id, 'bouncer.reentry.kicked', c.verdict_id, 'reentry.kicked.' || c.vendor || '.' || c.app_id,
+                jsonb_build_object('specversion', '1.0', 'id', e.id, 'type', 'bouncer.reentry.kicked',
+                    'subject', c.verdict_id, 'time', c.updated_at, 'datacontenttype', 'application/json',
+                    'data', jsonb_build_object('reentry_id', c.id, 'verdict_id', c.verdict_id, 'ban_id', c.ban_id,
+                        'vendor', c.vendor, 'app_id', c.app_id,
+                        'room_id', CASE WHEN c.room_id_numeric THEN to_jsonb(c.room_id::bigint) ELSE to_jsonb(c.room_id) END,
+                        'user_id', c.user_id, 'entered_at', c.entered_at, 'received_at', c.received_at,
+                        'first_call_at', c.first_attempt_at, 'kicked_at', c.updated_at, 'attempts', c.attempts,
+                        'vendor_request_id', c.vendor_request_id))
+         FROM changed c CROSS JOIN LATERAL (SELECT bouncer_uuidv7() AS id) e
+         WHERE $8 AND c.status = 'kicked'
+         ORDER BY c.id",
     )
     .bind(outcomes.iter().map(|o| o.reentry).collect::<Vec<_>>())
     .bind(status)
@@ -183,6 +202,7 @@ async fn record_rekicks(
     .bind(outcomes.iter().map(|o| o.vendor_request_id.as_deref()).collect::<Vec<_>>())
     .bind(next)
     .bind(outcomes.iter().map(|o| o.first_attempt_at).collect::<Vec<_>>())
+    .bind(events)
     .execute(&mut **tx)
     .await?;
     Ok(())

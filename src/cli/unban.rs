@@ -37,8 +37,10 @@ pub(crate) async fn run(cli: &Cli, args: &UnbanArgs) -> CliResult {
     }
     let room = args.room.as_ref().map(|r| RoomRef { text: r.clone(), numeric: Some(args.numeric_room) });
     let actor = args.actor.clone().unwrap_or_else(super::replay::os_user);
+    let events = cli.load_config()?.outcomes.enabled;
     let db = cli.audit_pool().await?;
     let lift = Lift {
+        events,
         vendor: args.vendor,
         app_id: args.app,
         user_id: &args.user,

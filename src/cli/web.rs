@@ -40,7 +40,7 @@ pub(crate) async fn run(cli: &Cli, args: &WebArgs) -> CliResult {
         crate::shutdown::signal().await;
         signal.cancel();
     });
-    crate::web::serve(pool, config.web, shutdown).await.map_err(CliError::failed)
+    crate::web::serve(pool, config.web, config.outcomes.enabled, shutdown).await.map_err(CliError::failed)
 }
 
 fn hash_password() -> CliResult {

@@ -177,7 +177,7 @@ pub(crate) async fn lift(
         return Ok((StatusCode::CONFLICT, "this confirmation was already used").into_response());
     }
     let actor_name = format!("web:{}", actor.name);
-    let lifted = bans::lift_one(&c.pool, id, &actor_name, reason).await?;
+    let lifted = bans::lift_one(&c.pool, id, &actor_name, reason, c.events).await?;
     tracing::info!(ban_id = id, actor = %single_line(&actor_name), lifted = lifted.is_some(), "lift from the console");
     let Some(ban) = lifted else {
         return Ok((StatusCode::CONFLICT, "this ban is no longer active; nothing was lifted").into_response());

@@ -49,6 +49,8 @@ pub(crate) struct Console {
     pool: Db,
     auth: Auth,
     csrf: Csrf,
+    /// `outcomes.enabled`: a lift from the Bans page is also a `bouncer.ban.lifted` event.
+    events: bool,
 }
 
 impl FromRequestParts<Arc<Console>> for Actor {
@@ -148,7 +150,7 @@ fn router(console: Arc<Console>) -> Router {
 
 /// Serves the console on `config.listen` until `shutdown`; refuses a non-loopback address
 /// without authentication ([`refusal`]).
-pub async fn serve(pool: Db, config: WebConfig, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn serve(pool: Db, config: WebConfig, events: bool, shutdown: CancellationToken) -> Result<(), String> {
     if let Some(why) = refusal(&config) {
         return Err(why);
     }
@@ -158,7 +160,7 @@ pub async fn serve(pool: Db, config: WebConfig, shutdown: CancellationToken) -> 
         Some(key) => Csrf::with_key(key.expose_secret().as_bytes()),
         None => Csrf::new(),
     };
-    let console = Arc::new(Console { pool, auth: Auth::new(config), csrf });
+    let console = Arc::new(Console { pool, auth: Auth::new(config), csrf, events });
     crate::serve::serve(listener, router(console), crate::serve::CONSOLE, shutdown).await;
     Ok(())
 }

@@ -153,3 +153,42 @@ async fn a_verdict_published_with_a_traceparent_yields_events_of_the_same_trace(
     let log = worker.log_text();
     assert!(log.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "the trace id is in the verdict's log line");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rekick_and_a_lifted_ban_are_events_too_in_the_order_they_happened() {
+    let mut env = TestEnv::new(Apps::random(1, 0).with_callbacks(), EnvOptions::default()).await;
+    env.enable_outcomes_queue();
+    let token = env.enable_api();
+    let app = env.apps.zego[0].0;
+    let mut banned = verdict("v-b", "zego", app, json!("r"), &["u"]);
+    banned["ban"] = json!({"seconds": 600});
+    env.publish_json(&banned).await;
+    let worker = env.worker();
+    let sim = SimControl::new(&env.sim);
+    sim.set_callback_url(&format!("http://{}", worker.api_addr())).await;
+    env.wait_for_count("SELECT count(*) FROM kicks WHERE status = 'kicked'", 1, Duration::from_secs(60)).await;
+    assert!(sim.join("zego", app, json!("r"), "u").await);
+    env.wait_for_count("SELECT count(*) FROM reentries WHERE status = 'kicked'", 1, Duration::from_secs(60)).await;
+    let api = crate::helpers::ApiClient::new(&worker, Some(&token));
+    let lift = json!({"vendor": "zego", "app_id": app, "user_id": "u", "reason": "appeal"});
+    assert_eq!(api.post("/v1/bans/lift", &lift).await.body["lifted"], 1);
+    let events = env.read_events(&env.outcomes_queue(), 3, Duration::from_secs(30)).await;
+    let kinds: Vec<(&str, &str)> =
+        events.iter().map(|e| (e.event["type"].as_str().unwrap(), e.routing_key.as_str())).collect();
+    let (finished, kicked, lifted) =
+        (format!("verdict.done.zego.{app}"), format!("reentry.kicked.zego.{app}"), format!("ban.lifted.zego.{app}"));
+    assert_eq!(
+        kinds,
+        [
+            ("bouncer.verdict.finished", finished.as_str()),
+            ("bouncer.reentry.kicked", kicked.as_str()),
+            ("bouncer.ban.lifted", lifted.as_str())
+        ],
+        "one subject (the verdict), in order"
+    );
+    assert!(events.iter().all(|e| e.event["subject"] == "v-b"));
+    assert_eq!(events[1].event["data"]["user_id"], "u");
+    assert_eq!(events[2].event["data"]["lifted_by"], crate::helpers::TOKEN_SERVER);
+    let validator = schema();
+    assert!(events.iter().all(|e| validator.is_valid(&e.event)));
+}
