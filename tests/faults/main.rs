@@ -3,6 +3,7 @@
 //! worker's own connections (by name) and a private PostgreSQL cluster.
 
 mod api;
+mod outcomes;
 mod pacing;
 mod private_pg;
 mod reentry;
@@ -18,7 +19,7 @@ use helpers::{Apps, EnvOptions, SimControl, TestEnv, verdict};
 /// One fault test at a time: they load the machine and restart things.
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn publish_many(env: &TestEnv, n: u32) {
+pub(crate) async fn publish_many(env: &TestEnv, n: u32) {
     for i in 0..n {
         let v = if i % 2 == 0 {
             verdict(
@@ -42,7 +43,7 @@ pub(crate) async fn count(env: &TestEnv, sql: &'static str) -> i64 {
     n
 }
 
-async fn wait_until_done_at_least(env: &TestEnv, n: i64) {
+pub(crate) async fn wait_until_done_at_least(env: &TestEnv, n: i64) {
     let started = std::time::Instant::now();
     while count(env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await < n {
         assert!(started.elapsed() < Duration::from_secs(60), "the run never got going");
@@ -51,7 +52,7 @@ async fn wait_until_done_at_least(env: &TestEnv, n: i64) {
 }
 
 /// Every verdict terminal and every user kicked; nothing left in the queue.
-async fn assert_all_enforced(env: &TestEnv, n: i64) {
+pub(crate) async fn assert_all_enforced(env: &TestEnv, n: i64) {
     env.wait_for_count("SELECT count(*) FROM verdicts WHERE status = 'done'", n, Duration::from_secs(120)).await;
     assert_eq!(count(env, "SELECT count(*) FROM kicks WHERE status <> 'kicked'").await, 0);
     let started = std::time::Instant::now();
@@ -209,7 +210,7 @@ fn connections_named(name: &str) -> Vec<String> {
 }
 
 /// Closes this test worker's broker connections (and no one else's).
-fn close_connections_named(name: &str) -> usize {
+pub(crate) fn close_connections_named(name: &str) -> usize {
     let pids = connections_named(name);
     for pid in &pids {
         let status = std::process::Command::new("rabbitmqctl")

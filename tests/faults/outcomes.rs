@@ -1,0 +1,54 @@
+//! Outcome events through faults: the relaying worker SIGKILLed mid-stream and the relay's broker
+//! connection closed by force. Every event arrives at least once; a duplicate carries its id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::helpers::{Apps, EnvOptions, TestEnv};
+use crate::{SERIAL, assert_all_enforced, close_connections_named, count, publish_many, wait_until_done_at_least};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_arrives_after_a_sigkill_of_the_relay_and_a_forced_close_of_its_connection() {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new(Apps::random(2, 1), EnvOptions::default()).await;
+    env.enable_outcomes_queue();
+    publish_many(&env, 1500).await;
+    let mut first = env.replica("relay-one");
+    wait_until_done_at_least(&env, 200).await;
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    let second = env.replica("relay-two");
+    let done = count(&env, "SELECT count(*) FROM verdicts WHERE status = 'done'").await;
+    wait_until_done_at_least(&env, (done + 200).min(1500)).await;
+    // The survivor's relay has taken over by now (or does shortly): cut its connection.
+    let relay_connection = format!("{}-relay", env.connection_name);
+    let mut closed = 0;
+    for _ in 0..100 {
+        closed = close_connections_named(&relay_connection);
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed >= 1, "found the relay's connection");
+    assert_all_enforced(&env, 1500).await;
+    env.wait_for_count("SELECT count(*) FROM outbox", 0, Duration::from_secs(60)).await;
+
+    let events = env.read_events(&env.outcomes_queue(), 1500, Duration::from_secs(60)).await;
+    // Whatever else is still queued: the duplicates.
+    let extra = env.read_events(&env.outcomes_queue(), usize::MAX, Duration::from_secs(2)).await;
+    let mut by_subject: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in events.iter().chain(&extra) {
+        let id = e.event["id"].as_str().expect("id").to_owned();
+        assert_eq!(e.message_id.as_deref(), Some(id.as_str()));
+        by_subject.entry(e.event["subject"].as_str().expect("subject").to_owned()).or_default().insert(id);
+    }
+    assert_eq!(by_subject.len(), 1500, "every verdict's event arrived");
+    assert!(
+        by_subject.values().all(|ids| ids.len() == 1),
+        "a verdict finished once has one event id, however often sent"
+    );
+    let arrivals = events.len() + extra.len();
+    eprintln!("events: 1500 distinct, {arrivals} arrivals ({} duplicates)", arrivals - 1500);
+    assert!(second.child.id() > 0);
+}
