@@ -5,7 +5,7 @@
 -- in place of console_role; the role itself (LOGIN, password) is the DBA's to create.
 GRANT USAGE ON SCHEMA public TO console_role;
 GRANT SELECT ON verdicts, kicks, kick_attempts, rejected_messages, replays, audit_log, workers, quota_owners, bans,
-    reentries, kick_confirmations TO console_role;
+    reentries, kick_confirmations, outbox TO console_role;
 GRANT UPDATE (status, finished_at, replays) ON verdicts TO console_role;
 GRANT UPDATE (status, next_attempt_at, first_attempt_at, scheduled_retries, updated_at) ON kicks TO console_role;
 GRANT INSERT (verdict_id, actor, previous_status, published) ON replays TO console_role;
@@ -14,3 +14,6 @@ GRANT USAGE ON SEQUENCE replays_id_seq TO console_role;
 GRANT SELECT, INSERT, DELETE ON console_tokens TO console_role;
 -- Lifting a ban from the Bans page.
 GRANT UPDATE (ended_at, lifted_at, lifted_by, lift_reason, rule_state, updated_at) ON bans TO console_role;
+-- A lift is also an outcome event (outcomes.enabled), written with it.
+GRANT INSERT ON outbox TO console_role;
+GRANT USAGE ON SEQUENCE outbox_id_seq TO console_role;

@@ -61,14 +61,17 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> CliResult {
         let owners = leases::owners(&pool).await?;
         let workers = leases::workers(&pool).await?;
         let pending = work::pending_by_app(&pool).await?;
-        Ok::<_, crate::audit::AuditError>((owners, workers, pending))
+        let outbox = crate::audit::outbox::depth(&pool).await?;
+        Ok::<_, crate::audit::AuditError>((owners, workers, pending, outbox))
     }
     .await;
     pool.close().await;
-    let (owners, workers, pending) = result.map_err(|e| CliError::failed(format!("status failed: {e}")))?;
+    let (owners, workers, pending, (events, oldest)) =
+        result.map_err(|e| CliError::failed(format!("status failed: {e}")))?;
     let printed = match output::resolve(args.format) {
         Format::Json => {
-            let doc = serde_json::json!({"quota_owners": owners, "workers": workers, "pending": pending});
+            let doc = serde_json::json!({"quota_owners": owners, "workers": workers, "pending": pending,
+                "outbox": {"events": events, "oldest_seconds": oldest}});
             println!("{doc}");
             Ok(())
         }
@@ -78,7 +81,10 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> CliResult {
             println!("\nreplicas:");
             output::print(&workers, format)?;
             println!("\npending:");
-            output::print(&pending, format)
+            output::print(&pending, format)?;
+            // The outcome relay is the `outbox:relay` row among the quota owners.
+            println!("\noutcome events waiting in the outbox: {events} (oldest {oldest:.1} s)");
+            Ok::<(), std::io::Error>(())
         })(),
     };
     printed.map_err(|e| CliError::failed(format!("status failed: {e}")))

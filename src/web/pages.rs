@@ -85,6 +85,8 @@ struct Overview {
     owners: Vec<leases::OwnerRow>,
     workers: Vec<leases::WorkerRow>,
     live_replicas: usize,
+    /// Outcome events waiting in the outbox, and the oldest's age in seconds.
+    outbox: (i64, String),
 }
 
 /// Series in a fixed order (so colours and stacking do not move between refreshes): what went
@@ -125,7 +127,7 @@ async fn charts(pool: &crate::audit::Db) -> Result<(Vec<Chart>, console::Totals)
 /// connections, so the page costs about its slowest query, not their sum.
 pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> PageResult {
     let pool = &c.pool;
-    let (l, pending, workers, (charts, day), failures, owners) = tokio::try_join!(
+    let (l, pending, workers, (charts, day), failures, owners, outbox) = tokio::try_join!(
         // The last hour: how fast enforcement is now (and a tenth of a busy day's sort).
         async { Ok::<_, PageError>(console::latency(pool, 60).await?) },
         async { Ok(work::pending_by_app(pool).await?) },
@@ -133,6 +135,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
         charts(pool),
         async { Ok(console::failures_by_code(pool, 24).await?) },
         async { Ok(leases::owners(pool).await?) },
+        async { Ok(crate::audit::outbox::depth(pool).await?) },
     )?;
     render(Overview {
         live_replicas: workers.iter().filter(|w| w.live).count(),
@@ -153,6 +156,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
         owners,
         workers,
         actor,
+        outbox: (outbox.0, format!("{:.1}", outbox.1)),
     })
 }
 
