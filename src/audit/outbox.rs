@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::{AuditError, Db};
-use crate::outcomes::EventType;
+
+/// The `bouncer.verdict.finished` event type (the audit layer does not import the relay's
+/// module: the relay reads the audit layer).
+const VERDICT_FINISHED: &str = "bouncer.verdict.finished";
 
 /// The `data` of `bouncer.verdict.finished`, built from the audit trail in the finishing
 /// transaction: what the trail says is what the event says.
@@ -59,12 +62,7 @@ pub(crate) async fn verdicts_finished(
              WHERE a.verdict_ids @> ARRAY[v.verdict_id] ORDER BY a.started_at DESC, a.id DESC LIMIT 1) last ON true
          ORDER BY x.n"
     );
-    db.query(sqlx::AssertSqlSafe(sql))
-        .bind(ids)
-        .bind(&event_ids)
-        .bind(EventType::VerdictFinished.as_str())
-        .execute(&mut **tx)
-        .await?;
+    db.query(sqlx::AssertSqlSafe(sql)).bind(ids).bind(&event_ids).bind(VERDICT_FINISHED).execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use super::Outcomes;
+use super::{EventType, Outcomes};
 use crate::audit::Db;
 use crate::audit::outbox::{self, Pending};
 use crate::retry::Backoff;
@@ -237,13 +237,13 @@ async fn record(db: &Db, batch: &[Pending], p: Published) {
     let _ = outbox::failed(db, &failed, error).await;
 }
 
+/// A metric label: one of the known types (a row's type is data).
 fn type_label(t: &str) -> &'static str {
-    match t {
-        "bouncer.verdict.finished" => "bouncer.verdict.finished",
-        "bouncer.ban.lifted" => "bouncer.ban.lifted",
-        "bouncer.reentry.kicked" => "bouncer.reentry.kicked",
-        _ => "other",
-    }
+    [EventType::VerdictFinished, EventType::BanLifted, EventType::ReentryKicked]
+        .into_iter()
+        .map(EventType::as_str)
+        .find(|k| *k == t)
+        .unwrap_or("other")
 }
 
 fn text(s: &str) -> AMQPValue {
