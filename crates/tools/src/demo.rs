@@ -52,6 +52,8 @@ fn demo_config(args: &DemoArgs) -> FileConfig {
     let zego_ok = FileZego { callback_secret: Some(secret(4).into()), ..FileZego::new(ZEGO_OK, &secret(1), endpoint) };
     file.zego = vec![zego_ok, FileZego::new(ZEGO_FLAKY, &secret(2), endpoint)];
     file.api.listen = Some("127.0.0.1:0".into());
+    // Outcome events land in a queue of the demo's own (deleted with its other queues).
+    file.outcomes.queue = Some(format!("{}.outcomes", file.amqp.queue));
     file.api.tokens = vec![bouncer::config::FileApiToken {
         name: "demo".into(),
         token: Some(secret(5).into()),
@@ -156,6 +158,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     print_vendor_side(&running)?;
 
     print_stories(&pool).await?;
+    print_events(&config, &pool).await?;
     println!("\n■ the banned user who came back (bouncer audit --verdict {reentry_verdict})");
     if let Ok(Some(s)) = query::story(&pool, &reentry_verdict).await {
         bouncer::cli::print_story(&s).map_err(|e| e.to_string())?;
@@ -241,6 +244,53 @@ async fn reentry_scene(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(id.into())
+}
+
+/// The outcome events the demo's verdicts produced, as a pipeline bound to the outcomes exchange
+/// receives them: counts by routing key, and two of them in full.
+async fn print_events(config: &Config, pool: &bouncer::audit::Db) -> Result<(), String> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    // Every event is out of the outbox before they are read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let waiting: i64 = pool
+            .run(async |c| pool.query_scalar("SELECT count(*) FROM outbox").fetch_one(c).await)
+            .await
+            .map_err(|e| e.to_string())?;
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queue = config.outcomes.queue.clone().unwrap_or_default();
+    let conn = lapin::Connection::connect(config.amqp.url.expose_secret(), lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("RabbitMQ: {e}"))?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let mut by_key: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let mut shown: Vec<serde_json::Value> = Vec::new();
+    while let Ok(Some(m)) = ch.basic_get(queue.as_str().into(), BasicGetOptions::default()).await {
+        let key = m.delivery.routing_key.to_string();
+        let event: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap_or_default();
+        // Two in full: the re-kick, and a verdict that failed.
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        let interesting = kind == "bouncer.reentry.kicked" || (key.starts_with("verdict.failed") && shown.is_empty());
+        if interesting && shown.iter().all(|e| e["type"] != event["type"]) {
+            shown.push(event);
+        }
+        *by_key.entry(key.split('.').take(3).collect::<Vec<_>>().join(".")).or_default() += 1;
+        let _ = m.delivery.acker.ack(BasicAckOptions::default()).await;
+    }
+    let _ = conn.close(200, "demo read its events".into()).await;
+    let exchange = format!("{}.outcomes", config.amqp.queue);
+    println!("\n■ outcome events (exchange {exchange:?}, read from queue {queue:?}: what the pipelines receive)");
+    for (key, n) in &by_key {
+        println!("  {key}.*: {n}");
+    }
+    for e in shown {
+        println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// The simulator's faults for the demo's apps: a flaky ZEGO app, a TRTC user id the vendor
