@@ -358,8 +358,8 @@ fn lift_with_events(update: &str, events: &str) -> String {
         "WITH lifted AS ({update} RETURNING *),
               events AS (
                   INSERT INTO outbox (event_id, type, subject, routing_key, event)
-                  SELECT x.id, 'bouncer.ban.lifted', l.verdict_id, 'ban.lifted.' || l.vendor || '.' || l.app_id,
-                         jsonb_build_object('specversion', '1.0', 'id', x.id, 'type', 'bouncer.ban.lifted',
+                  SELECT l.eid, 'bouncer.ban.lifted', l.verdict_id, 'ban.lifted.' || l.vendor || '.' || l.app_id,
+                         jsonb_build_object('specversion', '1.0', 'id', l.eid, 'type', 'bouncer.ban.lifted',
                              'subject', l.verdict_id, 'time', l.lifted_at, 'datacontenttype', 'application/json',
                              'data', jsonb_build_object('ban_id', l.id, 'verdict_id', l.verdict_id, 'vendor', l.vendor,
                                  'app_id', l.app_id, 'user_id', l.user_id, 'scope', l.scope,
@@ -368,7 +368,8 @@ fn lift_with_events(update: &str, events: &str) -> String {
                                                  ELSE to_jsonb(l.room_id) END,
                                  'expires_at', l.expires_at, 'lifted_at', l.lifted_at, 'lifted_by', l.lifted_by,
                                  'reason', l.lift_reason))
-                  FROM lifted l CROSS JOIN LATERAL (SELECT bouncer_uuidv7() AS id) x
+                  -- A volatile call in a select list runs once per row (an uncorrelated LATERAL runs once).
+                  FROM (SELECT bouncer_uuidv7() AS eid, * FROM lifted) l
                   WHERE {events}
                   ORDER BY l.id)
          SELECT {BAN_COLUMNS} FROM lifted"

@@ -182,8 +182,8 @@ async fn record_rekicks(
              WHERE r.id = x.id AND r.status = 'pending'
              RETURNING r.*)
          INSERT INTO outbox (event_id, type, subject, routing_key, event)
-         SELECT e.id, 'bouncer.reentry.kicked', c.verdict_id, 'reentry.kicked.' || c.vendor || '.' || c.app_id,
-                jsonb_build_object('specversion', '1.0', 'id', e.id, 'type', 'bouncer.reentry.kicked',
+         SELECT c.eid, 'bouncer.reentry.kicked', c.verdict_id, 'reentry.kicked.' || c.vendor || '.' || c.app_id,
+                jsonb_build_object('specversion', '1.0', 'id', c.eid, 'type', 'bouncer.reentry.kicked',
                     'subject', c.verdict_id, 'time', c.updated_at, 'datacontenttype', 'application/json',
                     'data', jsonb_build_object('reentry_id', c.id, 'verdict_id', c.verdict_id, 'ban_id', c.ban_id,
                         'vendor', c.vendor, 'app_id', c.app_id,
@@ -191,7 +191,8 @@ async fn record_rekicks(
                         'user_id', c.user_id, 'entered_at', c.entered_at, 'received_at', c.received_at,
                         'first_call_at', c.first_attempt_at, 'kicked_at', c.updated_at, 'attempts', c.attempts,
                         'vendor_request_id', c.vendor_request_id))
-         FROM changed c CROSS JOIN LATERAL (SELECT bouncer_uuidv7() AS id) e
+         -- A volatile call in a select list runs once per row (an uncorrelated LATERAL runs once).
+         FROM (SELECT bouncer_uuidv7() AS eid, * FROM changed) c
          WHERE $8 AND c.status = 'kicked'
          ORDER BY c.id",
     )

@@ -10,6 +10,7 @@
 mod baseline;
 mod checks;
 mod console;
+mod events;
 mod print;
 mod reentry;
 mod report;
@@ -106,6 +107,11 @@ pub struct BenchArgs {
     /// for LISTEN and migrations.
     #[arg(long, requires = "through_pooler")]
     direct_url: bool,
+    /// Write this many outcome events into the outbox before the workers start: the relay's
+    /// drain rate (events/s with confirms) is then measured against a backlog, not against the
+    /// rate verdicts happen to finish at.
+    #[arg(long, default_value_t = 0)]
+    outbox_backlog: usize,
 }
 
 pub(crate) async fn run(args: &BenchArgs) -> bouncer::cli::CliResult {

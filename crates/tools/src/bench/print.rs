@@ -82,6 +82,15 @@ fn print_rest(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         "rejected {}, failed verdicts {}, injected vendor faults {}, retries {}",
         r.rejected, r.failed_verdicts, r.vendor_faults_injected, r.retries
     )?;
+    if let Some(e) = &r.events {
+        let l = &e.finished_to_received;
+        writeln!(
+            out,
+            "outcome events: {} received ({} distinct) at {:.0} events/s (busiest second {}); \
+             finished → received p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            e.received, e.distinct, e.events_per_second, e.busiest_second, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
+        )?;
+    }
     if let Some(e) = &r.reentry {
         let l = |x: &super::report::Latency| {
             format!("p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})", x.p50_ms, x.p99_ms, x.max_ms, x.count)

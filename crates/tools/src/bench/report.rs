@@ -194,6 +194,8 @@ pub struct Report {
     pub worker_peak_rss_mib: f64,
     /// Bans preset: the public API's ban checks during the run.
     pub ban_checks: Option<super::checks::CheckReport>,
+    /// The outcome events the run produced, as a consumer bound to every event received them.
+    pub events: Option<super::events::EventsReport>,
     /// Reentry preset: banned users rejoining, and their re-kicks.
     pub reentry: Option<super::reentry::ReentryReport>,
     /// Memory preset: kicks pending in PostgreSQL while the peak was measured.

@@ -50,6 +50,9 @@ struct Extra {
     pending_kicks: Option<i64>,
     /// Bans preset: the checks, running beside the backlog.
     checks: Option<tokio::task::JoinHandle<super::checks::CheckReport>>,
+    /// The outcome events consumer (every preset: events are on by default).
+    outcome_events:
+        Option<(tokio::task::JoinHandle<Vec<(i64, Option<i64>, String)>>, tokio_util::sync::CancellationToken)>,
     /// Reentry preset: the joins, running beside the backlog.
     joins: Option<tokio::task::JoinHandle<usize>>,
     /// Bans preset: the bans written before the run, and how long that took.
@@ -83,6 +86,14 @@ impl<'a> Run<'a> {
         if let Some(load) = &self.w.checks {
             self.load_bans(load).await?;
         }
+        if self.args.outbox_backlog > 0 {
+            bouncer::audit::migrate(&self.stack.config.postgres, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("migrate: {e}"))?;
+            let pool = self.pool().await?;
+            super::events::fill_outbox(&pool, self.args.outbox_backlog).await?;
+            pool.close().await;
+        }
         if let Some(load) = &self.w.reentries {
             bouncer::audit::migrate(&self.stack.config.postgres, Duration::from_secs(10))
                 .await
@@ -91,6 +102,10 @@ impl<'a> Run<'a> {
             super::reentry::load_bans(&pool, self.stack.app_ids[0], load.users).await?;
             pool.close().await;
         }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let amqp = self.stack.config.amqp.url.expose_secret().to_owned();
+        let consumer = super::events::start(&amqp, &self.stack.config.amqp.queue, stop.clone()).await?;
+        self.extra.outcome_events = Some((consumer, stop));
         let publisher = Publisher::connect(&self.stack.config.amqp, "bench-publisher")
             .await
             .map_err(|e| format!("RabbitMQ: {e}"))?;
@@ -353,6 +368,10 @@ impl<'a> Run<'a> {
             }
             None => None,
         };
+        let events = match self.extra.outcome_events.take() {
+            Some((handle, stop)) => Some(super::events::finish(handle, stop, pool).await),
+            None => None,
+        };
         workers.sample();
         let cpu: f64 = workers.usage.iter().map(|u| u.0).sum();
         let rss = workers.usage.iter().map(|u| u.1).fold(0.0, f64::max);
@@ -433,6 +452,7 @@ impl<'a> Run<'a> {
             retries: count(pool, "SELECT count(*) FROM kick_attempts WHERE outcome = 'retry'").await,
             ban_checks,
             reentry,
+            events,
             baseline_msgs_per_second: None,
             ratio_to_baseline: None,
             batched_baseline_msgs_per_second: None,
