@@ -34,7 +34,10 @@ pub(crate) struct EventsReport {
 }
 
 /// (arrival ms since the epoch, finished_at ms if a verdict event, event id)
-type Seen = (i64, Option<i64>, String);
+pub(super) type Seen = (i64, Option<i64>, String);
+
+/// The consumer's task and what stops it.
+pub(super) type Consumer = (JoinHandle<Vec<Seen>>, tokio_util::sync::CancellationToken);
 
 /// Binds `<queue>.outcomes` to the exchange and consumes until `stop`.
 pub(super) async fn start(

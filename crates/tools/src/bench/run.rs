@@ -51,8 +51,7 @@ struct Extra {
     /// Bans preset: the checks, running beside the backlog.
     checks: Option<tokio::task::JoinHandle<super::checks::CheckReport>>,
     /// The outcome events consumer (every preset: events are on by default).
-    outcome_events:
-        Option<(tokio::task::JoinHandle<Vec<(i64, Option<i64>, String)>>, tokio_util::sync::CancellationToken)>,
+    outcome_events: Option<super::events::Consumer>,
     /// Reentry preset: the joins, running beside the backlog.
     joins: Option<tokio::task::JoinHandle<usize>>,
     /// Bans preset: the bans written before the run, and how long that took.
