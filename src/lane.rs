@@ -27,6 +27,10 @@ use crate::text::single_line;
 use crate::vendor_api::Client;
 use crate::wake::LaneWake;
 
+/// The longest a chunk not yet charged holds the next one back (charging takes microseconds once
+/// the quota shows a slot; this only bounds the unforeseen).
+const UNCHARGED_HOLD: Duration = Duration::from_secs(1);
+
 /// A fetch that takes longer than this is abandoned and tried again on the next wake-up.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,6 +79,9 @@ pub async fn run(
     let mut want_fetch = true;
     // Re-kicks are fetched on every wake-up and tick, even while the lane is full of kicks.
     let mut want_reentries = true;
+    // When the last chunk was handed to its call task (see `UNCHARGED_HOLD`).
+    let mut last_handover = Instant::now();
+    let mut warned_uncharged = false;
     loop {
         while let Ok(keys) = settled.try_recv() {
             keys.iter().for_each(|k| {
@@ -94,13 +101,23 @@ pub async fn run(
         ctx.stats.open_rooms.store(held.batches.open_rooms(), Ordering::Relaxed);
 
         let paused = ctx.health.paused_until();
-        let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight
-            || ctx.stats.awaiting_quota.load(Ordering::Relaxed) > 0;
+        // A chunk handed over but not yet charged holds the next one back — for at most
+        // `UNCHARGED_HOLD`: a call task that cannot charge (whatever the reason) never stalls the
+        // lane, which then cuts chunks as the quota shows slots, as before.
+        let uncharged = ctx.stats.awaiting_quota.load(Ordering::Relaxed) > 0;
+        let held_back = uncharged && last_handover.elapsed() < UNCHARGED_HOLD;
+        if uncharged && !held_back && !warned_uncharged {
+            warned_uncharged = true;
+            tracing::warn!(vendor = %ctx.stats.vendor, app_id = ctx.stats.app_id,
+                "a chunk waited over a second for its first charge; cutting the next ones without waiting");
+        }
+        let at_cap = ctx.stats.calls_in_flight.load(Ordering::Relaxed) >= limits.max_in_flight || held_back;
         let ready = if paused.is_some() || at_cap { None } else { held.batches.ready(Instant::now()) };
         let quota = ready.as_ref().and_then(|r| ctx.quota_for(r).cloned());
         let wake_at = match (&ready, paused) {
             // At the cap (or with a chunk not yet charged) only a call's charge or end changes
             // anything (the rooms are due already).
+            _ if held_back => Some(last_handover + UNCHARGED_HOLD),
             _ if at_cap => None,
             (Some(_), _) => None,
             (None, Some(until)) if held.batches.pending_users() > 0 => Some(until),
@@ -137,6 +154,8 @@ pub async fn run(
                 let first_charge = crate::call::FirstCharge::take(&ctx);
                 let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk, first_charge), span);
                 tracker.spawn_on(call, &ctx.calls);
+                last_handover = Instant::now();
+                warned_uncharged = false;
                 if held.batches.pending_users() < limits.capacity / 2 {
                     want_fetch = true;
                 }
