@@ -25,12 +25,22 @@ const SECRET_LOGGING_TARGETS: [&str; 4] = ["lapin", "amq_protocol", "amq_protoco
 /// Whether an event may be logged whatever `BOUNCER_LOG` asks: lapin logs its SASL response
 /// (user and password, as bytes) at trace, so the AMQP client never logs below debug. (A
 /// `lapin=debug` directive would cap it too, but also *raise* it above a quieter default.)
+///
+/// Nor does lapin's warning for each message the broker returns: the outcome relay publishes with
+/// `mandatory` and counts unroutable events itself, one line per batch, and lapin's line (one per
+/// event, with the whole event in it) would flood the log of a deployment nobody has bound a queue
+/// for yet.
 fn may_log(meta: &tracing::Metadata<'_>) -> bool {
     let secret_target = SECRET_LOGGING_TARGETS
         .iter()
         .any(|t| meta.target().strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")));
-    !(secret_target && *meta.level() == tracing::Level::TRACE)
+    let secret_trace = secret_target && *meta.level() == tracing::Level::TRACE;
+    let returned_message = meta.target() == RETURNED_MESSAGES_TARGET && *meta.level() == tracing::Level::WARN;
+    !(secret_trace || returned_message)
 }
+
+/// Where lapin logs each message the broker returned.
+const RETURNED_MESSAGES_TARGET: &str = "lapin::returned_messages";
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.
 pub fn init(format: LogFormat, default_level: &str) {
@@ -81,5 +91,7 @@ mod tests {
         assert!(may_log(&meta("lapin::channels", Level::DEBUG)));
         assert!(may_log(&meta("lapinx", Level::TRACE)), "only the named crates");
         assert!(may_log(&meta("bouncer::intake", Level::TRACE)));
+        assert!(!may_log(&meta("lapin::returned_messages", Level::WARN)), "counted by the relay instead");
+        assert!(may_log(&meta("lapin::returned_messages", Level::ERROR)));
     }
 }

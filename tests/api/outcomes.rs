@@ -131,6 +131,9 @@ async fn events_nobody_is_bound_for_neither_fill_the_outbox_nor_stall_the_relay(
     let unroutable: f64 =
         metrics.iter().filter(|(n, _, _)| n == "bouncer_events_unroutable_total").map(|(_, _, v)| *v).sum();
     assert_eq!(unroutable, 50.0, "each counted, then dropped as the broker drops any unroutable message");
+    let log = worker.log_text();
+    assert!(log.contains("no queue bound for their routing key"), "Bouncer says so, once a batch");
+    assert!(!log.contains("Server returned us a message"), "and the AMQP client's line per event is not logged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
