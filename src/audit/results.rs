@@ -92,20 +92,7 @@ pub async fn record(
             .bind(&verdict_ids)
             .execute(&mut *tx)
             .await?;
-        let status: Vec<KickStatus> = outcomes
-            .iter()
-            .map(|o| match o.change {
-                KickChange::Ended(s) => s,
-                KickChange::RetryAt(_) => KickStatus::Pending,
-            })
-            .collect();
-        let next: Vec<Option<DateTime<Utc>>> = outcomes
-            .iter()
-            .map(|o| match o.change {
-                KickChange::Ended(_) => None,
-                KickChange::RetryAt(t) => Some(t),
-            })
-            .collect();
+        let (status, next) = columns(&outcomes);
         // Only pending rows change: an outcome never overwrites one that has already ended.
         db.query(
             "UPDATE kicks k SET status = x.status, attempts = k.attempts + x.attempts, last_error = x.last_error,
@@ -143,6 +130,18 @@ pub async fn record(
     Ok(finished)
 }
 
+/// Each change as the two columns a row update binds: the status it leaves (`pending` while a
+/// retry is scheduled) and when it is next due (none once it ended).
+fn columns(outcomes: &[&KickOutcome]) -> (Vec<KickStatus>, Vec<Option<DateTime<Utc>>>) {
+    outcomes
+        .iter()
+        .map(|o| match o.change {
+            KickChange::Ended(s) => (s, None),
+            KickChange::RetryAt(t) => (KickStatus::Pending, Some(t)),
+        })
+        .unzip()
+}
+
 /// Re-kick outcomes (`reentries` rows), as kick outcomes are written: only pending rows change.
 /// With `events`, each re-kick that ends `kicked` is a `bouncer.reentry.kicked` event, in this
 /// transaction.
@@ -155,20 +154,7 @@ async fn record_rekicks(
     if outcomes.is_empty() {
         return Ok(());
     }
-    let status: Vec<KickStatus> = outcomes
-        .iter()
-        .map(|o| match o.change {
-            KickChange::Ended(s) => s,
-            KickChange::RetryAt(_) => KickStatus::Pending,
-        })
-        .collect();
-    let next: Vec<Option<DateTime<Utc>>> = outcomes
-        .iter()
-        .map(|o| match o.change {
-            KickChange::Ended(_) => None,
-            KickChange::RetryAt(t) => Some(t),
-        })
-        .collect();
+    let (status, next) = columns(outcomes);
     db.query(
         "WITH changed AS (
              UPDATE reentries r SET status = x.status, attempts = r.attempts + x.attempts, last_error = x.last_error,

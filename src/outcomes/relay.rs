@@ -202,7 +202,8 @@ async fn publish(s: &Outcomes, channel: &Channel, batch: &[Pending]) -> Publishe
 /// Writes a batch's outcome: confirmed and unroutable events deleted, the rest rescheduled.
 async fn record(db: &Db, batch: &[Pending], p: Published) {
     let now = chrono::Utc::now();
-    for e in batch.iter().filter(|e| p.confirmed.contains(&e.id)) {
+    let confirmed: std::collections::HashSet<i64> = p.confirmed.iter().copied().collect();
+    for e in batch.iter().filter(|e| confirmed.contains(&e.id)) {
         metrics::counter!("bouncer_events_published_total", "type" => type_label(&e.r#type)).increment(1);
         if e.attempts > 0 {
             metrics::counter!("bouncer_events_republished_total").increment(1);

@@ -23,7 +23,7 @@ async fn every_event_arrives_after_a_sigkill_of_the_relay_and_a_forced_close_of_
     // The survivor's relay has taken over by now (or does shortly): cut its connection.
     let relay_connection = format!("{}-relay", env.connection_name);
     let mut closed = 0;
-    for _ in 0..100 {
+    for _ in 0..300 {
         closed = close_connections_named(&relay_connection);
         if closed > 0 {
             break;

@@ -252,8 +252,8 @@ impl Sim {
     /// Sends one callback with the vendor's retries, until it is answered 2xx (ZEGO) or 200
     /// (TRTC), or the vendor gives up.
     async fn deliver(&self, out: &Outgoing) {
+        // When the event happened (a logout's time, a TRTC event's time): the same on every retry.
         let event_ms = chrono::Utc::now().timestamp_millis();
-        let logout_ms = event_ms;
         // ZEGO: the first attempt, then 5 retries at 2, 4, 8, 16, 32 s after each.
         // TRTC: at once, then every 10 s until the event is a minute old.
         let waits: Vec<u64> =
@@ -261,7 +261,7 @@ impl Sim {
         for (i, wait) in waits.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let (body, headers) = if out.room.vendor == "zego" {
-                (zego_body(out, logout_ms, out.secret.expose_secret()), vec![])
+                (zego_body(out, event_ms, out.secret.expose_secret()), vec![])
             } else {
                 let body = trtc_body(out, event_ms);
                 let sign = trtc_sign(out.secret.expose_secret(), &body);
