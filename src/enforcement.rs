@@ -51,6 +51,15 @@ impl QuotaGroup {
     pub fn relay() -> QuotaGroup {
         QuotaGroup("outbox:relay".into())
     }
+    /// Not a vendor quota either: audit maintenance (rollups folded, retention applied), run by one
+    /// replica at a time ([`crate::maintenance`]).
+    pub fn maintenance() -> QuotaGroup {
+        QuotaGroup("audit:maintenance".into())
+    }
+    /// A vendor's quota (not the relay's or maintenance's lease): these are spread across replicas.
+    pub fn is_vendor_quota(&self) -> bool {
+        *self != QuotaGroup::relay() && *self != QuotaGroup::maintenance()
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -144,6 +153,8 @@ pub struct Wiring {
     pub view: Arc<LaneView>,
     /// The outcome relay's settings (`None`: `outcomes.enabled = false`).
     pub outcomes: Option<crate::outcomes::Outcomes>,
+    /// `[retention]`, applied by whoever holds the maintenance lease.
+    pub retention: crate::config::RetentionConfig,
 }
 
 /// The lanes of the groups this replica owns.
@@ -160,7 +171,7 @@ impl Enforcement {
     /// The groups the configuration names.
     pub fn group_names(&self) -> Vec<QuotaGroup> {
         let relay = self.wiring.outcomes.as_ref().map(|_| QuotaGroup::relay());
-        self.wiring.groups.iter().map(|g| g.group.clone()).chain(relay).collect()
+        self.wiring.groups.iter().map(|g| g.group.clone()).chain(relay).chain([QuotaGroup::maintenance()]).collect()
     }
 
     /// `pacing.jitter_ms`, which a new owner waits on top of a window.
@@ -183,6 +194,10 @@ impl Enforcement {
     pub fn start(&mut self, group: &QuotaGroup, lease: Arc<Lease>, not_before: Instant) {
         if *group == QuotaGroup::relay() {
             self.start_relay();
+            return;
+        }
+        if *group == QuotaGroup::maintenance() {
+            self.start_maintenance();
             return;
         }
         let Some(g) = self.wiring.groups.iter().find(|g| &g.group == group) else { return };
@@ -245,6 +260,15 @@ impl Enforcement {
         tracker.spawn(crate::outcomes::relay::run(self.wiring.pool.clone(), settings, cancel.clone()));
         let running = Running { cancel, abandon: CancellationToken::new(), tracker, apps: Vec::new() };
         self.running.insert(QuotaGroup::relay(), running);
+    }
+
+    /// Starts audit maintenance (its lease was just acquired).
+    fn start_maintenance(&mut self) {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::maintenance::run(self.wiring.pool.clone(), self.wiring.retention.clone(), cancel.clone()));
+        let running = Running { cancel, abandon: CancellationToken::new(), tracker, apps: Vec::new() };
+        self.running.insert(QuotaGroup::maintenance(), running);
     }
 
     /// Stops a group's lanes: no new calls. A lost lease also gives up its calls in flight at once;

@@ -91,6 +91,27 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("bouncer_outbox_depth").set(count as f64);
             metrics::gauge!("bouncer_outbox_oldest_seconds").set(secs);
         }
+        // The trail's tables: size, oldest row, and how far pruning is behind `[retention]`.
+        let states = tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::audit::retention::states(&h.pool, &h.retention, chrono::Utc::now(), false),
+        )
+        .await;
+        if let Ok(Ok(states)) = states {
+            let now = chrono::Utc::now();
+            for t in states {
+                metrics::gauge!("bouncer_table_bytes", "table" => t.table).set(t.bytes as f64);
+                let oldest = t.oldest.map_or(0.0, |o| (now - o).num_milliseconds().max(0) as f64 / 1000.0);
+                metrics::gauge!("bouncer_oldest_row_seconds", "table" => t.table).set(oldest);
+                metrics::gauge!("bouncer_prune_behind_seconds", "table" => t.table).set(t.behind_seconds());
+            }
+        }
+        // Rollup deltas not yet folded, and the oldest one's age.
+        let lag = tokio::time::timeout(Duration::from_secs(1), crate::audit::rollups::lag(&h.pool)).await;
+        if let Ok(Ok((count, secs))) = lag {
+            metrics::gauge!("bouncer_rollup_deltas").set(count as f64);
+            metrics::gauge!("bouncer_rollup_lag_seconds").set(secs);
+        }
         // Bans in force in the whole deployment, by vendor (a vendor with none reads 0).
         let active = tokio::time::timeout(Duration::from_secs(1), crate::audit::bans::active_by_vendor(&h.pool)).await;
         if let Ok(Ok(rows)) = active {

@@ -32,6 +32,7 @@ pub mod intake;
 pub mod keys;
 pub(crate) mod lane;
 pub(crate) mod lease;
+pub(crate) mod maintenance;
 pub mod outcomes;
 pub(crate) mod ownership;
 pub mod publisher;

@@ -168,16 +168,16 @@ impl Elector {
             self.lose(&g);
         }
 
-        // Shares count vendor quota groups only. The outcome relay is not spread: whoever finds it
-        // free takes it (one wins the lease), and it moves only when its holder stops or dies.
-        let relay = QuotaGroup::relay();
-        let quota_groups = self.groups.iter().filter(|g| **g != relay).count();
-        let owned_quotas = self.owned.keys().filter(|g| **g != relay).count();
+        // Shares count vendor quota groups only. The outcome relay and audit maintenance are not
+        // spread: whoever finds one free takes it (one wins the lease), and it moves only when its
+        // holder stops or dies.
+        let quota_groups = self.groups.iter().filter(|g| g.is_vendor_quota()).count();
+        let owned_quotas = self.owned.keys().filter(|g| g.is_vendor_quota()).count();
         let share = quota_groups.div_ceil(live);
         if owned_quotas > share {
             // Hand the newest surplus over; others pick it up at once (NOTIFY).
             let surplus: Vec<QuotaGroup> =
-                self.owned.keys().filter(|g| **g != relay).rev().take(owned_quotas - share).cloned().collect();
+                self.owned.keys().filter(|g| g.is_vendor_quota()).rev().take(owned_quotas - share).cloned().collect();
             for g in surplus {
                 self.hand_over(&g).await;
             }
@@ -185,7 +185,7 @@ impl Elector {
             let candidates: Vec<String> = self
                 .groups
                 .iter()
-                .filter(|g| **g != relay && !self.owned.contains_key(*g))
+                .filter(|g| g.is_vendor_quota() && !self.owned.contains_key(*g))
                 .map(|g| g.as_str().to_owned())
                 .collect();
             let free = match tokio::time::timeout(budget, leases::free_groups(&self.leases, &candidates)).await {
@@ -200,16 +200,21 @@ impl Elector {
                 self.try_acquire(&key).await;
             }
         }
-        if self.groups.contains(&relay) && !self.owned.contains_key(&relay) {
-            let free =
-                tokio::time::timeout(budget, leases::free_groups(&self.leases, &[relay.as_str().to_owned()])).await;
-            if let Ok(Ok(free)) = free
-                && let Some(key) = free.into_iter().next()
-            {
-                self.try_acquire(&key).await;
+        let services: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|g| !g.is_vendor_quota() && !self.owned.contains_key(*g))
+            .map(|g| g.as_str().to_owned())
+            .collect();
+        if !services.is_empty() {
+            let free = tokio::time::timeout(budget, leases::free_groups(&self.leases, &services)).await;
+            if let Ok(Ok(free)) = free {
+                for key in free {
+                    self.try_acquire(&key).await;
+                }
             }
         }
-        self.view.owned_groups.store(self.owned.keys().filter(|g| **g != relay).count(), Ordering::Relaxed);
+        self.view.owned_groups.store(owned_quotas_now(&self.owned), Ordering::Relaxed);
     }
 
     async fn try_acquire(&mut self, key: &str) {
@@ -305,4 +310,9 @@ impl Elector {
         tracing::info!(groups = stopped.len(), "left: every quota handed over");
         self.view.owned_groups.store(0, Ordering::Relaxed);
     }
+}
+
+/// Vendor quota groups among `owned` (the relay's and maintenance's leases are not quotas).
+fn owned_quotas_now<V>(owned: &std::collections::BTreeMap<QuotaGroup, V>) -> usize {
+    owned.keys().filter(|g| g.is_vendor_quota()).count()
 }

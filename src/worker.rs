@@ -36,6 +36,8 @@ pub struct Health {
     pub broker: Arc<BrokerStatus>,
     pub pool: Db,
     pub ownership: Arc<OwnershipView>,
+    /// `[retention]`: the metrics say how far pruning is behind it.
+    pub retention: crate::config::RetentionConfig,
 }
 
 /// The worker's connections to PostgreSQL.
@@ -147,7 +149,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     let wakers = Arc::new(Wakers::new(apps.iter().copied(), config.postgres.poll_interval));
     let view = Arc::new(OwnershipView::default());
     let status = Arc::new(BrokerStatus::default());
-    on_ready(Health { broker: status.clone(), pool: pool.clone(), ownership: view.clone() });
+    on_ready(Health {
+        broker: status.clone(),
+        pool: pool.clone(),
+        ownership: view.clone(),
+        retention: config.retention.clone(),
+    });
     tracing::info!(worker_id = %me, zego_apps = config.zego.len(), trtc_apps = config.trtc.len(), quota_groups = groups.len(),
         "worker started");
 
@@ -178,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         wakers: wakers.clone(),
         view: view.lanes.clone(),
         outcomes: crate::outcomes::Outcomes::from_config(&config),
+        retention: config.retention.clone(),
     });
     let identity = Identity { worker_id: me.clone(), hostname };
     let elector = Elector::new(

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::query::{Filter, Rows, push_filters};
+use super::rollups::{self, Metric};
 use super::{AuditError, Db};
 
 /// The verdict as received, and its evidence, for the story page.
@@ -76,22 +77,13 @@ impl Totals {
     }
 }
 
-/// Rejected messages received in the last `hours`.
+/// Rejected messages received in the last `hours` (from the rollups).
 pub async fn rejected_count(db: &Db, hours: i32) -> Result<i64, AuditError> {
-    Ok(db
-        .run(async |c| {
-            db.query_scalar(
-                "SELECT count(*) FROM rejected_messages WHERE received_at > now() - make_interval(hours => $1)",
-            )
-            .bind(hours)
-            .fetch_one(c)
-            .await
-        })
-        .await?)
+    Ok(rollups::totals(db, Metric::Rejected, hours * 60).await?.iter().map(|t| t.count).sum())
 }
 
 /// A count in one time bucket for one vendor and outcome (a verdict's status, a call's outcome).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     pub at: DateTime<Utc>,
     pub vendor: String,
@@ -99,45 +91,24 @@ pub struct Sample {
     pub count: i64,
 }
 
-/// Verdicts received in the last `minutes`, counted per `bucket_mins` by vendor and status.
+fn samples(rows: Vec<rollups::Bucketed>) -> Vec<Sample> {
+    rows.into_iter().map(|r| Sample { at: r.at, vendor: r.vendor, outcome: r.key, count: r.count }).collect()
+}
+
+/// Verdicts received in the last `minutes` whole minutes, counted per `bucket_mins` by vendor and
+/// status (from the rollups: the same numbers as a count over `verdicts`, without reading it).
 pub async fn verdicts_over_time(db: &Db, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
-    Ok(db
-        .run(async |c| {
-            db.query_as(
-                "SELECT date_bin(make_interval(mins => $2), received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                        vendor, status AS outcome, count(*) AS count
-                 FROM verdicts WHERE received_at > now() - make_interval(mins => $1)
-                 GROUP BY 1, 2, 3",
-            )
-            .bind(minutes)
-            .bind(bucket_mins)
-            .fetch_all(c)
-            .await
-        })
-        .await?)
+    Ok(samples(rollups::series(db, Metric::Verdicts, minutes, bucket_mins).await?))
 }
 
 /// Users in vendor calls made in the last `minutes`, per `bucket_mins` by vendor and outcome
 /// (`ok` is a kick done; `retry` a call to be tried again).
 pub async fn kicks_over_time(db: &Db, minutes: i32, bucket_mins: i32) -> Result<Vec<Sample>, AuditError> {
-    Ok(db
-        .run(async |c| {
-            db.query_as(
-                "SELECT date_bin(make_interval(mins => $2), started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS at,
-                        vendor, outcome, sum(cardinality(user_ids))::bigint AS count
-                 FROM kick_attempts WHERE started_at > now() - make_interval(mins => $1)
-                 GROUP BY 1, 2, 3",
-            )
-            .bind(minutes)
-            .bind(bucket_mins)
-            .fetch_all(c)
-            .await
-        })
-        .await?)
+    Ok(samples(rollups::series(db, Metric::CallUsers, minutes, bucket_mins).await?))
 }
 
 /// Failed vendor calls by vendor and code over the last `hours`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct FailureCode {
     pub vendor: String,
     pub code: String,
@@ -145,23 +116,18 @@ pub struct FailureCode {
 }
 
 pub async fn failures_by_code(db: &Db, hours: i32) -> Result<Vec<FailureCode>, AuditError> {
-    Ok(db
-        .run(async |c| {
-            db.query_as(
-        "SELECT vendor, coalesce(vendor_code, 'http ' || coalesce(http_status::text, 'none')) AS code, count(*) AS calls
-         FROM kick_attempts
-         WHERE started_at > now() - make_interval(hours => $1) AND outcome <> 'ok'
-         GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20",
-    )
-    .bind(hours)
-    .fetch_all(c)
-    .await
-        })
-        .await?)
+    let mut rows: Vec<FailureCode> = rollups::totals(db, Metric::CallCodes, hours * 60)
+        .await?
+        .into_iter()
+        .map(|t| FailureCode { vendor: t.vendor, code: t.key, calls: t.count })
+        .collect();
+    rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| (&a.vendor, &a.code).cmp(&(&b.vendor, &b.code))));
+    rows.truncate(20);
+    Ok(rows)
 }
 
 /// Verdict → last kick latency percentiles (ms) of the verdicts received in the last `minutes`,
-/// finished ones only.
+/// finished ones only: each the upper bound of the rollup bucket it falls in.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
     pub p50: Option<f64>,
@@ -170,23 +136,13 @@ pub struct Latency {
 }
 
 pub async fn latency(db: &Db, minutes: i32) -> Result<Latency, AuditError> {
-    // One sort for the three percentiles (the array form), of intervals: cheaper than three
-    // aggregates over a computed column, the overview's slowest query at a busy day's volume.
-    let p: Option<Vec<f64>> = db
-        .run(async |c| {
-            db.query_scalar(
-                "SELECT (SELECT array_agg(extract(epoch FROM p)::float8 * 1000) FROM unnest(ps) p)
-                 FROM (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY finished_at - received_at) AS ps
-                       FROM verdicts
-                       WHERE finished_at IS NOT NULL AND received_at > now() - make_interval(mins => $1)) t",
-            )
-            .bind(minutes)
-            .fetch_one(c)
-            .await
-        })
-        .await?;
-    let at = |i: usize| p.as_ref().and_then(|p| p.get(i).copied());
-    Ok(Latency { p50: at(0), p95: at(1), p99: at(2) })
+    let buckets: Vec<(f64, i64)> = rollups::totals(db, Metric::Latency, minutes)
+        .await?
+        .into_iter()
+        .filter_map(|t| rollups::bucket_bound(&t.key).map(|b| (b, t.count)))
+        .collect();
+    let p = rollups::percentiles(&buckets, &[0.5, 0.95, 0.99]);
+    Ok(Latency { p50: p[0], p95: p[1], p99: p[2] })
 }
 
 /// One verdict in a result list.

@@ -17,3 +17,8 @@ GRANT UPDATE (ended_at, lifted_at, lifted_by, lift_reason, rule_state, updated_a
 -- A lift is also an outcome event (outcomes.enabled), written with it.
 GRANT INSERT ON outbox TO console_role;
 GRANT USAGE ON SEQUENCE outbox_id_seq TO console_role;
+-- The overview reads the rollups; a replay changes verdicts' statuses, which the rollup triggers
+-- count in the same transaction.
+GRANT SELECT ON rollups, rollup_deltas TO console_role;
+GRANT INSERT ON rollup_deltas TO console_role;
+GRANT USAGE ON SEQUENCE rollup_deltas_id_seq TO console_role;

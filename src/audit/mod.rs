@@ -5,6 +5,7 @@
 //! - [`results`] and [`writer`]: vendor calls, per-user outcomes and retry schedules;
 //! - [`leases`]: live replicas and who owns which vendor quota;
 //! - [`query`]: reading the trail for ops, and replays;
+//! - [`rollups`] and [`retention`]: per-minute counts for the console, and pruning old rows;
 //! - [`Db`]: how statements travel, directly or through a transaction pooler.
 
 pub mod bans;
@@ -15,6 +16,8 @@ pub mod outbox;
 pub mod query;
 pub mod reentries;
 pub(crate) mod results;
+pub mod retention;
+pub mod rollups;
 pub mod work;
 pub(crate) mod writer;
 

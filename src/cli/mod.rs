@@ -8,6 +8,7 @@ mod delegated;
 mod error;
 mod kick;
 pub mod output;
+mod prune;
 mod replay;
 mod status;
 mod unban;
@@ -47,6 +48,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Re-enforce failed verdicts (after the cause is fixed): back to pending, due now.
     Replay(replay::ReplayArgs),
+    /// Apply `[retention]` now (with --dry-run: show what would go, per table).
+    Prune(prune::PruneArgs),
     /// Quota owners, live replicas, and pending users per app.
     Status(status::StatusArgs),
     /// Publish a manual verdict through the same queue and contract (with --ban-secs: and ban).
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Replay(args) => replay::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
+        Command::Prune(args) => prune::run(&cli, args).await,
         Command::Kick(args) => kick::run(&cli, args).await,
         Command::Unban(args) => unban::run(&cli, args).await,
         Command::Web(args) => web::run(&cli, args).await,

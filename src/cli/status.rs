@@ -68,14 +68,18 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> CliResult {
     pool.close().await;
     let (owners, workers, pending, (events, oldest)) =
         result.map_err(|e| CliError::failed(format!("status failed: {e}")))?;
-    // The outcome relay's lease is not a vendor quota: shown on its own.
+    // The outcome relay's and audit maintenance's leases are not vendor quotas: shown on their own.
     let relay_group = crate::enforcement::QuotaGroup::relay();
+    let maintenance_group = crate::enforcement::QuotaGroup::maintenance();
     let (relay, owners): (Vec<OwnerRow>, Vec<OwnerRow>) =
         owners.into_iter().partition(|o| o.quota_group == relay_group.as_str());
+    let (maintenance, owners): (Vec<OwnerRow>, Vec<OwnerRow>) =
+        owners.into_iter().partition(|o| o.quota_group == maintenance_group.as_str());
     let printed = match output::resolve(args.format) {
         Format::Json => {
             let doc = serde_json::json!({"quota_owners": owners, "workers": workers, "pending": pending,
-                "outbox": {"events": events, "oldest_seconds": oldest, "relay": relay.first()}});
+                "outbox": {"events": events, "oldest_seconds": oldest, "relay": relay.first()},
+                "maintenance": maintenance.first()});
             println!("{doc}");
             Ok(())
         }
@@ -89,6 +93,8 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> CliResult {
             // The outcome relay is the `outbox:relay` row among the quota owners.
             let by = relay.first().map_or_else(|| "no replica".to_owned(), |r| r.worker_id.clone());
             println!("\noutcome events waiting in the outbox: {events} (oldest {oldest:.1} s); relayed by {by}");
+            let by = maintenance.first().map_or_else(|| "no replica".to_owned(), |r| r.worker_id.clone());
+            println!("rollups folded and retention applied by {by}");
             Ok::<(), std::io::Error>(())
         })(),
     };

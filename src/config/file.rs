@@ -32,6 +32,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub outcomes: FileOutcomes,
     #[serde(default)]
+    pub retention: FileRetention,
+    #[serde(default)]
     pub zego: Vec<FileZego>,
     #[serde(default)]
     pub trtc: Vec<FileTrtc>,

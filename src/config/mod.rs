@@ -26,6 +26,7 @@ mod api;
 mod env;
 pub mod file;
 mod outcomes;
+mod retention;
 mod secret;
 mod validate;
 mod web;
@@ -37,6 +38,8 @@ use file::*;
 pub use file::{FileConfig, FileTrtc, FileZego};
 use outcomes::validate_outcomes;
 pub use outcomes::{FileOutcomes, OutcomesConfig};
+use retention::validate_retention;
+pub use retention::{FileRetention, RetentionConfig};
 use secret::{resolve_optional_secret, resolve_secret};
 use validate::*;
 use web::validate_web;
@@ -119,6 +122,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[outcomes]`: outcome events back to the pipelines.
     pub outcomes: OutcomesConfig,
+    /// `[retention]`: how long the audit trail keeps each kind of row.
+    pub retention: RetentionConfig,
     pub zego: Vec<ZegoApp>,
     pub trtc: Vec<TrtcApp>,
 }

@@ -11,6 +11,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let web = validate_web(f.web, env, &mut p);
     let api = validate_api(f.api, env, &mut p);
     let outcomes = validate_outcomes(f.outcomes, &mut p);
+    let retention = validate_retention(f.retention, &mut p);
     let (pooler, direct_url) = check_pooler(&f.postgres, env, &mut p);
     if pooler == Pooler::None && direct_url.is_some() {
         warnings.push(problem(
@@ -58,6 +59,7 @@ pub(super) fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         web,
         api,
         outcomes,
+        retention,
         zego: zego_apps,
         trtc: trtc_apps,
     })

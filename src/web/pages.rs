@@ -61,8 +61,13 @@ pub(crate) fn render(t: impl Template) -> PageResult {
     Ok(Html(t.render()?).into_response())
 }
 
-fn ms(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "–".into())
+/// A percentile read off the rollups' latency buckets: at most the bucket's upper bound.
+fn at_most_ms(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_infinite() => "> 300000 ms".into(),
+        Some(v) => format!("≤ {v:.0} ms"),
+        None => "–".into(),
+    }
 }
 
 struct PendingRow {
@@ -140,7 +145,7 @@ pub(crate) async fn overview(State(c): State<Arc<Console>>, actor: Actor) -> Pag
     render(Overview {
         live_replicas: workers.iter().filter(|w| w.live).count(),
         day,
-        latency: (ms(l.p50), ms(l.p95), ms(l.p99)),
+        latency: (at_most_ms(l.p50), at_most_ms(l.p95), at_most_ms(l.p99)),
         charts,
         failures,
         pending: pending

@@ -15,6 +15,7 @@ mod outcomes;
 mod pipeline;
 mod pooler;
 mod reentry;
+mod retention;
 mod rules;
 mod secrets;
 mod vendors;

@@ -8,6 +8,7 @@ mod pacing;
 mod private_pg;
 mod reentry;
 mod replicas;
+mod rollups;
 
 use std::time::Duration;
 

@@ -45,8 +45,9 @@ struct ConsoleReport {
     pages: Vec<PageTiming>,
 }
 
-/// The trail, generated in SQL. `$1` is the number of verdicts. Verdict `g` is received at a time
-/// that grows with `g`; the newest 10 % fall in the last day, the newest 1 % in the last hour.
+/// The trail, generated in SQL. `$1` is the number of verdicts, `$2` the share of them older than
+/// a day (0.9 by default; 0 with `--verdicts`: a day at that volume). Verdict `g` is received at a
+/// time that grows with `g`; the newest 1 % fall in the last hour.
 const LOAD: &[&str] = &[
     "CREATE TEMP TABLE gen AS
      SELECT g,
@@ -56,8 +57,8 @@ const LOAD: &[&str] = &[
             ARRAY(SELECT 'user-' || ((g::bigint * 7919 + i * 104729) % 300000)
                   FROM generate_series(1, 1 + g % 5) i) AS user_ids,
             CASE WHEN g > $1 * 0.99 THEN now() - interval '1 hour' * (($1 - g)::float8 / ($1 * 0.01))
-                 WHEN g > $1 * 0.9 THEN now() - interval '1 day' * (($1 - g)::float8 / ($1 * 0.1))
-                 ELSE now() - interval '30 days' + interval '29 days' * (g::float8 / ($1 * 0.9)) END AS at,
+                 WHEN g > $1 * $2 THEN now() - interval '1 day' * (($1 - g)::float8 / ($1 * (1 - $2)))
+                 ELSE now() - interval '30 days' + interval '29 days' * (g::float8 / ($1 * $2)) END AS at,
             CASE WHEN g % 50 = 7 THEN 'failed'
                  WHEN g > $1 * 0.999 AND g % 4 = 0 THEN 'pending'
                  ELSE 'done' END AS status
@@ -104,11 +105,11 @@ async fn loaded(conn: &mut PgConnection) -> bool {
         .is_ok_and(|n| n > 0)
 }
 
-async fn load(conn: &mut PgConnection, verdicts: usize) -> Result<f64, String> {
+async fn load(conn: &mut PgConnection, verdicts: usize, history: f64) -> Result<f64, String> {
     let started = Instant::now();
     for step in LOAD {
         let q = sqlx::query(sqlx::AssertSqlSafe(*step));
-        let q = if step.contains("$1") { q.bind(verdicts as i64) } else { q };
+        let q = if step.contains("$1") { q.bind(verdicts as i64).bind(history) } else { q };
         q.execute(&mut *conn).await.map_err(|e| format!("loading the trail: {e}\n{step}"))?;
     }
     for step in ["DROP TABLE gen", "VACUUM ANALYZE"] {
@@ -200,6 +201,8 @@ async fn time_page(http: &reqwest::Client, base: &str, name: &str, path: &str) -
 
 pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     let verdicts = args.verdicts.unwrap_or(DEFAULT_VERDICTS);
+    // The default trail is a month with a busy last day; `--verdicts N` is one day of N verdicts.
+    let history = if args.verdicts.is_some() { 0.0 } else { 0.9 };
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let names = Names::of(&["bench", "console", &id]);
     let database = args.console_database.clone().unwrap_or(names.database.clone());
@@ -218,7 +221,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         None
     } else {
         eprintln!("bench: writing {verdicts} verdicts into {database} (a minute or a few)");
-        Some(load(&mut conn, verdicts).await?)
+        Some(load(&mut conn, verdicts, history).await?)
     };
     let counts: (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM verdicts), (SELECT count(*) FROM kicks), (SELECT count(*) FROM kick_attempts)",

@@ -69,8 +69,8 @@ fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
-async fn count(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(0)
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool).await.unwrap_or(0)
 }
 
 impl<'a> Run<'a> {
@@ -240,9 +240,10 @@ impl<'a> Run<'a> {
         let groups = self.w.segments.len() as i64;
         let owners_wanted = self.w.replicas.min(self.w.segments.len()) as i64;
         loop {
-            let owned = count(&pool, "SELECT count(*) FROM quota_owners WHERE expires_at > now()").await;
+            // Vendor quota groups only (the relay's and maintenance's leases are not quotas).
+            let owned = count(&pool, &format!("SELECT count(*) FROM quota_owners WHERE {VENDOR_QUOTA}")).await;
             let owners =
-                count(&pool, "SELECT count(DISTINCT worker_id) FROM quota_owners WHERE expires_at > now()").await;
+                count(&pool, &format!("SELECT count(DISTINCT worker_id) FROM quota_owners WHERE {VENDOR_QUOTA}")).await;
             if owned >= groups && owners >= owners_wanted {
                 break;
             }
@@ -460,10 +461,13 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Live leases of vendor quota groups (`zego:<AppId>`, `trtc:<SecretId>`).
+const VENDOR_QUOTA: &str = "expires_at > now() AND (quota_group LIKE 'zego:%' OR quota_group LIKE 'trtc:%')";
+
 async fn disrupt(pool: &sqlx::PgPool, workers: &Workers, k: usize, sig: &str, what: &'static str) -> Disruption {
     let name = format!("-{k}");
     let owned: Vec<(String, String)> =
-        sqlx::query_as("SELECT quota_group, worker_id FROM quota_owners WHERE expires_at > now()")
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT quota_group, worker_id FROM quota_owners WHERE {VENDOR_QUOTA}")))
             .fetch_all(pool)
             .await
             .unwrap_or_default();

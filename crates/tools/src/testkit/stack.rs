@@ -186,12 +186,13 @@ impl TestEnv {
         publisher.close().await;
     }
 
-    /// Live leases of vendor quota groups (not the outcome relay's): (quota group, worker id).
+    /// Live leases of vendor quota groups (not the outcome relay's or audit maintenance's): (quota group, worker id).
     pub async fn owners(&self) -> Vec<(String, String)> {
         let pool = self.pool().await;
         let rows = sqlx::query_as(
             "SELECT quota_group, worker_id FROM quota_owners
-             WHERE expires_at > now() AND quota_group <> 'outbox:relay' ORDER BY quota_group",
+             WHERE expires_at > now() AND quota_group NOT IN ('outbox:relay', 'audit:maintenance')
+             ORDER BY quota_group",
         )
         .fetch_all(&pool)
         .await

@@ -1,0 +1,124 @@
+//! Audit maintenance, run by the one replica holding the `audit:maintenance` lease (handed out by
+//! the elector like a quota group, and taken over when its holder stops or dies): the folder moves
+//! rollup deltas into the per-minute rollups every second, and the pruner applies `[retention]`
+//! once a minute, in batches with pauses between them.
+//!
+//! Correctness does not rest on the lease: a fold deletes the deltas it adds in one statement and
+//! skips rows another folder holds, and pruning deletes only rows that may go, skipping locked
+//! ones. The lease keeps the work in one place, so replicas do not compete for the same rows.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Db;
+use crate::audit::retention::{self, Table};
+use crate::audit::rollups;
+use crate::config::RetentionConfig;
+
+/// How often committed deltas are folded: the rollups' own lag (readers add unfolded deltas, so
+/// this bounds work, not correctness).
+const FOLD_EVERY: Duration = Duration::from_secs(1);
+/// How often a pruning pass starts.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The pause between two batches, so pruning's I/O leaves room for intake (River pauses 50 ms –
+/// 1 s between its batches).
+const PAUSE: Duration = Duration::from_millis(50);
+/// How long to wait after an error before trying again.
+const BACKOFF: Duration = Duration::from_secs(5);
+
+/// Folds and prunes until `cancel`.
+pub(crate) async fn run(db: Db, retention: RetentionConfig, cancel: CancellationToken) {
+    tracing::info!("audit maintenance: folding rollups and applying retention on this replica");
+    let folder = fold_loop(&db, &cancel);
+    let pruner = prune_loop(&db, &retention, &cancel);
+    tokio::join!(folder, pruner);
+}
+
+async fn fold_loop(db: &Db, cancel: &CancellationToken) {
+    let mut every = tokio::time::interval(FOLD_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        // Fold until the deltas are fewer than a batch (a backlog after downtime drains at once).
+        loop {
+            match rollups::fold(db).await {
+                Ok(n) => {
+                    metrics::counter!("bouncer_rollup_deltas_folded_total").increment(n.max(0) as u64);
+                    if n < rollups::FOLD_BATCH || cancel.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fold rollups; trying again shortly");
+                    sleep_or_cancel(BACKOFF, cancel).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn prune_loop(db: &Db, retention: &RetentionConfig, cancel: &CancellationToken) {
+    loop {
+        if let Err(e) = prune(db, retention, cancel).await {
+            tracing::warn!(error = %e, "pruning stopped early; next pass in a minute");
+        }
+        if sleep_or_cancel(PRUNE_EVERY, cancel).await {
+            return;
+        }
+    }
+}
+
+/// One pass over every table with a window: batches until a table has nothing left past its
+/// cutoff (or a batch was given up to a lock). Returns the rows removed per table.
+pub async fn prune(
+    db: &Db,
+    retention: &RetentionConfig,
+    cancel: &CancellationToken,
+) -> Result<Vec<(Table, retention::Removed)>, crate::audit::AuditError> {
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        let Some(window) = table.window(retention) else { continue };
+        // One cutoff per table and pass: rows that age past it during the pass wait for the next.
+        let cutoff = Utc::now() - window;
+        let mut total = retention::Removed::default();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let Some(removed) = retention::prune_batch(db, table, cutoff).await? else {
+                tracing::debug!(%table, "a pruning batch met a lock and was given up");
+                break;
+            };
+            total.rows += removed.rows;
+            total.dependents += removed.dependents;
+            metrics::counter!("bouncer_rows_pruned_total", "table" => table.as_str()).increment(removed.rows as u64);
+            if table == Table::Verdicts {
+                metrics::counter!("bouncer_rows_pruned_total", "table" => "kicks+replays")
+                    .increment(removed.dependents as u64);
+            }
+            if removed.rows < retention::BATCH {
+                break;
+            }
+            sleep_or_cancel(PAUSE, cancel).await;
+        }
+        if total.rows > 0 {
+            tracing::info!(%table, rows = total.rows, with_them = total.dependents, %cutoff, "pruned");
+        }
+        out.push((table, total));
+    }
+    Ok(out)
+}
+
+/// Sleeps for `d`; true if cancelled first.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
