@@ -157,12 +157,8 @@ pub async fn prune_batch(db: &Db, table: Table, cutoff: DateTime<Utc>) -> Result
     // Both local to this transaction: behind a transaction pooler they leave with it.
     db.query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))).execute(&mut *tx).await?;
     db.query("SET LOCAL statement_timeout = '60s'").execute(&mut *tx).await?;
-    let result: Result<(i64, i64), sqlx::Error> = db
-        .query_as(sqlx::AssertSqlSafe(table.delete_batch()))
-        .bind(cutoff)
-        .bind(BATCH)
-        .fetch_one(&mut *tx)
-        .await;
+    let result: Result<(i64, i64), sqlx::Error> =
+        db.query_as(sqlx::AssertSqlSafe(table.delete_batch())).bind(cutoff).bind(BATCH).fetch_one(&mut *tx).await;
     match result {
         Ok((rows, dependents)) => {
             tx.commit().await?;

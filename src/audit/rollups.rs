@@ -163,11 +163,13 @@ pub fn percentiles(buckets: &[(f64, i64)], ps: &[f64]) -> Vec<Option<f64>> {
             // The smallest bound with at least p of the verdicts at or below it.
             let rank = (p * total as f64).ceil().max(1.0) as i64;
             let mut seen = 0;
-            sorted.iter().find(|(_, n)| {
-                seen += n;
-                seen >= rank
-            })
-            .map(|(b, _)| *b)
+            sorted
+                .iter()
+                .find(|(_, n)| {
+                    seen += n;
+                    seen >= rank
+                })
+                .map(|(b, _)| *b)
         })
         .collect()
 }
@@ -185,13 +187,10 @@ mod tests {
     fn percentiles_name_the_bucket_each_falls_in() {
         // 90 verdicts at ≤ 100 ms, 9 at ≤ 500, 1 past the last bound.
         let h = [(100.0, 90), (500.0, 9), (f64::INFINITY, 1), (50.0, 0)];
-        assert_eq!(percentiles(&h, &[0.5, 0.9, 0.95, 0.99, 1.0]), vec![
-            Some(100.0),
-            Some(100.0),
-            Some(500.0),
-            Some(500.0),
-            Some(f64::INFINITY)
-        ]);
+        assert_eq!(
+            percentiles(&h, &[0.5, 0.9, 0.95, 0.99, 1.0]),
+            vec![Some(100.0), Some(100.0), Some(500.0), Some(500.0), Some(f64::INFINITY)]
+        );
         assert_eq!(percentiles(&[], &[0.5]), vec![None]);
         assert_eq!(percentiles(&[(10.0, 0)], &[0.5]), vec![None]);
     }

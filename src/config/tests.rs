@@ -247,6 +247,10 @@ fn the_example_config_shows_the_defaults_of_the_tuning_keys_it_sets() {
         ("retry.deadline_secs", example.retry.deadline_secs, d.retry.deadline_secs),
         ("shutdown.grace_secs", example.shutdown.grace_secs, d.shutdown.grace_secs),
         ("postgres.poll_interval_ms", example.postgres.poll_interval_ms, d.postgres.poll_interval_ms),
+        ("retention.verdicts_days", example.retention.verdicts_days.into(), d.retention.verdicts_days.into()),
+        ("retention.rejected_days", example.retention.rejected_days.into(), d.retention.rejected_days.into()),
+        ("retention.bans_days", example.retention.bans_days.into(), d.retention.bans_days.into()),
+        ("retention.rollups_days", example.retention.rollups_days.into(), d.retention.rollups_days.into()),
     ];
     assert_eq!(example.postgres.pooler, d.postgres.pooler, "deploy/bouncer.example.toml shows postgres.pooler");
     for (key, shown, default) in pairs {
@@ -315,4 +319,21 @@ fn the_api_is_off_by_default_and_on_only_with_tokens_of_its_callers() {
     assert_eq!(keys(bad), vec!["api.listen", "api.max_connections"]);
     let env_missing = "[api]\n[[api.tokens]]\nname = \"ts\"\ntoken_env = \"NOT_SET_ANYWHERE_42\"\n";
     assert_eq!(keys(env_missing), vec!["api.tokens[0].token_env"]);
+}
+
+#[test]
+fn retention_keeps_each_kind_for_its_days_zero_forever_and_refuses_more_than_ten_years_by_key() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.retention.verdicts, Some(chrono::Duration::days(90)));
+    assert_eq!(c.retention.rejected, Some(chrono::Duration::days(30)));
+    assert_eq!(c.retention.bans, Some(chrono::Duration::days(365)));
+    assert_eq!(c.retention.rollups, Some(chrono::Duration::days(400)));
+    let forever = Config::from_toml("[retention]\nverdicts_days = 0\nbans_days = 7\n").unwrap();
+    assert_eq!((forever.retention.verdicts, forever.retention.bans), (None, Some(chrono::Duration::days(7))));
+    let ps = problems("[retention]\nverdicts_days = 3651\nrollups_days = 99999\n");
+    let found: Vec<&str> = ps.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(found, ["retention.verdicts_days", "retention.rollups_days"]);
+    assert!(ps[0].reason.contains("3650"), "{}", ps[0].reason);
+    assert_eq!(keys("[retention]\nverdicts_dayz = 5\n"), ["retention.verdicts_dayz"]);
+    assert_eq!(keys("[retention]\nbans_days = -1\n"), ["retention.bans_days"]);
 }

@@ -45,7 +45,8 @@ async fn pruning_takes_old_finished_verdicts_and_keeps_unfinished_ones_active_ba
     let mut worker = env.worker();
     env.wait_for_count("SELECT count(*) FROM verdicts WHERE status <> 'pending'", 6, Duration::from_secs(60)).await;
     let app_text = app.to_string();
-    let unban = env.cli(&["unban", "--vendor", "zego", "--app", &app_text, "--user", "l", "--room", "r2", "--reason", "t"]);
+    let unban =
+        env.cli(&["unban", "--vendor", "zego", "--app", &app_text, "--user", "l", "--room", "r2", "--reason", "t"]);
     assert!(unban.status.success(), "{}", stderr(&unban));
     env.wait_for_count("SELECT count(*) FROM outbox", 0, Duration::from_secs(30)).await;
     worker.signal("-TERM");
@@ -99,12 +100,14 @@ async fn pruning_takes_old_finished_verdicts_and_keeps_unfinished_ones_active_ba
             .await
             .unwrap();
     assert_eq!(orphans, 0);
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM kicks WHERE verdict_id = 'v-reopened' AND status = 'pending'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM kicks WHERE verdict_id = 'v-reopened' AND status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(pending, 1, "the reopened verdict's kick is still pending");
-    let bans: Vec<String> = sqlx::query_scalar("SELECT user_id FROM bans ORDER BY user_id").fetch_all(&pool).await.unwrap();
+    let bans: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM bans ORDER BY user_id").fetch_all(&pool).await.unwrap();
     assert_eq!(bans, ["b"], "the ban in force stays; the one ended 400 days ago went");
     // Rollups outlive the rows they counted: the month's chart still shows the pruned verdicts.
     let counted: i64 = sqlx::query_scalar(
@@ -125,8 +128,12 @@ async fn pruning_takes_old_finished_verdicts_and_keeps_unfinished_ones_active_ba
         verdict("v-old", "zego", app, json!("r1"), &["o1", "o2"]),
     ])
     .await;
-    env.wait_for_count("SELECT deliveries::bigint FROM verdicts WHERE verdict_id = 'v-recent'", 2, Duration::from_secs(30))
-        .await;
+    env.wait_for_count(
+        "SELECT deliveries::bigint FROM verdicts WHERE verdict_id = 'v-recent'",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
     env.wait_for_count(
         "SELECT count(*) FROM verdicts WHERE verdict_id = 'v-old' AND deliveries = 1 AND received_at > now() - interval '1 hour'",
         1,
@@ -190,7 +197,8 @@ async fn the_overview_counts_from_rollups_what_a_count_over_the_raw_trail_says()
              WHERE finished_at IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
         ),
     ] {
-        let raw: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(raw_sql)).fetch_all(&pool).await.unwrap();
+        let raw: Vec<(String, String, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(raw_sql)).fetch_all(&pool).await.unwrap();
         let rolled: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT vendor, key, sum(n)::bigint FROM rollups WHERE metric = $1 GROUP BY 1, 2 HAVING sum(n) <> 0 ORDER BY 1, 2",
         )
@@ -206,7 +214,9 @@ async fn the_overview_counts_from_rollups_what_a_count_over_the_raw_trail_says()
     assert_eq!(status, 200);
     let failed = raw.iter().filter(|(_, s, _)| s == "failed").map(|(.., n)| n).sum::<i64>();
     assert!(failed >= 8, "the bad TRTC user's verdicts failed: {raw:?}");
-    for (figure, label) in [(80, "verdicts in 24 h"), (80 - failed, "done"), (failed, "failed"), (1, "rejected messages")] {
+    for (figure, label) in
+        [(80, "verdicts in 24 h"), (80 - failed, "done"), (failed, "failed"), (1, "rejected messages")]
+    {
         assert!(page.contains(&format!("<b>{figure}</b> {label}")), "{figure} {label} in {page}");
     }
     assert!(page.contains("p99 <b>≤ "), "the latency comes from the rollups' buckets");

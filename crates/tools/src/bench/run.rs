@@ -466,11 +466,12 @@ const VENDOR_QUOTA: &str = "expires_at > now() AND (quota_group LIKE 'zego:%' OR
 
 async fn disrupt(pool: &sqlx::PgPool, workers: &Workers, k: usize, sig: &str, what: &'static str) -> Disruption {
     let name = format!("-{k}");
-    let owned: Vec<(String, String)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT quota_group, worker_id FROM quota_owners WHERE {VENDOR_QUOTA}")))
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
+    let owned: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT quota_group, worker_id FROM quota_owners WHERE {VENDOR_QUOTA}"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
     let groups = owned.into_iter().filter(|(_, w)| w.ends_with(&name)).map(|(g, _)| g).collect();
     let at_ms = now_ms();
     workers.signal(k, sig);
