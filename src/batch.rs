@@ -56,6 +56,8 @@ pub struct Claim {
     /// A re-kick of a banned user who came back (`reentries.id`), on behalf of the verdict whose
     /// ban held: urgent, served before any other room.
     pub reentry: Option<i64>,
+    /// The trace id its verdict was published with (W3C `traceparent`), for the call's log lines.
+    pub trace_id: Option<Arc<str>>,
 }
 
 impl Claim {
@@ -66,6 +68,7 @@ impl Claim {
             scheduled_retries: 0,
             last_error: None,
             reentry: None,
+            trace_id: None,
         }
     }
 

@@ -281,6 +281,12 @@ async fn record(ctx: &LaneCtx, call: Call<'_>, report: &CallReport) {
         Outcome::Permanent { code, message, .. } => Some(format!("{code}: {message}")),
         _ => None,
     };
+    // One line per call, inside the chunk's span: it names the verdicts and their publishers'
+    // trace ids. Vendor text is data: escaped to one line.
+    tracing::debug!(action = report.action, users = call.req.user_ids.len(), attempt = call.attempt, outcome = outcome.as_str(),
+        latency_ms = report.latency.as_millis() as u64, http_status = report.http_status.unwrap_or(0),
+        vendor_code = %crate::text::single_line(report.vendor_code.as_deref().unwrap_or("")),
+        request_id = %crate::text::single_line(report.vendor_request_id.as_deref().unwrap_or("")), "vendor call");
     let room = &call.target.room;
     ctx.audit
         .send(AuditMsg::Attempt(Box::new(AttemptRow {

@@ -148,9 +148,14 @@ pub async fn run(
                 ctx.stats.calls_in_flight.fetch_add(1, Ordering::Relaxed);
                 // Every log line about this call names its verdicts, vendor, app and room.
                 let ids: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().map(|c| &*c.verdict)).collect();
+                // And the publishers' trace ids (W3C traceparent; checked hex at intake), so a
+                // pipeline's trace reaches the vendor call.
+                let mut traces: Vec<&str> = chunk.iter().flat_map(|e| e.claims.iter().filter_map(|c| c.trace_id.as_deref())).collect();
+                traces.sort_unstable();
+                traces.dedup();
                 // Ids and rooms are data: escaped, so a CR/LF in one cannot forge a text log line.
                 let span = tracing::info_span!("chunk", verdict_id = %single_line(&ids.join(",")), vendor = %ctx.stats.vendor,
-                    app_id = ctx.stats.app_id, room_id = %single_line(&room.to_string()));
+                    app_id = ctx.stats.app_id, room_id = %single_line(&room.to_string()), trace_id = %traces.join(","));
                 let first_charge = crate::call::FirstCharge::take(&ctx);
                 let call = tracing::Instrument::instrument(crate::call::run(ctx.clone(), room, chunk, first_charge), span);
                 tracker.spawn_on(call, &ctx.calls);
@@ -251,6 +256,7 @@ async fn add_rows(
             scheduled_retries: row.scheduled_retries,
             last_error: row.last_error.clone(),
             reentry: row.reentry_id,
+            trace_id: row.trace_id().map(Arc::from),
         };
         let reason = row.reason.as_deref().map(Arc::from);
         held.batches.add(&target, &row.user_id, claim, reason.as_ref(), row.origin, since);

@@ -26,6 +26,9 @@ pub struct DueKick {
     pub last_error: Option<String>,
     /// Set for a re-kick (`reentries.id`): the row lives in `reentries`, not `kicks`.
     pub reentry_id: Option<i64>,
+    /// The W3C `traceparent` its verdict was delivered with: its trace id goes on the call's log
+    /// lines.
+    pub traceparent: Option<String>,
 }
 
 impl DueKick {
@@ -38,6 +41,11 @@ impl DueKick {
     pub fn action(&self) -> Option<Action> {
         Action::parse(&self.action)
     }
+
+    /// The trace id of its verdict's `traceparent` (stored only when valid: `00-<trace>-<span>-<flags>`).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref()?.split('-').nth(1)
+    }
 }
 
 /// Up to `limit` due kicks of one app, oldest first. The owner excludes what it already holds, so
@@ -49,7 +57,7 @@ pub async fn due(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -> Result<V
                 -- before receipt (or five minutes after, for skew); otherwise from receipt.
                 CASE WHEN v.detected_at BETWEEN v.received_at - interval '7 days' AND v.received_at + interval '5 minutes'
                      THEN v.detected_at ELSE v.received_at END AS origin, k.next_attempt_at, k.first_attempt_at,
-                k.scheduled_retries, k.last_error, NULL::bigint AS reentry_id
+                k.scheduled_retries, k.last_error, NULL::bigint AS reentry_id, v.traceparent
          FROM kicks k JOIN verdicts v USING (verdict_id)
          WHERE k.status = 'pending' AND k.vendor = $1 AND k.app_id = $2 AND k.next_attempt_at <= now()
          ORDER BY k.next_attempt_at
@@ -71,8 +79,8 @@ pub async fn due_reentries(db: &Db, vendor: Vendor, app_id: u32, limit: usize) -
                 "SELECT r.verdict_id, r.user_id, r.room_id, r.room_id_numeric, 'kick' AS action, b.reason,
                 -- Callback → vendor call latency counts from the callback's arrival.
                 r.received_at AS origin, r.next_attempt_at, r.first_attempt_at, r.scheduled_retries, r.last_error,
-                r.id AS reentry_id
-         FROM reentries r LEFT JOIN bans b ON b.id = r.ban_id
+                r.id AS reentry_id, v.traceparent
+         FROM reentries r LEFT JOIN bans b ON b.id = r.ban_id LEFT JOIN verdicts v ON v.verdict_id = r.verdict_id
          WHERE r.status = 'pending' AND r.vendor = $1 AND r.app_id = $2 AND r.next_attempt_at <= now()
          ORDER BY r.next_attempt_at
          LIMIT $3",

@@ -154,7 +154,15 @@ async fn a_verdict_published_with_a_traceparent_yields_events_of_the_same_trace(
     let untraced = events.iter().find(|e| e.event["subject"] == "untraced").expect("the other event");
     assert!(untraced.event.get("traceparent").is_none());
     let log = worker.log_text();
-    assert!(log.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "the trace id is in the verdict's log line");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("4bf92f3577b34da6a3ce929d0e0e4736")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("verdict recorded")),
+        "the trace id is on the verdict's intake line: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("vendor call") && l.contains("traced")),
+        "and on its vendor call's line, beside its verdict id: {lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
