@@ -42,13 +42,31 @@ struct ConsoleReport {
     kicks: i64,
     kick_attempts: i64,
     load_seconds: Option<f64>,
+    /// Rollup deltas the load's triggers left, folded before timing (as a running deployment's
+    /// maintenance lease holder would have).
+    deltas_folded: i64,
     pages: Vec<PageTiming>,
+    overview: OverviewCheck,
 }
+
+/// The overview's 24 h cards (read from rollups) beside a direct count over the raw tables in the
+/// same minute.
+#[derive(Serialize)]
+struct OverviewCheck {
+    /// verdicts, done, failed, pending, rejected messages: by a count over `verdicts` and
+    /// `rejected_messages`.
+    raw: [i64; 5],
+    /// The same cards as the page shows them.
+    shown: [Option<i64>; 5],
+    equal: bool,
+}
+
+const CARDS: [&str; 5] = ["verdicts in 24 h", "done", "failed", "pending", "rejected messages"];
 
 /// The trail, generated in SQL. `$1` is the number of verdicts, `$2` the share of them older than
 /// a day (0.9 by default; 0 with `--verdicts`: a day at that volume). Verdict `g` is received at a
 /// time that grows with `g`; the newest 1 % fall in the last hour.
-const LOAD: &[&str] = &[
+pub(super) const LOAD: &[&str] = &[
     "CREATE TEMP TABLE gen AS
      SELECT g,
             CASE WHEN g % 3 = 0 THEN 'trtc' ELSE 'zego' END AS vendor,
@@ -116,6 +134,53 @@ async fn load(conn: &mut PgConnection, verdicts: usize, history: f64) -> Result<
         sqlx::raw_sql(step).execute(&mut *conn).await.map_err(|e| format!("{step}: {e}"))?;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// Folds every delta the load's triggers wrote into `rollups`, as the maintenance lease's holder
+/// does a second at a time; returns how many.
+async fn fold_all(config: &Config) -> Result<i64, String> {
+    let db = bouncer::audit::connect(&config.postgres, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    let mut folded = 0;
+    loop {
+        match bouncer::audit::rollups::fold(&db).await.map_err(|e| format!("folding rollups: {e}"))? {
+            0 => return Ok(folded),
+            n => folded += n,
+        }
+    }
+}
+
+/// The number a card of the overview shows: `<b>N</b> label`.
+fn card(page: &str, label: &str) -> Option<i64> {
+    let end = page.find(&format!("</b> {label}</div>"))?;
+    let start = page[..end].rfind("<b>")? + 3;
+    page[start..end].parse().ok()
+}
+
+/// Fetches the overview between two direct counts over the raw tables; a minute that turns over in
+/// between (the 24 h window moves) is tried again.
+async fn check_overview(conn: &mut PgConnection, http: &reqwest::Client, base: &str) -> Result<OverviewCheck, String> {
+    const RAW: &str = "WITH since AS (SELECT date_trunc('minute', now()) - interval '1439 minutes' AS t)
+        SELECT (SELECT t FROM since),
+               count(*), count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'),
+               count(*) FILTER (WHERE status = 'pending'),
+               (SELECT count(*) FROM rejected_messages, since WHERE received_at >= since.t)
+        FROM verdicts, since WHERE received_at >= since.t";
+    type Raw = (chrono::DateTime<chrono::Utc>, i64, i64, i64, i64, i64);
+    let mut last = None;
+    for _ in 0..5 {
+        let before: Raw = sqlx::query_as(RAW).fetch_one(&mut *conn).await.map_err(|e| e.to_string())?;
+        let page = http.get(format!("{base}/")).send().await.map_err(|e| e.to_string())?;
+        let page = page.text().await.map_err(|e| e.to_string())?;
+        let after: Raw = sqlx::query_as(RAW).fetch_one(&mut *conn).await.map_err(|e| e.to_string())?;
+        let raw = [before.1, before.2, before.3, before.4, before.5];
+        let shown = CARDS.map(|label| card(&page, label));
+        let check = OverviewCheck { raw, shown, equal: shown.iter().zip(raw).all(|(s, r)| *s == Some(r)) };
+        if before == after {
+            return Ok(check);
+        }
+        last = Some(check);
+    }
+    last.ok_or_else(|| "the overview was never fetched".into())
 }
 
 /// Arguments that hit real rows: the middle verdict's user, room and time, and a failed
@@ -230,7 +295,8 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let picks = picks(&mut conn, verdicts).await?;
-    conn.close().await.map_err(|e| e.to_string())?;
+    let deltas_folded = fold_all(&config).await?;
+    sqlx::raw_sql("VACUUM ANALYZE rollups, rollup_deltas").execute(&mut conn).await.map_err(|e| e.to_string())?;
 
     let config_path = std::env::temp_dir().join(format!("bouncer-bench-console-{id}.toml"));
     std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
@@ -240,6 +306,8 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     for (name, path) in pages(&picks) {
         timings.push(time_page(&http, &console.base, name, &path).await?);
     }
+    let overview = check_overview(&mut conn, &http, &console.base).await?;
+    conn.close().await.map_err(|e| e.to_string())?;
     drop(console);
     let _ = std::fs::remove_file(&config_path);
     if args.console_database.is_none() {
@@ -253,7 +321,9 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         kicks: counts.1,
         kick_attempts: counts.2,
         load_seconds,
+        deltas_folded,
         pages: timings,
+        overview,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
@@ -268,6 +338,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         report.machine.os,
         report.load_seconds.map(|s| format!("; written in {s:.0} s")).unwrap_or_default()
     );
+    println!("{} rollup deltas from the load folded before timing", report.deltas_folded);
     println!("{:<36} {:>6} {:>9} {:>9} {:>9} {:>9}", "page", "status", "bytes", "p50 ms", "p95 ms", "max ms");
     for t in &report.pages {
         println!("{:<36} {:>6} {:>9} {:>9.1} {:>9.1} {:>9.1}", t.page, t.status, t.bytes, t.p50_ms, t.p95_ms, t.max_ms);
@@ -277,6 +348,22 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         println!("every page under 200 ms at p95");
     } else {
         println!("over 200 ms at p95: {}", slow.join(", "));
+    }
+    let o = &report.overview;
+    let shown = |n: Option<i64>| n.map_or("missing".to_owned(), |n| n.to_string());
+    for (i, label) in CARDS.iter().enumerate() {
+        println!("overview {label:<20} {:>10}   raw count {:>10}", shown(o.shown[i]), o.raw[i]);
+    }
+    println!(
+        "{}",
+        if o.equal {
+            "the overview equals a direct count over the raw tables"
+        } else {
+            "THE OVERVIEW DIFFERS FROM THE RAW COUNT"
+        }
+    );
+    if !o.equal {
+        return Err("the overview's cards differ from a direct count over the raw tables".into());
     }
     Ok(())
 }
