@@ -14,6 +14,7 @@ mod events;
 mod print;
 mod reentry;
 mod report;
+mod retention;
 mod run;
 mod stack;
 mod workers;
@@ -50,6 +51,10 @@ pub enum Preset {
     /// 200 banned users rejoining at random over 30 s (their callbacks spread over two replicas)
     /// beside a 10,000-user backlog of the same ZEGO app: callback → re-kick latency.
     Reentry,
+    /// 7 days × 1,000,000 verdicts (`--verdicts`: a day's) written into PostgreSQL, then
+    /// `bouncer prune` keeping 5 days beside rounds of the many-apps intake in that database:
+    /// intake with and without pruning, lock waits, the database's size.
+    Retention,
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,7 +99,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     vendor_handling_us: u64,
     /// Console preset: write the trail into this database and keep it (a later run with the same
-    /// name reuses it instead of writing it again).
+    /// name reuses it instead of writing it again). Retention preset: write the trail there and
+    /// keep it (pruned) afterwards.
     #[arg(long)]
     console_database: Option<String>,
     /// Send the workers through PgBouncer in transaction mode at this server URL (no database:
@@ -122,6 +128,9 @@ async fn bench_main(args: &BenchArgs) -> Result<(), String> {
     crate::testkit::ensure_services(&args.amqp, &args.postgres, args.through_pooler.as_deref()).await?;
     if args.preset == Preset::Console {
         return console::run(args).await;
+    }
+    if args.preset == Preset::Retention {
+        return retention::run(args).await;
     }
     let w = workload(args);
     let total: usize = w.segments.iter().map(|s| s.verdicts).sum();
@@ -167,5 +176,6 @@ fn preset_name(p: Preset) -> &'static str {
         Preset::Console => "console",
         Preset::Bans => "bans",
         Preset::Reentry => "reentry",
+        Preset::Retention => "retention",
     }
 }

@@ -33,8 +33,12 @@ struct Run<'a> {
     args: &'a BenchArgs,
     w: &'a Workload,
     stack: &'a BenchStack,
-    /// (segment index, body) in publishing order; verdict `bench-<i>` is `bodies[i]`.
+    /// (segment index, body) in publishing order; verdict `<prefix><i>` is `bodies[i]`.
     bodies: Vec<(usize, Vec<u8>)>,
+    prefix: String,
+    /// When the run started (RFC 3339): its own rows are those received since, in a database that
+    /// may hold others (the retention preset's trail and earlier rounds).
+    since: String,
     /// When each verdict was published (ms since the UNIX epoch); for a backlog, the workers' start.
     published_at: Vec<u64>,
     extra: Extra,
@@ -75,9 +79,12 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
 
 impl<'a> Run<'a> {
     fn new(args: &'a BenchArgs, w: &'a Workload, stack: &'a BenchStack) -> Run<'a> {
-        let bodies = bodies(w, &stack.app_ids);
+        // In a shared database each round's verdict ids are its own.
+        let prefix = if w.database.is_some() { format!("bench-{}-", stack.id) } else { "bench-".to_owned() };
+        let bodies = bodies(w, &stack.app_ids, &prefix);
         let published_at = vec![0; bodies.len()];
-        Run { args, w, stack, bodies, published_at, extra: Extra::default() }
+        let since = chrono::Utc::now().to_rfc3339();
+        Run { args, w, stack, bodies, prefix, since, published_at, extra: Extra::default() }
     }
 
     async fn execute(mut self) -> Result<Report, String> {
@@ -271,7 +278,7 @@ impl<'a> Run<'a> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         self.extra.queue_depth_5s_after_backlog = Some(queue_depth(&self.stack.config).await);
         let pool = self.pool().await?;
-        while count(&pool, "SELECT count(*) FROM verdicts").await < n as i64 {
+        while count(&pool, &format!("SELECT count(*) FROM verdicts WHERE {}", self.mine())).await < n as i64 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         pool.close().await;
@@ -291,7 +298,9 @@ impl<'a> Run<'a> {
         let mut progress = Instant::now();
         let (mut killed, mut stopped) = (false, false);
         loop {
-            let finished = count(pool, "SELECT count(*) FROM verdicts WHERE status <> 'pending'").await;
+            let finished =
+                count(pool, &format!("SELECT count(*) FROM verdicts WHERE status <> 'pending' AND {}", self.mine()))
+                    .await;
             workers.sample();
             if self.w.disrupt && !killed && started.elapsed() >= Duration::from_secs(12) {
                 self.extra.events.push(disrupt(pool, workers, 0, "-KILL", "sigkill").await);
@@ -306,8 +315,13 @@ impl<'a> Run<'a> {
                 progress = Instant::now();
             }
             if let Some(linger) = self.w.stop_after_recorded {
-                let recorded = count(pool, "SELECT count(*) FROM verdicts").await as usize;
-                let pending = count(pool, "SELECT count(*) FROM kicks WHERE status = 'pending'").await;
+                let recorded =
+                    count(pool, &format!("SELECT count(*) FROM verdicts WHERE {}", self.mine())).await as usize;
+                let pending = count(
+                    pool,
+                    &format!("SELECT count(*) FROM kicks k JOIN verdicts v USING (verdict_id) WHERE k.status = 'pending' AND v.{}", self.mine()),
+                )
+                .await;
                 if recorded >= total && self.extra.recorded_at.is_none() {
                     self.extra.recorded_at = Some(Instant::now());
                     self.extra.pending_kicks = Some(pending);
@@ -326,6 +340,11 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The condition on `verdicts` (or `rejected_messages`) for the run's own rows.
+    fn mine(&self) -> String {
+        format!("received_at >= '{}'", self.since)
+    }
+
     /// Whether verdict `i` belongs to the stuck preset's hanging app (left out of latencies).
     fn of_stuck_app(&self, i: usize) -> bool {
         self.w.stuck && self.bodies.get(i).is_some_and(|(k, _)| *k == 0)
@@ -336,8 +355,13 @@ impl<'a> Run<'a> {
         let (w, total) = (self.w, self.bodies.len());
         // The end is the last verdict's commit, not when the poll happened to look.
         let started_unix_ms = now_ms().saturating_sub(started.elapsed().as_millis() as u64);
-        let last: Option<chrono::DateTime<chrono::Utc>> =
-            sqlx::query_scalar("SELECT max(finished_at) FROM verdicts").fetch_one(pool).await.unwrap_or(None);
+        let last: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT max(finished_at) FROM verdicts WHERE {}",
+            self.mine()
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
         let wall = match last {
             Some(t) if w.stop_after_recorded.is_none() => {
                 (t.timestamp_millis().max(0) as u64).saturating_sub(started_unix_ms) as f64 / 1000.0
@@ -345,11 +369,13 @@ impl<'a> Run<'a> {
             _ => started.elapsed().as_secs_f64(),
         }
         .max(0.001);
-        let intake_span: Option<f64> =
-            sqlx::query_scalar("SELECT extract(epoch FROM max(received_at) - min(received_at))::float8 FROM verdicts")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(None);
+        let intake_span: Option<f64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT extract(epoch FROM max(received_at) - min(received_at))::float8 FROM verdicts WHERE {}",
+            self.mine()
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
         // The checks run their full time, beside the workers, whatever the backlog did.
         let ban_checks = match self.extra.checks.take() {
             Some(handle) => {
@@ -400,15 +426,16 @@ impl<'a> Run<'a> {
             .filter(|(v, _)| !self.of_stuck_app(**v))
             .filter_map(|(v, t)| self.published_at.get(*v).map(|p| t.saturating_sub(*p) as f64))
             .collect();
-        let finished: Vec<(String, Option<chrono::DateTime<chrono::Utc>>, String)> =
-            sqlx::query_as("SELECT verdict_id, finished_at, status FROM verdicts")
-                .fetch_all(pool)
-                .await
-                .map_err(|e| e.to_string())?;
+        let finished: Vec<(String, Option<chrono::DateTime<chrono::Utc>>, String)> = sqlx::query_as(
+            sqlx::AssertSqlSafe(format!("SELECT verdict_id, finished_at, status FROM verdicts WHERE {}", self.mine())),
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(|e| e.to_string())?;
         let to_finish: Vec<f64> = finished
             .iter()
             .filter_map(|(id, at, _)| {
-                let i: usize = id.strip_prefix("bench-")?.parse().ok()?;
+                let i: usize = id.strip_prefix(self.prefix.as_str())?.parse().ok()?;
                 if self.of_stuck_app(i) {
                     return None;
                 }
@@ -446,10 +473,17 @@ impl<'a> Run<'a> {
             queue_depth_5s_after_backlog: self.extra.queue_depth_5s_after_backlog,
             takeovers: takeover_gaps(&records, &self.extra.events),
             drain_after_release: drain,
-            rejected: count(pool, "SELECT count(*) FROM rejected_messages").await,
+            rejected: count(pool, &format!("SELECT count(*) FROM rejected_messages WHERE {}", self.mine())).await,
             failed_verdicts: finished.iter().filter(|(_, _, s)| s == "failed").count() as i64,
             vendor_faults_injected: stats["rejections"]["http_502"].as_u64().unwrap_or(0),
-            retries: count(pool, "SELECT count(*) FROM kick_attempts WHERE outcome = 'retry'").await,
+            retries: count(
+                pool,
+                &format!(
+                    "SELECT count(*) FROM kick_attempts WHERE outcome = 'retry' AND started_at >= '{}'",
+                    self.since
+                ),
+            )
+            .await,
             ban_checks,
             reentry,
             events,

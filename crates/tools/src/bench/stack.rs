@@ -33,13 +33,18 @@ pub(super) struct BenchStack {
     sim_rt: OwnRuntime,
     admin_url: String,
     database: String,
+    /// A database the run was given (the retention preset's): kept at teardown.
+    keep_database: bool,
 }
 
 impl BenchStack {
     /// Everything but the names, the apps and `--prefetch` is the configuration default.
     pub(super) fn start(args: &BenchArgs, w: &Workload) -> Result<BenchStack, String> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let names = Names::of(&["bench", &id]);
+        let mut names = Names::of(&["bench", &id]);
+        if let Some(d) = &w.database {
+            names.database = d.clone();
+        }
         let mut file = stack_config(&names, &args.amqp, &args.postgres);
         if let Some(p) = args.prefetch {
             file.amqp.prefetch = p;
@@ -121,6 +126,7 @@ impl BenchStack {
             sim_rt,
             admin_url: format!("{}/postgres", args.postgres.trim_end_matches('/')),
             database: names.database,
+            keep_database: w.database.is_some(),
         })
     }
 
@@ -137,12 +143,14 @@ impl BenchStack {
 
     /// Stops the simulator, then removes the run's config file, queues and database.
     pub(super) async fn teardown(self) {
-        let BenchStack { config, config_path, running, sim_rt, admin_url, database, .. } = self;
+        let BenchStack { config, config_path, running, sim_rt, admin_url, database, keep_database, .. } = self;
         drop(running);
         drop(sim_rt);
         let _ = std::fs::remove_file(&config_path);
         delete_queues(config.amqp.url.expose_secret(), &config.amqp.queue).await;
-        drop_database(&admin_url, &database).await;
+        if !keep_database {
+            drop_database(&admin_url, &database).await;
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub(super) struct Workload {
     pub(super) checks: Option<CheckLoad>,
     /// Reentry preset: banned users of the first (ZEGO) app rejoining during the run.
     pub(super) reentries: Option<ReentryLoad>,
+    /// Retention preset: run in this existing database (beside its trail) and keep it; verdict ids
+    /// then carry the run's id, so rounds in one database stay apart.
+    pub(super) database: Option<String>,
 }
 
 impl Workload {
@@ -78,6 +81,7 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
         stop_after_recorded: None,
         checks: None,
         reentries: None,
+        database: None,
     };
     let mut w = match args.preset {
         Preset::Backlog => Workload {
@@ -149,7 +153,15 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
         },
         // Publishes nothing: the console preset writes its trail into PostgreSQL (bench/console.rs).
         Preset::Console => Workload { segments: Vec::new(), ..base },
+        // Rounds of the many-apps intake (bench/retention.rs runs them beside pruning).
+        Preset::Retention => {
+            Workload { segments: (0..200).map(|_| seg(Zego, 50, 1, 5)).collect(), sim_rate_multiplier: 20, ..base }
+        }
     };
+    // The retention preset's `--verdicts` is its trail's day, not its rounds'.
+    if args.preset == Preset::Retention {
+        return w;
+    }
     if let Some(a) = args.apps {
         let a = a.max(1);
         let has_trtc = w.segments.iter().any(|s| s.vendor == Trtc);
@@ -181,8 +193,9 @@ fn users_of(j: usize, max_users: usize) -> usize {
     1 + j % max_users.max(1)
 }
 
-/// The verdict bodies in publishing order, each with its app index.
-pub(super) fn bodies(w: &Workload, app_ids: &[u32]) -> Vec<(usize, Vec<u8>)> {
+/// The verdict bodies in publishing order, each with its app index; verdict `i` is
+/// `<prefix><i>`.
+pub(super) fn bodies(w: &Workload, app_ids: &[u32], prefix: &str) -> Vec<(usize, Vec<u8>)> {
     // (segment, index within it), in the order they are published.
     let mut order: Vec<(usize, usize)> = Vec::new();
     if w.interleaved {
@@ -205,7 +218,7 @@ pub(super) fn bodies(w: &Workload, app_ids: &[u32]) -> Vec<(usize, Vec<u8>)> {
         .map(|(i, (k, j))| {
             let s = &w.segments[k];
             let users: Vec<String> = (0..s.users_of(j)).map(|n| report::bench_user(i, n)).collect();
-            let mut body = json!({"verdict_id": format!("bench-{i}"), "vendor": s.vendor.as_str(), "app_id": app_ids[k],
+            let mut body = json!({"verdict_id": format!("{prefix}{i}"), "vendor": s.vendor.as_str(), "app_id": app_ids[k],
                    "room_id": format!("room-{}", j % s.rooms), "user_ids": users, "reason": "benchmark"});
             if s.banned {
                 body["ban"] = json!({"seconds": 3600, "scope": "room"});

@@ -1,0 +1,326 @@
+//! `bouncer bench --preset retention`: retention at a large platform's volume, beside intake.
+//!
+//! A trail of 7 days × N verdicts a day (N = 1,000,000, or `--verdicts N`) is written straight into
+//! PostgreSQL as the console preset writes its own (1–5 users each, one vendor call each, 2 %
+//! failed). Then rounds of the many-apps intake (10,000 verdicts of 200 apps, a real `bouncer run`
+//! and simulator each) run in that same database: three before pruning, as many as fit while a
+//! real `bouncer prune` with `[retention] verdicts_days = 5` removes the two oldest days, and three
+//! after. Throughout, a sampler reads `pg_locks` every 10 ms for anyone in the database waiting on
+//! a lock: the longest wait of a statement not pruning's is the figure (pruning itself gives up
+//! after 100 ms). The database's size is read after the load, after pruning and after the last
+//! rounds.
+//!
+//! The load writes with triggers off (`session_replication_role = replica`): the trail's rollup
+//! deltas would otherwise be folded by the rounds' worker while it is measured, which is not what a
+//! deployment pruning its 90th day meets. Rollups are not what this preset measures.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bouncer::config::{Config, FileZego};
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use super::report::Machine;
+use super::workload::workload;
+use super::{BenchArgs, console};
+use crate::testkit::{Names, bouncer_command, drop_database, stack_config};
+
+const DAYS: i64 = 7;
+const KEEP_DAYS: u32 = 5;
+const DEFAULT_PER_DAY: usize = 1_000_000;
+const ROUNDS_BESIDE: usize = 3;
+/// Rounds while pruning runs, at most (a prune that takes longer goes on alone).
+const MAX_ROUNDS_DURING: usize = 60;
+/// The pruning process's `application_name`: how the sampler tells its waits from intake's.
+const PRUNER: &str = "bouncer-bench-prune";
+
+/// The trail: `$1` verdicts over the last `$2` days, evenly, the newest now; 2 % failed, none
+/// pending (the rounds' workers own other apps, so a pending trail verdict would stay so).
+const GEN: &str = "CREATE TEMP TABLE gen AS
+     SELECT g,
+            CASE WHEN g % 3 = 0 THEN 'trtc' ELSE 'zego' END AS vendor,
+            1000 + (g * 7) % 20 AS app_id,
+            'room-' || (g * 13) % 5000 AS room_id,
+            ARRAY(SELECT 'user-' || ((g::bigint * 7919 + i * 104729) % 300000)
+                  FROM generate_series(1, 1 + g % 5) i) AS user_ids,
+            now() - interval '1 day' * $2::float8 * (($1 - g)::float8 / $1) AS at,
+            CASE WHEN g % 50 = 7 THEN 'failed' ELSE 'done' END AS status
+     FROM generate_series(1, $1::int) g";
+
+#[derive(Serialize, Default)]
+struct LockWaits {
+    /// Longest wait seen of a statement not pruning's (intake, enforcement, the relay...).
+    others_max_ms: f64,
+    /// Distinct waits of those over 100 ms.
+    others_over_100ms: usize,
+    /// The statement that waited longest, its first 200 characters.
+    others_worst: Option<String>,
+    /// Longest wait seen of pruning's own statements (they give up at 100 ms).
+    pruning_max_ms: f64,
+    samples: u64,
+}
+
+#[derive(Serialize)]
+struct RetentionReport {
+    preset: &'static str,
+    machine: Machine,
+    verdicts_per_day: usize,
+    days: i64,
+    keep_days: u32,
+    load_seconds: f64,
+    /// Verdicts older than the window when pruning started, and after.
+    past_window_before: i64,
+    past_window_after: i64,
+    prune_seconds: f64,
+    prune_exit: String,
+    /// Intake (verdicts/s) of each many-apps round.
+    intake_before: Vec<f64>,
+    intake_during: Vec<f64>,
+    intake_after: Vec<f64>,
+    /// Median during pruning over median of the rounds without it (before and after).
+    intake_ratio: Option<f64>,
+    lock_waits: LockWaits,
+    size_after_load_mib: f64,
+    size_after_prune_mib: f64,
+    size_after_rounds_mib: f64,
+}
+
+pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
+    let per_day = args.verdicts.unwrap_or(DEFAULT_PER_DAY);
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let names = Names::of(&["bench", "retention", &id]);
+    let database = args.console_database.clone().unwrap_or(names.database.clone());
+    let server = args.postgres.trim_end_matches('/');
+    let mut file = stack_config(&names, &args.amqp, server);
+    file.postgres.url = format!("{server}/{database}").into();
+    file.zego.push(FileZego::new(2_000_000, &format!("bench-{id}"), "http://127.0.0.1:1"));
+    file.retention.verdicts_days = KEEP_DAYS;
+    let text = file.to_toml();
+    let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+    bouncer::audit::migrate(&config.postgres, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    let options: PgConnectOptions = format!("{server}/{database}").parse().map_err(|e: sqlx::Error| e.to_string())?;
+    let mut conn =
+        PgConnection::connect_with(&options.clone().disable_statement_logging()).await.map_err(|e| e.to_string())?;
+
+    let total = per_day * DAYS as usize;
+    eprintln!("bench: writing {DAYS} days × {per_day} verdicts into {database}");
+    let started = Instant::now();
+    sqlx::raw_sql("SET session_replication_role = replica").execute(&mut conn).await.map_err(|e| e.to_string())?;
+    sqlx::query(GEN)
+        .bind(total as i64)
+        .bind(DAYS as f64)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("{e}\n{GEN}"))?;
+    // The console preset's inserts from `gen`: verdicts, kicks, vendor calls, rejected messages, replays.
+    for step in &console::LOAD[1..] {
+        sqlx::query(sqlx::AssertSqlSafe(*step)).execute(&mut conn).await.map_err(|e| format!("{e}\n{step}"))?;
+    }
+    for step in ["RESET session_replication_role", "DROP TABLE gen", "VACUUM ANALYZE"] {
+        sqlx::raw_sql(step).execute(&mut conn).await.map_err(|e| format!("{step}: {e}"))?;
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    let size_after_load_mib = size_mib(&mut conn).await?;
+    eprintln!("bench: written in {load_seconds:.0} s; {size_after_load_mib:.0} MiB");
+
+    let stop = CancellationToken::new();
+    let sampler = tokio::spawn(sample_lock_waits(options.clone(), database.clone(), stop.clone()));
+    let mut w = workload(args);
+    w.database = Some(database.clone());
+    let round = async |label: &str| -> Result<f64, String> {
+        let r = super::run::run_workload(args, &w).await?;
+        let rate = r.intake_verdicts_per_second.unwrap_or(0.0);
+        eprintln!("bench: {label} round: intake {rate:.0} verdicts/s");
+        Ok(rate)
+    };
+    let mut intake_before = Vec::new();
+    for _ in 0..ROUNDS_BESIDE {
+        intake_before.push(round("before pruning").await?);
+    }
+
+    let past_window = format!("SELECT count(*) FROM verdicts WHERE received_at < now() - interval '{KEEP_DAYS} days'");
+    let past_window_before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(past_window.clone()))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config_path = std::env::temp_dir().join(format!("bouncer-bench-retention-{id}.toml"));
+    std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
+    eprintln!("bench: bouncer prune (verdicts_days = {KEEP_DAYS}) beside intake rounds");
+    let prune_started = Instant::now();
+    let mut pruner = tokio::process::Command::from(bouncer_command())
+        .args(["prune", "--config", &config_path.to_string_lossy()])
+        .env("PGAPPNAME", PRUNER)
+        .env("BOUNCER_LOG", "info")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("bouncer prune: {e}"))?;
+    let mut intake_during = Vec::new();
+    let mut exit = None;
+    while intake_during.len() < MAX_ROUNDS_DURING {
+        intake_during.push(round("during pruning").await?);
+        if let Some(status) = pruner.try_wait().map_err(|e| e.to_string())? {
+            exit = Some(status);
+            break;
+        }
+    }
+    let exit = match exit {
+        Some(s) => s,
+        None => pruner.wait().await.map_err(|e| e.to_string())?,
+    };
+    let prune_seconds = prune_started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&config_path);
+    let past_window_after: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(past_window)).fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
+    let size_after_prune_mib = size_mib(&mut conn).await?;
+    eprintln!("bench: pruned in {prune_seconds:.0} s ({exit}); {past_window_after} verdicts left past the window");
+
+    let mut intake_after = Vec::new();
+    for _ in 0..ROUNDS_BESIDE {
+        intake_after.push(round("after pruning").await?);
+    }
+    stop.cancel();
+    let lock_waits = sampler.await.map_err(|e| e.to_string())??;
+    let size_after_rounds_mib = size_mib(&mut conn).await?;
+    conn.close().await.map_err(|e| e.to_string())?;
+    if args.console_database.is_none() {
+        drop_database(&format!("{server}/postgres"), &database).await;
+    }
+
+    let without: Vec<f64> = intake_before.iter().chain(&intake_after).copied().collect();
+    let intake_ratio = median(&intake_during).zip(median(&without)).map(|(d, b)| d / b);
+    let report = RetentionReport {
+        preset: "retention",
+        machine: Machine::this(),
+        verdicts_per_day: per_day,
+        days: DAYS,
+        keep_days: KEEP_DAYS,
+        load_seconds,
+        past_window_before,
+        past_window_after,
+        prune_seconds,
+        prune_exit: exit.to_string(),
+        intake_before,
+        intake_during,
+        intake_after,
+        intake_ratio,
+        lock_waits,
+        size_after_load_mib,
+        size_after_prune_mib,
+        size_after_rounds_mib,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    } else {
+        print(&report);
+    }
+    if !exit.success() {
+        return Err(format!("bouncer prune failed ({exit})"));
+    }
+    Ok(())
+}
+
+fn print(r: &RetentionReport) {
+    let rates = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "retention over {} days × {} verdicts ({} CPUs, {}); written in {:.0} s",
+        r.days, r.verdicts_per_day, r.machine.cpus, r.machine.os, r.load_seconds
+    );
+    println!(
+        "bouncer prune, verdicts_days = {}: {} verdicts past the window → {} in {:.0} s",
+        r.keep_days, r.past_window_before, r.past_window_after, r.prune_seconds
+    );
+    println!(
+        "many-apps intake, verdicts/s: before [{}], during [{}], after [{}]",
+        rates(&r.intake_before),
+        rates(&r.intake_during),
+        rates(&r.intake_after)
+    );
+    match r.intake_ratio {
+        Some(x) => println!("intake while pruning: {:.0} % of the rounds without (medians)", x * 100.0),
+        None => println!("intake while pruning: no round to compare"),
+    }
+    let l = &r.lock_waits;
+    println!(
+        "lock waits ({} samples, every 10 ms): others' longest {:.0} ms ({} over 100 ms){}; pruning's longest {:.0} ms",
+        l.samples,
+        l.others_max_ms,
+        l.others_over_100ms,
+        l.others_worst.as_deref().map(|q| format!(" in: {q}")).unwrap_or_default(),
+        l.pruning_max_ms
+    );
+    println!(
+        "database size: {:.0} MiB after the load, {:.0} MiB after pruning, {:.0} MiB after the last rounds",
+        r.size_after_load_mib, r.size_after_prune_mib, r.size_after_rounds_mib
+    );
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+async fn size_mib(conn: &mut PgConnection) -> Result<f64, String> {
+    let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Every 10 ms, who in `database` waits on a lock and since when (`pg_locks.waitstart`); one wait
+/// is one (pid, waitstart), its length the longest seen of it.
+async fn sample_lock_waits(
+    options: PgConnectOptions,
+    database: String,
+    stop: CancellationToken,
+) -> Result<LockWaits, String> {
+    let mut conn = PgConnection::connect_with(&options.disable_statement_logging()).await.map_err(|e| e.to_string())?;
+    type Wait = (i32, chrono::DateTime<chrono::Utc>, f64, String, String);
+    let mut waits: HashMap<(i32, chrono::DateTime<chrono::Utc>), (f64, bool, String)> = HashMap::new();
+    let mut samples = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let rows: Vec<Wait> = sqlx::query_as(
+            "SELECT l.pid, l.waitstart, extract(epoch FROM clock_timestamp() - l.waitstart)::float8 * 1000,
+                    coalesce(a.application_name, ''), left(coalesce(a.query, ''), 200)
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND l.waitstart IS NOT NULL AND a.datname = $1",
+        )
+        .bind(&database)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| format!("sampling pg_locks: {e}"))?;
+        samples += 1;
+        for (pid, since, ms, app, query) in rows {
+            let e = waits.entry((pid, since)).or_insert((0.0, app == PRUNER, query));
+            e.0 = e.0.max(ms);
+        }
+    }
+    let _ = conn.close().await;
+    let mut out = LockWaits { samples, ..LockWaits::default() };
+    for (ms, pruning, query) in waits.into_values() {
+        if pruning {
+            out.pruning_max_ms = out.pruning_max_ms.max(ms);
+            continue;
+        }
+        if ms > 100.0 {
+            out.others_over_100ms += 1;
+        }
+        if ms > out.others_max_ms {
+            out.others_max_ms = ms;
+            out.others_worst = Some(query.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    Ok(out)
+}
