@@ -6,6 +6,7 @@ mod api;
 mod outcomes;
 mod pacing;
 mod private_pg;
+mod private_rabbit;
 mod reentry;
 mod replicas;
 mod rollups;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{Connection, ConnectionProperties};
 
-use crate::testkit::{TestEnv, amqp_url};
+use crate::testkit::TestEnv;
 
 /// One event as it arrived: the AMQP properties that matter and the CloudEvents document.
 #[derive(Clone, Debug)]
@@ -36,7 +36,7 @@ impl TestEnv {
 
     /// Reads events from `queue` until `want` arrived or `timeout` passed (acking each).
     pub async fn read_events(&self, queue: &str, want: usize, timeout: Duration) -> Vec<Arrived> {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("connect");
+        let conn = Connection::connect(&self.amqp, ConnectionProperties::default()).await.expect("connect");
         let mut ch = conn.create_channel().await.expect("channel");
         let mut out = Vec::new();
         let started = Instant::now();

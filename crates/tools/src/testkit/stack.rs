@@ -85,15 +85,22 @@ pub struct TestEnv {
     pub config: TempFile,
     /// What `config` holds, as a typed value ([`TestEnv::edit_config`] changes both).
     pub file: FileConfig,
+    /// The broker this test's worker and the test itself use.
+    pub amqp: String,
     publisher: Option<(Connection, lapin::Channel)>,
 }
 
 impl TestEnv {
     pub async fn new(apps: Apps, opts: EnvOptions) -> TestEnv {
+        TestEnv::on_broker(apps, opts, &amqp_url()).await
+    }
+
+    /// A test environment on another broker (a private node in fault tests).
+    pub async fn on_broker(apps: Apps, opts: EnvOptions, amqp: &str) -> TestEnv {
         let sim = start_sim(&apps).await;
         let db = TestDb::named();
         let names = Names::unique("test");
-        let mut file = stack_config(&names, &amqp_url(), &pg_server_url());
+        let mut file = stack_config(&names, amqp, &pg_server_url());
         file.postgres.url = db.url.as_str().into();
         file.amqp.prefetch = opts.prefetch;
         file.http.listen = "127.0.0.1:0".into();
@@ -115,6 +122,7 @@ impl TestEnv {
             connection_name: names.connection_name,
             config,
             file,
+            amqp: amqp.to_owned(),
             publisher: None,
         };
         env.declare().await;
@@ -137,10 +145,14 @@ impl TestEnv {
         Config::from_toml(&self.config_text()).expect("test config")
     }
 
+    /// Connects the test's publisher again (after its broker was restarted).
+    pub async fn reconnect(&mut self) {
+        self.declare().await;
+    }
+
     /// Declares the worker's topology so messages published before it starts are kept.
     async fn declare(&mut self) {
-        let conn =
-            Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("connect to RabbitMQ");
+        let conn = Connection::connect(&self.amqp, ConnectionProperties::default()).await.expect("connect to RabbitMQ");
         let ch = conn.create_channel().await.expect("channel");
         bouncer::intake::topology::declare(&ch, &self.parsed_config().amqp).await.expect("declare topology");
         ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
@@ -295,8 +307,8 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let queue = self.queue.clone();
-        block_on_own_runtime(async move { delete_queues(&amqp_url(), &queue).await });
+        let (queue, amqp) = (self.queue.clone(), self.amqp.clone());
+        block_on_own_runtime(async move { delete_queues(&amqp, &queue).await });
     }
 }
 
