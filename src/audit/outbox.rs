@@ -87,19 +87,21 @@ pub struct Pending {
 
 /// Up to `limit` due events, oldest first, at most one per subject: the oldest of its subject,
 /// so a subject's events go out one at a time and in order (a later one waits while an earlier
-/// one is retried).
-pub async fn due(db: &Db, limit: i64) -> Result<Vec<Pending>, AuditError> {
+/// one is retried or still awaits its confirm). `in_flight`: events published and not yet
+/// settled, left out.
+pub async fn due(db: &Db, limit: i64, in_flight: &[i64]) -> Result<Vec<Pending>, AuditError> {
     Ok(db
         .run(async |c| {
             db.query_as(
                 "SELECT o.id, o.event_id, o.type, o.subject, o.routing_key, o.event, o.traceparent, o.created_at,
                         o.attempts
                  FROM outbox o
-                 WHERE o.next_attempt_at <= now()
+                 WHERE o.next_attempt_at <= now() AND o.id <> ALL($2)
                    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.subject = o.subject AND p.id < o.id)
                  ORDER BY o.id LIMIT $1",
             )
             .bind(limit)
+            .bind(in_flight)
             .fetch_all(c)
             .await
         })

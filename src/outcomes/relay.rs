@@ -18,12 +18,12 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use lapin::Confirmation;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -111,39 +111,77 @@ pub(crate) async fn declare(channel: &Channel, s: &Outcomes) -> lapin::Result<()
 }
 
 /// Relays until cancelled (`Ok`) or the channel fails (`Err`).
+///
+/// Two batches at a time: while the broker confirms one, the next is read and published, so the
+/// database and the broker work side by side. Order per subject holds: an event waits in the
+/// outbox until its predecessor is deleted, and that happens only after the predecessor's confirm.
 async fn relay(db: &Db, s: &Outcomes, channel: &Channel, cancel: &CancellationToken) -> Result<(), lapin::Error> {
+    let mut in_flight: Option<(Vec<Pending>, Sent)> = None;
     loop {
         if cancel.is_cancelled() {
+            if let Some((batch, sent)) = in_flight.take() {
+                settle_and_record(db, &batch, sent).await?;
+            }
             return Ok(());
         }
-        let batch = match outbox::due(db, BATCH).await {
+        let skip: Vec<i64> = in_flight.iter().flat_map(|(b, _)| b.iter().map(|p| p.id)).collect();
+        let batch = match outbox::due(db, BATCH, &skip).await {
             Ok(b) => b,
             Err(e) => {
                 metrics::counter!("bouncer_database_errors_total", "op" => "outbox").increment(1);
                 tracing::warn!(error = %e, "cannot read the outbox; trying again shortly");
+                if let Some((batch, sent)) = in_flight.take() {
+                    settle_and_record(db, &batch, sent).await?;
+                }
                 if !Backoff::sleep(Duration::from_secs(1), cancel).await {
                     return Ok(());
                 }
                 continue;
             }
         };
-        if batch.is_empty() {
+        let full = batch.len() as i64 == BATCH;
+        let next = if batch.is_empty() {
+            None
+        } else {
+            let sent = send(s, channel, &batch).await;
+            Some((batch, sent))
+        };
+        let settled = in_flight.take();
+        let idle = next.is_none() && settled.is_none();
+        if let Some((batch, sent)) = settled {
+            // A lost channel loses nothing: the next batch's events stay in the outbox and go out
+            // again after the reconnect.
+            settle_and_record(db, &batch, sent).await?;
+        }
+        if let Some((_, sent)) = &next
+            && let Some(e) = &sent.channel_error
+        {
+            let e = e.clone();
+            if let Some((batch, sent)) = next {
+                settle_and_record(db, &batch, sent).await?;
+            }
+            return Err(e);
+        }
+        in_flight = next;
+        if idle {
             if !Backoff::sleep(POLL, cancel).await {
                 return Ok(());
             }
-            continue;
-        }
-        let full = batch.len() as i64 == BATCH;
-        let outcome = publish(s, channel, &batch).await;
-        let lost = outcome.channel_error.clone();
-        record(db, &batch, outcome).await;
-        if let Some(e) = lost {
-            return Err(e);
-        }
-        if !full && !Backoff::sleep(Duration::from_millis(1), cancel).await {
+        } else if !full && !Backoff::sleep(Duration::from_millis(1), cancel).await {
+            if let Some((batch, sent)) = in_flight.take() {
+                settle_and_record(db, &batch, sent).await?;
+            }
             return Ok(());
         }
     }
+}
+
+/// A batch published, its confirms not yet awaited.
+struct Sent {
+    confirms: Vec<(i64, PublisherConfirm)>,
+    failed: Vec<(i64, String)>,
+    /// The channel failed while publishing: reconnect after recording.
+    channel_error: Option<lapin::Error>,
 }
 
 /// How a batch came out.
@@ -156,9 +194,8 @@ struct Published {
     channel_error: Option<lapin::Error>,
 }
 
-/// Publishes every event of the batch, then awaits their confirms together.
-async fn publish(s: &Outcomes, channel: &Channel, batch: &[Pending]) -> Published {
-    let mut out = Published::default();
+/// Publishes every event of the batch (their confirms are awaited by [`settle`]).
+async fn send(s: &Outcomes, channel: &Channel, batch: &[Pending]) -> Sent {
     // Published side by side: the frames still leave in the batch's order (the futures are
     // polled in order), and a batch holds at most one event per subject anyway.
     let messages: Vec<(Vec<u8>, BasicProperties)> = batch.iter().map(|p| message(s, p)).collect();
@@ -172,16 +209,23 @@ async fn publish(s: &Outcomes, channel: &Channel, batch: &[Pending]) -> Publishe
         )
     }))
     .await;
-    let mut confirms = Vec::with_capacity(batch.len());
+    let mut out = Sent { confirms: Vec::with_capacity(batch.len()), failed: Vec::new(), channel_error: None };
     for (p, sent) in batch.iter().zip(sent) {
         match sent {
-            Ok(confirm) => confirms.push((p.id, confirm)),
+            Ok(confirm) => out.confirms.push((p.id, confirm)),
             Err(e) => {
                 out.failed.push((p.id, e.to_string()));
                 out.channel_error.get_or_insert(e);
             }
         }
     }
+    out
+}
+
+/// Awaits a published batch's confirms together.
+async fn settle(sent: Sent) -> Published {
+    let Sent { confirms, failed, channel_error } = sent;
+    let mut out = Published { failed, channel_error, ..Published::default() };
     let ids: Vec<i64> = confirms.iter().map(|(id, _)| *id).collect();
     let answers = tokio::time::timeout(CONFIRM_TIMEOUT, join_all(confirms.into_iter().map(|(_, c)| c))).await;
     let Ok(answers) = answers else {
@@ -197,6 +241,14 @@ async fn publish(s: &Outcomes, channel: &Channel, batch: &[Pending]) -> Publishe
         }
     }
     out
+}
+
+/// Settles a batch and records it; the channel's error, if it failed, for a reconnect.
+async fn settle_and_record(db: &Db, batch: &[Pending], sent: Sent) -> Result<(), lapin::Error> {
+    let outcome = settle(sent).await;
+    let lost = outcome.channel_error.clone();
+    record(db, batch, outcome).await;
+    lost.map_or(Ok(()), Err)
 }
 
 /// Writes a batch's outcome: confirmed and unroutable events deleted, the rest rescheduled.
