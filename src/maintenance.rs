@@ -64,10 +64,12 @@ async fn fold_loop(db: &Db, cancel: &CancellationToken) {
 }
 
 async fn prune_loop(db: &Db, retention: &RetentionConfig, cancel: &CancellationToken) {
+    let mut warned = false;
     loop {
         if let Err(e) = prune(db, retention, cancel).await {
             tracing::warn!(error = %e, "pruning stopped early; next pass in a minute");
         }
+        vacuum_if_autovacuum_is_off(db, &mut warned).await;
         if sleep_or_cancel(PRUNE_EVERY, cancel).await {
             return;
         }
@@ -87,14 +89,16 @@ pub async fn prune(
         // One cutoff per table and pass: rows that age past it during the pass wait for the next.
         let cutoff = Utc::now() - window;
         let mut total = retention::Removed::default();
+        let mut cursor = retention::Cursor::start();
         loop {
             if cancel.is_cancelled() {
                 break;
             }
-            let Some(removed) = retention::prune_batch(db, table, cutoff).await? else {
+            let Some(batch) = retention::prune_batch(db, table, cutoff, &cursor).await? else {
                 tracing::debug!(%table, "a pruning batch met a lock and was given up");
                 break;
             };
+            let removed = batch.removed;
             total.rows += removed.rows;
             total.dependents += removed.dependents;
             metrics::counter!("bouncer_rows_pruned_total", "table" => table.as_str()).increment(removed.rows as u64);
@@ -102,8 +106,11 @@ pub async fn prune(
                 metrics::counter!("bouncer_rows_pruned_total", "table" => "kicks+replays")
                     .increment(removed.dependents as u64);
             }
-            if removed.rows < retention::BATCH {
+            if batch.examined < retention::BATCH {
                 break;
+            }
+            if let Some(c) = batch.cursor {
+                cursor = c;
             }
             sleep_or_cancel(PAUSE, cancel).await;
         }
@@ -113,6 +120,45 @@ pub async fn prune(
         out.push((table, total));
     }
     Ok(out)
+}
+
+/// Where the server's autovacuum is off, Bouncer's own tables would never give back their dead
+/// rows: the outbox, rollup deltas and leases (rewritten every second) would bloat and slow every
+/// read of them, and the space pruning frees would never be reused. So the maintenance replica
+/// says so once and vacuums its tables by autovacuum's own rule after each pruning pass.
+async fn vacuum_if_autovacuum_is_off(db: &Db, warned: &mut bool) {
+    match retention::autovacuum_on(db).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the autovacuum setting");
+            return;
+        }
+    }
+    if !*warned {
+        tracing::warn!(
+            "PostgreSQL's autovacuum is off: this replica vacuums Bouncer's tables itself after each pruning pass; turn autovacuum on"
+        );
+        *warned = true;
+    }
+    let due = match retention::vacuums_due(db).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read table statistics for vacuuming");
+            return;
+        }
+    };
+    for vacuum in due {
+        let started = std::time::Instant::now();
+        match db.utility(vacuum).await {
+            Ok(()) => tracing::info!(
+                statement = vacuum,
+                seconds = started.elapsed().as_secs_f64(),
+                "vacuumed (autovacuum is off)"
+            ),
+            Err(e) => tracing::warn!(statement = vacuum, error = %e, "vacuum failed"),
+        }
+    }
 }
 
 /// Sleeps for `d`; true if cancelled first.

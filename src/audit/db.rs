@@ -137,6 +137,13 @@ impl Db {
         }
     }
 
+    /// One utility statement outside any transaction block (`VACUUM` refuses to run in one), by
+    /// the simple protocol; through a transaction pooler it is a transaction of its own.
+    pub(crate) async fn utility(&self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql).execute(&mut *self.pool.acquire().await?).await?;
+        Ok(())
+    }
+
     /// A transaction, in either mode.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
