@@ -55,9 +55,12 @@ const GEN: &str = "CREATE TEMP TABLE gen AS
 struct LockWaits {
     /// Longest wait seen of a statement not pruning's (intake, enforcement, the relay...).
     others_max_ms: f64,
-    /// Distinct waits of those over 100 ms.
-    others_over_100ms: usize,
-    /// The statement that waited longest, its first 200 characters.
+    /// Distinct waits of those over 100 ms: before pruning, during, after.
+    others_over_100ms: [usize; 3],
+    /// The longest of those waits before pruning, during, after (ms).
+    others_max_ms_by_phase: [f64; 3],
+    /// The statement that waited longest (its first 200 characters), the lock it waited for and
+    /// the statement of the backend that held it.
     others_worst: Option<String>,
     /// Longest wait seen of pruning's own statements (they give up at 100 ms).
     pruning_max_ms: f64,
@@ -128,7 +131,8 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     eprintln!("bench: written in {load_seconds:.0} s; {size_after_load_mib:.0} MiB");
 
     let stop = CancellationToken::new();
-    let sampler = tokio::spawn(sample_lock_waits(options.clone(), database.clone(), stop.clone()));
+    let phase = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = tokio::spawn(sample_lock_waits(options.clone(), database.clone(), stop.clone(), phase.clone()));
     let mut w = workload(args);
     w.database = Some(database.clone());
     let round = async |label: &str| -> Result<f64, String> {
@@ -151,6 +155,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
     eprintln!("bench: bouncer prune (verdicts_days = {KEEP_DAYS}) beside intake rounds");
     let prune_started = Instant::now();
+    phase.store(1, std::sync::atomic::Ordering::Relaxed);
     let mut pruner = tokio::process::Command::from(bouncer_command())
         .args(["prune", "--config", &config_path.to_string_lossy()])
         .env("PGAPPNAME", PRUNER)
@@ -179,6 +184,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     let size_after_prune_mib = size_mib(&mut conn).await?;
     eprintln!("bench: pruned in {prune_seconds:.0} s ({exit}); {past_window_after} verdicts left past the window");
 
+    phase.store(2, std::sync::atomic::Ordering::Relaxed);
     let mut intake_after = Vec::new();
     for _ in 0..ROUNDS_BESIDE {
         intake_after.push(round("after pruning").await?);
@@ -246,10 +252,15 @@ fn print(r: &RetentionReport) {
     }
     let l = &r.lock_waits;
     println!(
-        "lock waits ({} samples, every 10 ms): others' longest {:.0} ms ({} over 100 ms){}; pruning's longest {:.0} ms",
+        "lock waits ({} samples, every 10 ms): others' longest {:.0} ms (before / during / after pruning: {:.0} / {:.0} / {:.0} ms; over 100 ms: {} / {} / {}){}; pruning's longest {:.0} ms",
         l.samples,
         l.others_max_ms,
-        l.others_over_100ms,
+        l.others_max_ms_by_phase[0],
+        l.others_max_ms_by_phase[1],
+        l.others_max_ms_by_phase[2],
+        l.others_over_100ms[0],
+        l.others_over_100ms[1],
+        l.others_over_100ms[2],
         l.others_worst.as_deref().map(|q| format!(" in: {q}")).unwrap_or_default(),
         l.pruning_max_ms
     );
@@ -283,17 +294,23 @@ async fn sample_lock_waits(
     options: PgConnectOptions,
     database: String,
     stop: CancellationToken,
+    phase: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<LockWaits, String> {
     let mut conn = PgConnection::connect_with(&options.disable_statement_logging()).await.map_err(|e| e.to_string())?;
     type Wait = (i32, chrono::DateTime<chrono::Utc>, f64, String, String);
-    let mut waits: HashMap<(i32, chrono::DateTime<chrono::Utc>), (f64, bool, String)> = HashMap::new();
+    // (pid, waitstart) → (longest ms, pruning's, what waited on what, phase)
+    let mut waits: HashMap<(i32, chrono::DateTime<chrono::Utc>), (f64, bool, String, usize)> = HashMap::new();
     let mut samples = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while !stop.is_cancelled() {
         tick.tick().await;
         let rows: Vec<Wait> = sqlx::query_as(
             "SELECT l.pid, l.waitstart, extract(epoch FROM clock_timestamp() - l.waitstart)::float8 * 1000,
-                    coalesce(a.application_name, ''), left(coalesce(a.query, ''), 200)
+                    coalesce(a.application_name, ''),
+                    left(coalesce(a.query, ''), 200) || ' [waits for ' || l.locktype || ' ' || l.mode
+                    || coalesce(' on ' || l.relation::regclass::text, '') || ' held by: '
+                    || coalesce((SELECT left(b.query, 120) FROM pg_stat_activity b
+                                 WHERE b.pid = (pg_blocking_pids(l.pid))[1]), '?') || ']'
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
              WHERE NOT l.granted AND l.waitstart IS NOT NULL AND a.datname = $1",
         )
@@ -302,21 +319,23 @@ async fn sample_lock_waits(
         .await
         .map_err(|e| format!("sampling pg_locks: {e}"))?;
         samples += 1;
+        let now = phase.load(std::sync::atomic::Ordering::Relaxed).min(2);
         for (pid, since, ms, app, query) in rows {
-            let e = waits.entry((pid, since)).or_insert((0.0, app == PRUNER, query));
+            let e = waits.entry((pid, since)).or_insert((0.0, app == PRUNER, query, now));
             e.0 = e.0.max(ms);
         }
     }
     let _ = conn.close().await;
     let mut out = LockWaits { samples, ..LockWaits::default() };
-    for (ms, pruning, query) in waits.into_values() {
+    for (ms, pruning, query, phase) in waits.into_values() {
         if pruning {
             out.pruning_max_ms = out.pruning_max_ms.max(ms);
             continue;
         }
         if ms > 100.0 {
-            out.others_over_100ms += 1;
+            out.others_over_100ms[phase] += 1;
         }
+        out.others_max_ms_by_phase[phase] = out.others_max_ms_by_phase[phase].max(ms);
         if ms > out.others_max_ms {
             out.others_max_ms = ms;
             out.others_worst = Some(query.split_whitespace().collect::<Vec<_>>().join(" "));
