@@ -288,6 +288,18 @@ async fn size_mib(conn: &mut PgConnection) -> Result<f64, String> {
     Ok(bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// One wait, as the samples saw it.
+struct SeenWait {
+    /// The longest it was seen to last.
+    ms: f64,
+    /// A statement of the pruning process.
+    pruning: bool,
+    /// The statement, the lock and the holder's statement.
+    what: String,
+    /// 0 before pruning, 1 during, 2 after.
+    phase: usize,
+}
+
 /// Every 10 ms, who in `database` waits on a lock and since when (`pg_locks.waitstart`); one wait
 /// is one (pid, waitstart), its length the longest seen of it.
 async fn sample_lock_waits(
@@ -298,8 +310,7 @@ async fn sample_lock_waits(
 ) -> Result<LockWaits, String> {
     let mut conn = PgConnection::connect_with(&options.disable_statement_logging()).await.map_err(|e| e.to_string())?;
     type Wait = (i32, chrono::DateTime<chrono::Utc>, f64, String, String);
-    // (pid, waitstart) → (longest ms, pruning's, what waited on what, phase)
-    let mut waits: HashMap<(i32, chrono::DateTime<chrono::Utc>), (f64, bool, String, usize)> = HashMap::new();
+    let mut waits: HashMap<(i32, chrono::DateTime<chrono::Utc>), SeenWait> = HashMap::new();
     let mut samples = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while !stop.is_cancelled() {
@@ -321,13 +332,18 @@ async fn sample_lock_waits(
         samples += 1;
         let now = phase.load(std::sync::atomic::Ordering::Relaxed).min(2);
         for (pid, since, ms, app, query) in rows {
-            let e = waits.entry((pid, since)).or_insert((0.0, app == PRUNER, query, now));
-            e.0 = e.0.max(ms);
+            let e = waits.entry((pid, since)).or_insert(SeenWait {
+                ms: 0.0,
+                pruning: app == PRUNER,
+                what: query,
+                phase: now,
+            });
+            e.ms = e.ms.max(ms);
         }
     }
     let _ = conn.close().await;
     let mut out = LockWaits { samples, ..LockWaits::default() };
-    for (ms, pruning, query, phase) in waits.into_values() {
+    for SeenWait { ms, pruning, what: query, phase } in waits.into_values() {
         if pruning {
             out.pruning_max_ms = out.pruning_max_ms.max(ms);
             continue;
