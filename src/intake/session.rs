@@ -20,7 +20,7 @@ pub(super) enum SessionError {
     Amqp(#[from] lapin::Error),
     #[error("the consumer was cancelled or its channel closed")]
     ConsumerEnded,
-    #[error("disconnected for over a minute without recovering")]
+    #[error("disconnected for over 15 s without recovering")]
     Stalled,
     #[error("a delivery could not be parsed by the AMQP client: {0}")]
     Unparseable(String),
@@ -157,12 +157,14 @@ impl Intake {
                     }
                 },
                 _ = watchdog.tick() => {
-                    // A consumer can stop silently if recovery stalls: give it a minute, then
-                    // start a fresh session.
+                    // A consumer can stop silently if recovery stalls (seen: lapin's recovery
+                    // stuck on "unexpected connection open-ok … awaiting ProtocolHeader" after a
+                    // cut connection): its own retries take a few seconds, so after 15 s start a
+                    // fresh session rather than wait out a minute.
                     let up = conn.status().connected();
                     self.status.connected.store(up, Ordering::Relaxed);
                     disconnected_for = if up { 0 } else { disconnected_for + 1 };
-                    if disconnected_for > 30 {
+                    if disconnected_for > 7 {
                         return Err(SessionError::Stalled);
                     }
                 }
