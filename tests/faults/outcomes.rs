@@ -36,21 +36,7 @@ async fn every_event_arrives_after_a_sigkill_of_the_relay_and_a_forced_close_of_
     assert_all_enforced(&env, 1500).await;
     env.wait_for_count("SELECT count(*) FROM outbox", 0, Duration::from_secs(60)).await;
 
-    let events = env.read_events(&env.outcomes_queue(), 1500, Duration::from_secs(60)).await;
-    // Whatever else is still queued: the duplicates.
-    let extra = env.read_events(&env.outcomes_queue(), usize::MAX, Duration::from_secs(2)).await;
-    let mut by_subject: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for e in events.iter().chain(&extra) {
-        let id = e.event["id"].as_str().expect("id").to_owned();
-        assert_eq!(e.message_id.as_deref(), Some(id.as_str()));
-        by_subject.entry(e.event["subject"].as_str().expect("subject").to_owned()).or_default().insert(id);
-    }
-    assert_eq!(by_subject.len(), 1500, "every verdict's event arrived");
-    assert!(
-        by_subject.values().all(|ids| ids.len() == 1),
-        "a verdict finished once has one event id, however often sent"
-    );
-    let arrivals = events.len() + extra.len();
+    let arrivals = read_one_id_per_verdict(&env, 1500).await;
     eprintln!("events: 1500 distinct, {arrivals} arrivals ({} duplicates)", arrivals - 1500);
     assert!(second.child.id() > 0);
 }
@@ -80,7 +66,18 @@ async fn every_event_arrives_after_the_broker_is_stopped_for_30_s() {
         "the relay said what happened"
     );
 
-    let events = env.read_events(&env.outcomes_queue(), 3000, Duration::from_secs(60)).await;
+    let arrivals = read_one_id_per_verdict(&env, 3000).await;
+    eprintln!(
+        "broker stopped 30 s: {waiting} events waited; 3000 distinct, {arrivals} arrivals ({} duplicates)",
+        arrivals - 3000
+    );
+}
+
+/// Reads every event from the outcomes queue, then whatever else is queued (the duplicates), and
+/// checks that each of `n` verdicts' events arrived with one id however often it was sent, the
+/// AMQP message id equal to it. Returns the arrivals, duplicates included.
+async fn read_one_id_per_verdict(env: &TestEnv, n: usize) -> usize {
+    let events = env.read_events(&env.outcomes_queue(), n, Duration::from_secs(60)).await;
     let extra = env.read_events(&env.outcomes_queue(), usize::MAX, Duration::from_secs(2)).await;
     let mut by_subject: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in events.iter().chain(&extra) {
@@ -88,11 +85,10 @@ async fn every_event_arrives_after_the_broker_is_stopped_for_30_s() {
         assert_eq!(e.message_id.as_deref(), Some(id.as_str()));
         by_subject.entry(e.event["subject"].as_str().expect("subject").to_owned()).or_default().insert(id);
     }
-    assert_eq!(by_subject.len(), 3000, "every verdict's event arrived");
-    assert!(by_subject.values().all(|ids| ids.len() == 1), "a resent event keeps its id");
-    let arrivals = events.len() + extra.len();
-    eprintln!(
-        "broker stopped 30 s: {waiting} events waited; 3000 distinct, {arrivals} arrivals ({} duplicates)",
-        arrivals - 3000
+    assert_eq!(by_subject.len(), n, "every verdict's event arrived");
+    assert!(
+        by_subject.values().all(|ids| ids.len() == 1),
+        "a verdict finished once has one event id, however often sent"
     );
+    events.len() + extra.len()
 }
