@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use bouncer::config::{Config, FileZego};
+use bouncer::config::{Config, FileConfig, FileZego};
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -264,17 +264,26 @@ async fn time_page(http: &reqwest::Client, base: &str, name: &str, path: &str) -
     })
 }
 
-pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
-    let verdicts = args.verdicts.unwrap_or(DEFAULT_VERDICTS);
-    // The default trail is a month with a busy last day; `--verdicts N` is one day of N verdicts.
-    let history = if args.verdicts.is_some() { 0.0 } else { 0.9 };
+/// A run that writes its trail straight into PostgreSQL: its id, its database (`--console-database`
+/// or one of its own) and a configuration pointing there with one ZEGO app (the console and
+/// `bouncer prune` need one configured).
+pub(super) fn trail_database(args: &BenchArgs, preset: &str) -> (String, String, FileConfig) {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let names = Names::of(&["bench", "console", &id]);
+    let names = Names::of(&["bench", preset, &id]);
     let database = args.console_database.clone().unwrap_or(names.database.clone());
     let server = args.postgres.trim_end_matches('/');
     let mut file = stack_config(&names, &args.amqp, server);
     file.postgres.url = format!("{server}/{database}").into();
     file.zego.push(FileZego::new(2_000_000, &format!("bench-{id}"), "http://127.0.0.1:1"));
+    (id, database, file)
+}
+
+pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
+    let verdicts = args.verdicts.unwrap_or(DEFAULT_VERDICTS);
+    // The default trail is a month with a busy last day; `--verdicts N` is one day of N verdicts.
+    let history = if args.verdicts.is_some() { 0.0 } else { 0.9 };
+    let (id, database, file) = trail_database(args, "console");
+    let server = args.postgres.trim_end_matches('/');
     let text = file.to_toml();
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
     bouncer::audit::migrate(&config.postgres, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bouncer::config::{Config, FileZego};
+use bouncer::config::Config;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::report::Machine;
 use super::workload::workload;
 use super::{BenchArgs, console};
-use crate::testkit::{Names, bouncer_command, drop_database, stack_config};
+use crate::testkit::{bouncer_command, drop_database};
 
 const DAYS: i64 = 7;
 const KEEP_DAYS: u32 = 5;
@@ -94,13 +94,8 @@ struct RetentionReport {
 
 pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     let per_day = args.verdicts.unwrap_or(DEFAULT_PER_DAY);
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let names = Names::of(&["bench", "retention", &id]);
-    let database = args.console_database.clone().unwrap_or(names.database.clone());
+    let (id, database, mut file) = console::trail_database(args, "retention");
     let server = args.postgres.trim_end_matches('/');
-    let mut file = stack_config(&names, &args.amqp, server);
-    file.postgres.url = format!("{server}/{database}").into();
-    file.zego.push(FileZego::new(2_000_000, &format!("bench-{id}"), "http://127.0.0.1:1"));
     file.retention.verdicts_days = KEEP_DAYS;
     let text = file.to_toml();
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
