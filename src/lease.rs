@@ -41,10 +41,17 @@ impl Lease {
         }
     }
 
-    /// A renewal was confirmed.
-    pub fn extend_to(&self, until: Instant) {
+    /// A renewal was confirmed: the lease runs to `until`, unless it ran out already. A lease that
+    /// ran out stays out, even when a slow renewal comes back confirmed: its lanes and call tasks
+    /// stopped on seeing it (leaving the kicks they held pending), so the elector drops the group
+    /// and takes it afresh. Returns whether the lease was still valid.
+    pub fn extend_to(&self, until: Instant) -> bool {
         let mut v = self.slot();
+        if Instant::now() >= *v {
+            return false;
+        }
         *v = (*v).max(until);
+        true
     }
 
     /// Stop starting calls at once (release, loss, shutdown).
@@ -68,9 +75,12 @@ mod tests {
         assert!(l.is_valid());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!l.is_valid(), "expired without a renewal");
-        l.extend_to(Instant::now() + Duration::from_secs(2));
+        assert!(!l.extend_to(Instant::now() + Duration::from_secs(2)), "a renewal confirmed too late");
+        assert!(!l.is_valid(), "does not bring a lease that ran out back");
+        let l = Lease::new(2, Instant::now() + Duration::from_secs(2));
         l.revoke();
         assert!(!l.is_valid());
+        assert!(!l.extend_to(Instant::now() + Duration::from_secs(2)), "nor one revoked");
     }
 
     #[tokio::test(start_paused = true)]

@@ -160,8 +160,14 @@ impl Elector {
         let until = self.lease_until(sent);
         let lost: Vec<QuotaGroup> =
             self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
-        for lease in self.owned.values() {
-            lease.extend_to(until);
+        // A lease that ran out while the renewal was on its way is not brought back (see
+        // `Lease::extend_to`): its lanes may have stopped, so the group is dropped here and taken
+        // afresh once the database shows it free.
+        let ran_out: Vec<QuotaGroup> =
+            self.owned.iter().filter(|(_, lease)| !lease.extend_to(until)).map(|(g, _)| g.clone()).collect();
+        for g in ran_out {
+            tracing::error!(quota_group = %g.as_str(), "could not confirm ownership in time: stopped calling this quota");
+            self.lose(&g);
         }
         for g in lost {
             tracing::error!(quota_group = %g.as_str(), "lease taken over: stopped calling this quota");

@@ -120,7 +120,10 @@ impl Drop for WorkerProcess {
                     .join("\n")
             );
         }
-        let _ = std::fs::remove_file(&self.log);
+        // BOUNCER_KEEP_LOGS=1 keeps every worker's log for a post-mortem of a flaky run.
+        if std::env::var_os("BOUNCER_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
