@@ -1,14 +1,18 @@
 //! Telling the owner of a quota that new work is due, promptly: in-process when intake runs in
 //! the owner's own process, otherwise through PostgreSQL's LISTEN/NOTIFY (one notification per
-//! intake transaction). Lanes also poll every second, so a lost notification only costs latency;
-//! while no LISTEN connection is up — none configured behind a transaction pooler, or lost — they
-//! poll every `postgres.poll_interval_ms` instead.
+//! intake transaction that has news for another replica). Lanes also poll every second, so a lost
+//! notification only costs latency; while no LISTEN connection is up — none configured behind a
+//! transaction pooler, or lost — they poll every `postgres.poll_interval_ms` instead.
 //!
-//! A notification's payload is a [`WakeNote`].
+//! A notification's payload is a [`WakeNote`]. Intake leaves out the apps whose lanes run in its
+//! own process: a NOTIFY takes PostgreSQL's global notify-queue lock from the commit to the end of
+//! its WAL flush, so every committing NOTIFY waits behind every other; a single replica that owns
+//! everything sends none (the retention bench saw intake commits wait 100–280 ms on that lock while
+//! pruning wrote WAL).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -22,13 +26,21 @@ use crate::retry::Backoff;
 /// One wake-up per configured app, shared by intake, the listener and the app's lane (whichever
 /// incarnation of it runs now), plus one for the elector.
 pub struct Wakers {
-    apps: HashMap<AppKey, Arc<Notify>>,
+    apps: HashMap<AppKey, AppWake>,
     /// Woken when a lease is released somewhere, so contenders look at once.
     pub owners: Arc<Notify>,
     /// Whether a LISTEN connection is up now.
     listening: Arc<AtomicBool>,
     /// How often lanes look for work while it is not (`postgres.poll_interval_ms`).
     poll_interval: Duration,
+}
+
+/// One app's wake-up and how many of its lanes run in this process now (0 or 1; a counter, so a
+/// lane still ending while its successor starts cannot hide the successor).
+#[derive(Default)]
+struct AppWake {
+    notify: Arc<Notify>,
+    lanes_here: Arc<AtomicUsize>,
 }
 
 /// The polling fallback while notifications arrive: a lost one costs at most this.
@@ -38,7 +50,7 @@ impl Wakers {
     pub fn new(apps: impl IntoIterator<Item = AppKey>, poll_interval: Duration) -> Wakers {
         metrics::gauge!("bouncer_listen_connected").set(0.0);
         Wakers {
-            apps: apps.into_iter().map(|k| (k, Arc::new(Notify::new()))).collect(),
+            apps: apps.into_iter().map(|k| (k, AppWake::default())).collect(),
             owners: Arc::default(),
             listening: Arc::default(),
             poll_interval,
@@ -52,24 +64,32 @@ impl Wakers {
         metrics::gauge!("bouncer_listen_connected").set(if up { 1.0 } else { 0.0 });
     }
 
-    /// What the app's lane waits on.
+    /// What the app's lane waits on. The app counts as running here until the lane drops it.
     pub fn for_lane(&self, app: AppKey) -> LaneWake {
-        LaneWake {
-            notify: self.apps.get(&app).cloned().unwrap_or_default(),
-            listening: self.listening.clone(),
-            poll_interval: self.poll_interval,
-        }
+        let (notify, here) = match self.apps.get(&app) {
+            Some(a) => (a.notify.clone(), a.lanes_here.clone()),
+            None => Default::default(),
+        };
+        here.fetch_add(1, Ordering::Relaxed);
+        LaneWake { notify, here, listening: self.listening.clone(), poll_interval: self.poll_interval }
     }
 
     /// Wakes the app's lane if it runs here (or the next one to start).
     pub fn wake(&self, app: AppKey) {
-        if let Some(n) = self.apps.get(&app) {
-            n.notify_one();
+        if let Some(a) = self.apps.get(&app) {
+            a.notify.notify_one();
         }
     }
 
+    /// Whether the app's lane runs in this process now, so an in-process wake-up reaches it. A
+    /// lane that stops just after this answered yes costs its successor elsewhere at most one
+    /// poll (a new lane also looks for work as it starts).
+    pub fn runs_here(&self, app: AppKey) -> bool {
+        self.apps.get(&app).is_some_and(|a| a.lanes_here.load(Ordering::Relaxed) > 0)
+    }
+
     fn wake_all(&self) {
-        self.apps.values().for_each(|n| n.notify_one());
+        self.apps.values().for_each(|a| a.notify.notify_one());
     }
 
     /// Acts on a notification from another process.
@@ -88,8 +108,16 @@ impl Wakers {
 /// A lane's wake-ups: notifications, and how often to look for work without one.
 pub struct LaneWake {
     pub notify: Arc<Notify>,
+    /// The app's count of lanes running here, held for as long as this lane runs.
+    here: Arc<AtomicUsize>,
     listening: Arc<AtomicBool>,
     poll_interval: Duration,
+}
+
+impl Drop for LaneWake {
+    fn drop(&mut self) {
+        self.here.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LaneWake {
@@ -157,7 +185,7 @@ mod tests {
     async fn a_notification_wakes_the_named_lanes_but_not_from_this_process() {
         let (zego, trtc) = (AppKey::new(Vendor::Zego, 1), AppKey::new(Vendor::Trtc, 2));
         let w = Wakers::new([zego, trtc], Duration::from_millis(250));
-        let (z, t) = (w.for_lane(zego).notify, w.for_lane(trtc).notify);
+        let (z, t) = (w.for_lane(zego).notify.clone(), w.for_lane(trtc).notify.clone());
         w.on_work("me", "me|zego:1");
         w.on_work("me", "other|trtc:2,zego:999,bogus");
         let woke = |n: &Arc<Notify>| n.notified().now_or_never_is_ready();
@@ -165,6 +193,21 @@ mod tests {
         assert!(woke(&t));
         w.on_work("me", "other|*");
         assert!(woke(&z) && woke(&t));
+    }
+
+    #[test]
+    fn an_app_runs_here_while_a_lane_holds_its_wake_up() {
+        let (zego, other) = (AppKey::new(Vendor::Zego, 1), AppKey::new(Vendor::Zego, 2));
+        let w = Wakers::new([zego], Duration::from_millis(250));
+        assert!(!w.runs_here(zego));
+        let ending = w.for_lane(zego);
+        let successor = w.for_lane(zego);
+        drop(ending);
+        assert!(w.runs_here(zego), "the successor still runs");
+        drop(successor);
+        assert!(!w.runs_here(zego));
+        let _unknown = w.for_lane(other);
+        assert!(!w.runs_here(other), "an app not configured here never runs here");
     }
 
     #[test]

@@ -275,7 +275,9 @@ impl Intake {
                 NewVerdict { verdict: v, payload, deliveries, unconfigured, traceparent }
             })
             .collect();
-        let note = (!woken.is_empty()).then(|| WakeNote::new(&self.me, woken.iter().copied()));
+        // Other replicas hear only of apps whose lanes do not run here (see `crate::wake`).
+        let elsewhere: Vec<AppKey> = woken.iter().copied().filter(|app| !self.wakers.runs_here(*app)).collect();
+        let note = (!elsewhere.is_empty()).then(|| WakeNote::new(&self.me, elsewhere));
         let recorded =
             record::record(&self.pool, &new, &rejections, note.as_ref(), &self.rule_apps, self.events).await?;
         // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
