@@ -271,9 +271,10 @@ async fn insert_kicks(
     }
     if !unconfigured_ids.is_empty() {
         db.query(
+            // `IS NOT DISTINCT FROM`: by key, not through the pending rows' index (see `results`).
             "UPDATE kicks k SET status = 'failed', last_error = x.error, next_attempt_at = NULL, updated_at = now()
              FROM UNNEST($1::text[], $2::text[]) AS x(verdict_id, error)
-             WHERE k.verdict_id = x.verdict_id AND k.status = 'pending'",
+             WHERE k.verdict_id = x.verdict_id AND k.status IS NOT DISTINCT FROM 'pending'",
         )
         .bind(&unconfigured_ids)
         .bind(&unconfigured_why)

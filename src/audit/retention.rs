@@ -75,10 +75,13 @@ impl Table {
         match self {
             Table::Verdicts => {
                 "t.received_at < $1 AND t.status <> 'pending' AND t.finished_at < $1
-                 AND NOT EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = t.verdict_id AND k.status = 'pending')
+                 -- By key, not through the pending rows' index (see `results`).
+                 AND NOT EXISTS (SELECT 1 FROM kicks k WHERE k.verdict_id = t.verdict_id
+                                 AND k.status IS NOT DISTINCT FROM 'pending')
                  AND NOT EXISTS (SELECT 1 FROM bans b WHERE b.verdict_id = t.verdict_id AND b.ended_at IS NULL
                                  AND b.expires_at > now())
-                 AND NOT EXISTS (SELECT 1 FROM reentries r WHERE r.verdict_id = t.verdict_id AND r.status = 'pending')
+                 AND NOT EXISTS (SELECT 1 FROM reentries r WHERE r.verdict_id = t.verdict_id
+                                 AND r.status IS NOT DISTINCT FROM 'pending')
                  -- Probed per verdict (OFFSET 0 keeps it a subplan): the outbox is a queue whose
                  -- statistics lag, and a hash of it read its dead rows every batch.
                  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.subject = t.verdict_id OFFSET 0)"
@@ -89,6 +92,7 @@ impl Table {
             Table::RejectedMessages => "t.received_at < $1",
             Table::Bans => {
                 "coalesce(t.ended_at, t.expires_at) < $1 AND t.rule_state NOT IN ('pending', 'in_force', 'delete_due')
+                 -- Through the pending re-entries' index: there is none on `ban_id`, and few are pending.
                  AND NOT EXISTS (SELECT 1 FROM reentries r WHERE r.ban_id = t.id AND r.status = 'pending')"
             }
             Table::Rollups => "t.minute < $1",
