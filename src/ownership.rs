@@ -271,19 +271,21 @@ impl Elector {
         }
         metrics::counter!("bouncer_ownership_changes_total", "change" => "released").increment(1);
         self.enforcement.flush().await;
-        self.release(g, lease.term).await;
+        self.release(&[(g, lease.term)]).await;
         self.view.owned_groups.store(self.owned.len(), Ordering::Relaxed);
     }
 
-    /// Ends this replica's lease on `g` now and tells contenders.
-    async fn release(&self, g: &QuotaGroup, term: i64) {
-        let released = leases::release(&self.leases, &self.me.worker_id, g.as_str(), term);
+    /// Ends this replica's leases (group and term) now and tells contenders, in one transaction.
+    async fn release(&self, groups: &[(&QuotaGroup, i64)]) {
+        let leases: Vec<(&str, i64)> = groups.iter().map(|(g, term)| (g.as_str(), *term)).collect();
+        let names = || leases.iter().map(|(g, _)| *g).collect::<Vec<_>>().join(",");
+        let released = leases::release(&self.leases, &self.me.worker_id, &leases);
         match tokio::time::timeout(self.budget(), released).await {
-            Ok(Ok(())) => tracing::info!(quota_group = %g.as_str(), "handed this quota over"),
+            Ok(Ok(())) => tracing::info!(quota_group = %names(), "handed this quota over"),
             Ok(Err(e)) => {
-                tracing::warn!(quota_group = %g.as_str(), error = %e, "could not release the lease; it runs out by itself")
+                tracing::warn!(quota_group = %names(), error = %e, "could not release the lease; it runs out by itself")
             }
-            Err(_) => tracing::warn!(quota_group = %g.as_str(), "releasing the lease timed out; it runs out by itself"),
+            Err(_) => tracing::warn!(quota_group = %names(), "releasing the lease timed out; it runs out by itself"),
         }
     }
 
@@ -309,9 +311,8 @@ impl Elector {
             }
         }
         self.enforcement.flush().await;
-        for (g, term, _) in &stopped {
-            self.release(g, *term).await;
-        }
+        let released: Vec<(&QuotaGroup, i64)> = stopped.iter().map(|(g, term, _)| (g, *term)).collect();
+        self.release(&released).await;
         let _ = tokio::time::timeout(self.budget(), leases::leave(&self.leases, &self.me.worker_id)).await;
         tracing::info!(groups = stopped.len(), "left: every quota handed over");
         self.view.owned_groups.store(0, Ordering::Relaxed);

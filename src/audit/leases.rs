@@ -101,19 +101,28 @@ pub async fn acquire(
     Ok(row.map(|(term, wait_ms)| Acquired { term, first_call_in: Duration::from_secs_f64(wait_ms.max(0.0) / 1000.0) }))
 }
 
-/// Gives `group` up now (ends the lease at the current time) and tells contenders.
-pub async fn release(db: &Db, worker: &str, group: &str, term: i64) -> Result<(), AuditError> {
+/// Gives these leases (group and term) up now — each ends at the current time — and tells
+/// contenders with one notification: a notifying commit takes PostgreSQL's global notify lock, so a
+/// replica leaving with many leases sends one, not one per lease.
+pub async fn release(db: &Db, worker: &str, leases: &[(&str, i64)]) -> Result<(), AuditError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<&str> = leases.iter().map(|(g, _)| *g).collect();
+    let terms: Vec<i64> = leases.iter().map(|(_, t)| *t).collect();
     let mut tx = db.begin().await?;
     db.query(
-        "UPDATE quota_owners SET expires_at = LEAST(expires_at, now())
-         WHERE quota_group = $1 AND worker_id = $2 AND term = $3",
+        "UPDATE quota_owners o SET expires_at = LEAST(o.expires_at, now())
+         FROM UNNEST($2::text[], $3::int8[]) AS r(quota_group, term)
+         WHERE o.quota_group = r.quota_group AND o.term = r.term AND o.worker_id = $1",
     )
-    .bind(group)
     .bind(worker)
-    .bind(term)
+    .bind(&groups)
+    .bind(&terms)
     .execute(&mut *tx)
     .await?;
-    db.query("SELECT pg_notify($1, $2)").bind(OWNERS_CHANNEL).bind(group).execute(&mut *tx).await?;
+    // Listeners look at every free lease on any notification; the payload names the first.
+    db.query("SELECT pg_notify($1, $2)").bind(OWNERS_CHANNEL).bind(groups[0]).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
