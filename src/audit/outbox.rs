@@ -97,7 +97,10 @@ pub async fn due(db: &Db, limit: i64, in_flight: &[i64]) -> Result<Vec<Pending>,
                         o.attempts
                  FROM outbox o
                  WHERE o.next_attempt_at <= now() AND o.id <> ALL($2)
-                   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.subject = o.subject AND p.id < o.id)
+                   -- Probed per event through `outbox_subject` (OFFSET 0 keeps it a subplan): with
+                   -- statistics from a quiet moment the planner joined every due event to a full
+                   -- scan of the outbox, 4.4 s a batch at 8,000 waiting (the retention bench).
+                   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.subject = o.subject AND p.id < o.id OFFSET 0)
                  ORDER BY o.id LIMIT $1",
             )
             .bind(limit)

@@ -109,6 +109,17 @@ async fn the_mixed_pipeline_ends_as_it_should_over_direct_connections() {
     mixed_pipeline(Route::Direct).await;
 }
 
+/// PostgreSQL's JIT prices Bouncer's by-key statements high enough to compile them (430 ms of
+/// compiling for 1 ms of work, measured), so direct connections turn it off as they open.
+#[tokio::test(flavor = "multi_thread")]
+async fn bouncers_direct_connections_run_without_jit() {
+    let env = TestEnv::new(Apps::random(1, 0), EnvOptions::default()).await;
+    env.migrate_directly().await;
+    let db = bouncer::audit::connect(&env.parsed_config().postgres, Duration::from_secs(10)).await.expect("connect");
+    let jit: String = db.run(async |c| db.query_scalar("SHOW jit").fetch_one(c).await).await.expect("SHOW jit");
+    assert_eq!(jit, "off");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_mixed_pipeline_and_the_console_work_through_a_transaction_pooler_with_listen_on_the_direct_url() {
     let mut env = mixed_pipeline(Route::PoolerWithDirectUrl).await;
