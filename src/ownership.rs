@@ -126,10 +126,7 @@ impl Elector {
     async fn round(&mut self) {
         let lapsed: Vec<QuotaGroup> =
             self.owned.iter().filter(|(_, l)| !l.is_valid()).map(|(g, _)| g.clone()).collect();
-        for g in lapsed {
-            tracing::error!(quota_group = %g.as_str(), "could not confirm ownership in time: stopped calling this quota");
-            self.lose(&g);
-        }
+        self.lose_ran_out(lapsed);
         let sent = Instant::now();
         let budget = self.budget();
         let mine: Vec<String> = self.owned.keys().map(|g| g.as_str().to_owned()).collect();
@@ -158,17 +155,14 @@ impl Elector {
         };
         self.view.live_workers.store(live, Ordering::Relaxed);
         let until = self.lease_until(sent);
-        let lost: Vec<QuotaGroup> =
-            self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
         // A lease that ran out while the renewal was on its way is not brought back (see
         // `Lease::extend_to`): its lanes may have stopped, so the group is dropped here and taken
         // afresh once the database shows it free.
         let ran_out: Vec<QuotaGroup> =
             self.owned.iter().filter(|(_, lease)| !lease.extend_to(until)).map(|(g, _)| g.clone()).collect();
-        for g in ran_out {
-            tracing::error!(quota_group = %g.as_str(), "could not confirm ownership in time: stopped calling this quota");
-            self.lose(&g);
-        }
+        self.lose_ran_out(ran_out);
+        let lost: Vec<QuotaGroup> =
+            self.owned.keys().filter(|g| !kept.iter().any(|k| k == g.as_str())).cloned().collect();
         for g in lost {
             tracing::error!(quota_group = %g.as_str(), "lease taken over: stopped calling this quota");
             self.lose(&g);
@@ -249,6 +243,14 @@ impl Elector {
         );
         metrics::counter!("bouncer_ownership_changes_total", "change" => "acquired").increment(1);
         self.owned.insert(group, lease);
+    }
+
+    /// Leases that ran out before a renewal confirmed them: stop calling those groups.
+    fn lose_ran_out(&mut self, groups: Vec<QuotaGroup>) {
+        for g in groups {
+            tracing::error!(quota_group = %g.as_str(), "could not confirm ownership in time: stopped calling this quota");
+            self.lose(&g);
+        }
     }
 
     /// The lease is gone (lapsed or taken over): stop at once, calls in flight included, without
