@@ -150,6 +150,24 @@ impl Db {
         Ok(())
     }
 
+    /// A `VACUUM`, paced as autovacuum paces its own (`vacuum_cost_delay` 2 ms, PostgreSQL's
+    /// `autovacuum_vacuum_cost_delay` default; a manual `VACUUM` runs unpaced and would take the
+    /// disk and a core from intake). Behind a transaction pooler a session setting could land on
+    /// another client's connection, so there it runs unpaced.
+    pub(crate) async fn vacuum(&self, sql: &'static str) -> Result<(), sqlx::Error> {
+        if self.pooler != Pooler::None {
+            return self.utility(sql).await;
+        }
+        let mut c = self.pool.acquire().await?;
+        sqlx::raw_sql("SET vacuum_cost_delay = '2ms'").execute(&mut *c).await?;
+        let done = sqlx::raw_sql(sql).execute(&mut *c).await;
+        if sqlx::raw_sql("RESET vacuum_cost_delay").execute(&mut *c).await.is_err() {
+            // The setting must not outlive this vacuum on a pooled connection.
+            c.close_on_drop();
+        }
+        done.map(|_| ())
+    }
+
     /// A transaction, in either mode.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await

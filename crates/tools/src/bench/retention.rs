@@ -3,12 +3,19 @@
 //! A trail of 7 days × N verdicts a day (N = 1,000,000, or `--verdicts N`) is written straight into
 //! PostgreSQL as the console preset writes its own (1–5 users each, one vendor call each, 2 %
 //! failed). Then rounds of the many-apps intake (10,000 verdicts of 200 apps, a real `bouncer run`
-//! and simulator each) run in that same database: three before pruning, as many as fit while a
-//! real `bouncer prune` with `[retention] verdicts_days = 5` removes the two oldest days, and three
-//! after. Throughout, a sampler reads `pg_locks` every 10 ms for anyone in the database waiting on
-//! a lock: the longest wait of a statement not pruning's is the figure (pruning itself gives up
-//! after 100 ms). The database's size is read after the load, after pruning and after the last
-//! rounds.
+//! and simulator each) run in that same database: three before pruning, then pairs of rounds while
+//! a real `bouncer prune` with `[retention] verdicts_days = 5` removes the two oldest days — in one
+//! round of each pair it runs, in the other it is stopped (SIGSTOP) between two of its batches —
+//! and three after. Throughout, a sampler reads `pg_locks` every 10 ms for anyone in the database
+//! waiting on a lock: the longest wait of a statement not pruning's is the figure (pruning itself
+//! gives up after 100 ms). The database's size is read after the load, after pruning and after the
+//! last rounds.
+//!
+//! Why pairs: "intake's rate without pruning" must be read on the same tables, the same cache and
+//! the same host minute as the rate with it. Rounds before pruning run on tables fresh from a
+//! 14 GB load and rounds after it on vacuumed ones, and a shared 2-core host's speed drifts by
+//! twofold over the half hour between them; a stopped pruner changes only the one thing measured.
+//! The order within a pair alternates, so a drift during the pruning favours neither side.
 //!
 //! The load writes with triggers off (`session_replication_role = replica`): the trail's rollup
 //! deltas would otherwise be folded by the rounds' worker while it is measured, which is not what a
@@ -33,8 +40,9 @@ const DAYS: i64 = 7;
 const KEEP_DAYS: u32 = 5;
 const DEFAULT_PER_DAY: usize = 1_000_000;
 const ROUNDS_BESIDE: usize = 3;
-/// Rounds while pruning runs, at most (a prune that takes longer goes on alone).
-const MAX_ROUNDS_DURING: usize = 60;
+/// Pairs of rounds (pruner running, pruner stopped) at most; a prune that takes longer goes on
+/// alone.
+const MAX_PAIRS: usize = 40;
 /// The pruning process's `application_name`: how the sampler tells its waits from intake's.
 const PRUNER: &str = "bouncer-bench-prune";
 
@@ -78,14 +86,23 @@ struct RetentionReport {
     /// Verdicts older than the window when pruning started, and after.
     past_window_before: i64,
     past_window_after: i64,
+    /// Time the pruner ran (its stopped rounds not counted), and from its start to its end.
     prune_seconds: f64,
+    prune_wall_seconds: f64,
     prune_exit: String,
     /// Intake (verdicts/s) of each many-apps round.
     intake_before: Vec<f64>,
+    /// The pairs' rounds with the pruner running, and with it stopped, in pair order.
     intake_during: Vec<f64>,
+    intake_paused: Vec<f64>,
     intake_after: Vec<f64>,
-    /// Median during pruning over median of the rounds without it (before and after).
+    /// Median of the rounds with the pruner running over median of those with it stopped.
     intake_ratio: Option<f64>,
+    /// Median over the pairs of (running / stopped).
+    intake_ratio_pairs: Option<f64>,
+    /// Median with the pruner running over median of the rounds before and after pruning (the
+    /// earlier reading, kept for comparison).
+    intake_ratio_beside: Option<f64>,
     lock_waits: LockWaits,
     size_after_load_mib: f64,
     size_after_prune_mib: f64,
@@ -159,20 +176,45 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("bouncer prune: {e}"))?;
+    let pid = pruner.id().ok_or("bouncer prune exited at once")?;
     let mut intake_during = Vec::new();
+    let mut intake_paused = Vec::new();
+    let mut stopped_for = Duration::ZERO;
     let mut exit = None;
-    while intake_during.len() < MAX_ROUNDS_DURING {
-        intake_during.push(round("during pruning").await?);
-        if let Some(status) = pruner.try_wait().map_err(|e| e.to_string())? {
-            exit = Some(status);
-            break;
+    'pairs: while intake_during.len() < MAX_PAIRS {
+        let pair = intake_during.len();
+        // Alternate the order: even pairs run first, odd pairs stop first.
+        for running in [pair % 2 == 0, pair % 2 == 1] {
+            if running {
+                intake_during.push(round("during pruning").await?);
+            } else {
+                let stopped = Instant::now();
+                if !stop_between_batches(&mut conn, pid).await? {
+                    // It finished while being stopped: this pair has no stopped round.
+                    intake_during.pop();
+                    break 'pairs;
+                }
+                let rate = round("pruning stopped");
+                let rate = rate.await;
+                signal(pid, "CONT")?;
+                stopped_for += stopped.elapsed();
+                intake_paused.push(rate?);
+            }
+            if let Some(status) = pruner.try_wait().map_err(|e| e.to_string())? {
+                exit = Some(status);
+                if intake_paused.len() < intake_during.len() {
+                    intake_during.pop();
+                }
+                break 'pairs;
+            }
         }
     }
     let exit = match exit {
         Some(s) => s,
         None => pruner.wait().await.map_err(|e| e.to_string())?,
     };
-    let prune_seconds = prune_started.elapsed().as_secs_f64();
+    let prune_wall_seconds = prune_started.elapsed().as_secs_f64();
+    let prune_seconds = prune_wall_seconds - stopped_for.as_secs_f64();
     let _ = std::fs::remove_file(&config_path);
     let past_window_after: i64 =
         sqlx::query_scalar(sqlx::AssertSqlSafe(past_window)).fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
@@ -193,7 +235,10 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
     }
 
     let without: Vec<f64> = intake_before.iter().chain(&intake_after).copied().collect();
-    let intake_ratio = median(&intake_during).zip(median(&without)).map(|(d, b)| d / b);
+    let intake_ratio = median(&intake_during).zip(median(&intake_paused)).map(|(d, p)| d / p);
+    let pairs: Vec<f64> = intake_during.iter().zip(&intake_paused).map(|(d, p)| d / p).collect();
+    let intake_ratio_pairs = median(&pairs);
+    let intake_ratio_beside = median(&intake_during).zip(median(&without)).map(|(d, b)| d / b);
     let report = RetentionReport {
         preset: "retention",
         machine: Machine::this(),
@@ -204,11 +249,15 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
         past_window_before,
         past_window_after,
         prune_seconds,
+        prune_wall_seconds,
         prune_exit: exit.to_string(),
         intake_before,
         intake_during,
+        intake_paused,
         intake_after,
         intake_ratio,
+        intake_ratio_pairs,
+        intake_ratio_beside,
         lock_waits,
         size_after_load_mib,
         size_after_prune_mib,
@@ -232,19 +281,24 @@ fn print(r: &RetentionReport) {
         r.days, r.verdicts_per_day, r.machine.cpus, r.machine.os, r.load_seconds
     );
     println!(
-        "bouncer prune, verdicts_days = {}: {} verdicts past the window → {} in {:.0} s",
-        r.keep_days, r.past_window_before, r.past_window_after, r.prune_seconds
+        "bouncer prune, verdicts_days = {}: {} verdicts past the window → {} in {:.0} s of running ({:.0} s with its stops)",
+        r.keep_days, r.past_window_before, r.past_window_after, r.prune_seconds, r.prune_wall_seconds
     );
     println!(
-        "many-apps intake, verdicts/s: before [{}], during [{}], after [{}]",
+        "many-apps intake, verdicts/s: before [{}], pruning running [{}], pruning stopped [{}], after [{}]",
         rates(&r.intake_before),
         rates(&r.intake_during),
+        rates(&r.intake_paused),
         rates(&r.intake_after)
     );
-    match r.intake_ratio {
-        Some(x) => println!("intake while pruning: {:.0} % of the rounds without (medians)", x * 100.0),
-        None => println!("intake while pruning: no round to compare"),
-    }
+    let pct = |x: Option<f64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{:.0} %", x * 100.0));
+    println!(
+        "intake while pruning: {} of its rate with pruning stopped (medians; median of the {} pairs' ratios {}); {} of the rounds before and after",
+        pct(r.intake_ratio),
+        r.intake_paused.len(),
+        pct(r.intake_ratio_pairs),
+        pct(r.intake_ratio_beside)
+    );
     let l = &r.lock_waits;
     println!(
         "lock waits ({} samples, every 10 ms): others' longest {:.0} ms (before / during / after pruning: {:.0} / {:.0} / {:.0} ms; over 100 ms: {} / {} / {}){}; pruning's longest {:.0} ms",
@@ -263,6 +317,48 @@ fn print(r: &RetentionReport) {
         "database size: {:.0} MiB after the load, {:.0} MiB after pruning, {:.0} MiB after the last rounds",
         r.size_after_load_mib, r.size_after_prune_mib, r.size_after_rounds_mib
     );
+}
+
+/// Stops the pruner between two of its batches: SIGSTOP, wait for the statement it had sent to
+/// finish on the server, and if that left it inside a transaction (its locks held for the whole
+/// round), let it go on a moment and try again. `false` when it has exited meanwhile.
+async fn stop_between_batches(conn: &mut PgConnection, pid: u32) -> Result<bool, String> {
+    loop {
+        if !signal(pid, "STOP")? {
+            return Ok(false);
+        }
+        let settled = Instant::now();
+        loop {
+            let states: Vec<String> = sqlx::query_scalar(
+                "SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(PRUNER)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+            if states.iter().all(|s| s == "idle") {
+                return Ok(true);
+            }
+            if states.iter().all(|s| s != "active") || settled.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !signal(pid, "CONT")? {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `kill -SIG pid`; `false` when the process is gone.
+fn signal(pid: u32, sig: &str) -> Result<bool, String> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("kill -{sig}: {e}"))?;
+    Ok(status.success())
 }
 
 fn median(v: &[f64]) -> Option<f64> {
