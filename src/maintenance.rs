@@ -29,7 +29,8 @@ const PAUSE: Duration = Duration::from_millis(50);
 /// and the rests longer. Measured (`bouncer bench --preset retention`, BENCHMARKS.md): with 50 ms
 /// rests alone pruning took about half a backend beside intake running flat out on 2 cores and
 /// cost intake ~29 % of its rate; a ninth keeps that near the 10 % budget, and still prunes two
-/// days of 1,000,000 verdicts within the hour and 10,000,000 a day in under an hour a day.
+/// days of 1,000,000 verdicts within the hour (16 min) and 10,000,000 a day in about two hours
+/// a day, spread over it.
 const REST_FACTOR: u32 = 8;
 /// The longest rest, whatever one batch took (a batch stalled by a checkpoint should not stop
 /// pruning for minutes).

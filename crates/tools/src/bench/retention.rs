@@ -190,25 +190,23 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), String> {
             } else {
                 let stopped = Instant::now();
                 if !stop_between_batches(&mut conn, pid).await? {
-                    // It finished while being stopped: this pair has no stopped round.
-                    intake_during.pop();
                     break 'pairs;
                 }
-                let rate = round("pruning stopped");
-                let rate = rate.await;
+                let rate = round("pruning stopped").await;
                 signal(pid, "CONT")?;
                 stopped_for += stopped.elapsed();
                 intake_paused.push(rate?);
             }
             if let Some(status) = pruner.try_wait().map_err(|e| e.to_string())? {
                 exit = Some(status);
-                if intake_paused.len() < intake_during.len() {
-                    intake_during.pop();
-                }
                 break 'pairs;
             }
         }
     }
+    // A pair the pruner's end cut short has one round only: compare whole pairs.
+    let whole = intake_during.len().min(intake_paused.len());
+    intake_during.truncate(whole);
+    intake_paused.truncate(whole);
     let exit = match exit {
         Some(s) => s,
         None => pruner.wait().await.map_err(|e| e.to_string())?,
