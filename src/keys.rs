@@ -13,6 +13,9 @@ pub const WORK_CHANNEL: &str = "bouncer_work";
 /// The channel lease releases are announced on (payload: the quota group), so contenders look at
 /// once.
 pub const OWNERS_CHANNEL: &str = "bouncer_owners";
+/// The channel new bans are announced on (payload: their fingerprints, `ban_index`), so every
+/// replica's copy of where bans hold learns of them at commit.
+pub const BANS_CHANNEL: &str = "bouncer_bans";
 
 /// One configured app of one vendor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -127,7 +127,15 @@ pub(crate) fn worker_id(config: &Config) -> (String, String) {
 /// retried by the next owner; their results are written), and the process leaves.
 /// `on_ready` receives the health handle once the worker is wired up. Refuses to start (`Err`,
 /// the reason) only when the database needs migrating and nothing can migrate it.
-pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(Health)) -> Result<(), String> {
+///
+/// `known_bans`: the copy of where bans hold that this process's API answers from
+/// ([`crate::api::Serving::known_bans`]); intake adds the bans it records to it.
+pub async fn run(
+    config: Config,
+    known_bans: Option<Arc<crate::ban_index::BanIndex>>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Health),
+) -> Result<(), String> {
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.reason);
     }
@@ -211,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         status,
         events,
         outcomes,
+        known_bans,
     };
     let stopped = async {
         shutdown.cancelled().await;

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Db;
 use crate::audit::bans::{ActiveBan, CheckItem};
+use crate::ban_index::{BanIndex, Lookup};
 use crate::config::Config;
 use error::ApiError;
 
@@ -57,6 +58,9 @@ pub(crate) struct ApiState {
     callbacks: Arc<callbacks::CallbackKeys>,
     /// `outcomes.enabled`: lifts and re-entries are also outcome events.
     events: bool,
+    /// This replica's copy of where bans hold: a check it says "not banned" to is answered
+    /// without PostgreSQL.
+    known_bans: Arc<BanIndex>,
 }
 
 /// At most one log line a second, counting what it held back.
@@ -103,11 +107,33 @@ impl ApiState {
         }
     }
 
-    /// Checks through the coalescer, within the database budget: a check still waiting for its
-    /// statement when the budget runs out is answered 503 (the statement is not cancelled).
+    /// Checks: those the replica's copy of bans says "not banned" to at once, the others through
+    /// the coalescer, within the database budget: a check still waiting for its statement when
+    /// the budget runs out is answered 503 (the statement is not cancelled).
     async fn check(&self, items: Vec<CheckItem>) -> Result<Vec<Option<ActiveBan>>, ApiError> {
-        match tokio::time::timeout(self.database_timeout, self.checks.check(items)).await {
-            Ok(Ok(found)) => Ok(found),
+        let ask: Vec<usize> = (0..items.len())
+            .filter(|&i| {
+                let it = &items[i];
+                let room = it.room.as_ref().map(|r| (r.text.as_str(), r.numeric));
+                self.known_bans.lookup(it.vendor.as_str(), i64::from(it.app_id), &it.user_id, room) == Lookup::Ask
+            })
+            .collect();
+        metrics::counter!("bouncer_ban_checks_from_memory_total").increment((items.len() - ask.len()) as u64);
+        if ask.is_empty() {
+            return Ok(vec![None; items.len()]);
+        }
+        let n = items.len();
+        let asked: Vec<CheckItem> =
+            if ask.len() == n { items } else { ask.iter().map(|&i| items[i].clone()).collect() };
+        match tokio::time::timeout(self.database_timeout, self.checks.check(asked)).await {
+            Ok(Ok(found)) if ask.len() == n => Ok(found),
+            Ok(Ok(found)) => {
+                let mut all = vec![None; n];
+                for (i, ban) in ask.into_iter().zip(found) {
+                    all[i] = ban;
+                }
+                Ok(all)
+            }
             Ok(Err(e)) => Err(self.unavailable(e)),
             Err(_) => Err(self.unavailable(format!("no answer within {} ms", self.database_timeout.as_millis()))),
         }
@@ -215,9 +241,16 @@ pub struct Serving {
     pub addr: SocketAddr,
     runtime: tokio::runtime::Runtime,
     stop: CancellationToken,
+    known_bans: Arc<BanIndex>,
 }
 
 impl Serving {
+    /// The copy of where bans hold that the checks answer from: the process's intake adds the
+    /// bans it records to it ([`crate::worker::run`]).
+    pub fn known_bans(&self) -> Arc<BanIndex> {
+        self.known_bans.clone()
+    }
+
     /// Stops accepting, gives requests being answered a moment, then stops the API's runtime.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -242,7 +275,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
     let shutdown = CancellationToken::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("bouncer-api")
+        .thread_name(crate::priority::API_THREAD)
         .enable_all()
         .build()
         .map_err(|e| format!("api: cannot start its runtime: {e}"))?;
@@ -254,6 +287,17 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
         .map(|t| (t.name.clone(), Sha256::digest(t.token.expose_secret().as_bytes()).into()))
         .collect();
     let (size, database_timeout) = (api.max_connections, api.database_timeout);
+    let known_bans = Arc::new(BanIndex::new());
+    // The copy is followed on the caller's runtime, not the API's: loading it is bulk work.
+    match crate::audit::bulk_session_pool(postgres, Duration::from_secs(5)) {
+        Some(session) => {
+            tokio::spawn(crate::ban_index::follow(session, known_bans.clone(), shutdown.clone()));
+        }
+        None => tracing::info!(
+            "no session connection behind a transaction pooler without postgres.direct_url: every ban check asks PostgreSQL"
+        ),
+    }
+    let index = known_bans.clone();
     // Sockets, connections and the coalescer's task belong to the runtime that creates them:
     // bind, connect and start there.
     let stop = shutdown.clone();
@@ -266,6 +310,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
             refusals: Arc::new(Throttle::default()),
             callbacks: keys.clone(),
             events,
+            known_bans: index,
         };
         tokio::spawn(callbacks::housekeeping(db.clone(), keys, shutdown.clone()));
         let (listener, addr) = crate::serve::bind(listen, "api.listen").await?;
@@ -274,5 +319,5 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
         Ok::<_, String>(addr)
     });
     let addr = started.await.map_err(|e| format!("api: {e}"))??;
-    Ok(Some(Serving { addr, runtime, stop }))
+    Ok(Some(Serving { addr, runtime, stop, known_bans }))
 }

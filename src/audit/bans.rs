@@ -13,6 +13,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 
 use super::{AuditError, Db};
 use crate::ban::{BanScope, BanState, RuleState};
+use crate::ban_index::{self, Place};
 use crate::keys::AppKey;
 use crate::vendors::Vendor;
 use crate::verdict::Verdict;
@@ -51,13 +52,14 @@ struct Imposed<'a> {
 
 /// Records the bans of verdicts recorded for the first time in this transaction: each starts
 /// now, before any kick. Several verdicts of one batch banning the same user in the same place
-/// make one row (the longest wins, every verdict is listed).
+/// make one row (the longest wins, every verdict is listed). Returns the fingerprints of the
+/// places banned (`ban_index`).
 pub(crate) async fn impose(
     db: &Db,
     tx: &mut Tx,
     verdicts: &[&Verdict],
     rule_apps: &HashSet<AppKey>,
-) -> Result<(), AuditError> {
+) -> Result<Vec<u64>, AuditError> {
     let mut by_key: BTreeMap<BanKey, Imposed<'_>> = BTreeMap::new();
     for v in verdicts {
         let Some(ban) = v.ban else { continue };
@@ -86,9 +88,19 @@ pub(crate) async fn impose(
         }
     }
     if by_key.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let keys: Vec<&BanKey> = by_key.keys().collect();
+    let fingerprints = keys
+        .iter()
+        .map(|k| {
+            let place = match &k.room {
+                None => Place::App,
+                Some((text, numeric)) => Place::Room { text, numeric: *numeric },
+            };
+            ban_index::fingerprint(k.vendor.as_str(), k.app_id, place, &k.user_id)
+        })
+        .collect();
     let vendors: Vec<&str> = keys.iter().map(|k| k.vendor.as_str()).collect();
     let apps: Vec<i64> = keys.iter().map(|k| k.app_id).collect();
     let users: Vec<&str> = keys.iter().map(|k| k.user_id.as_str()).collect();
@@ -167,7 +179,24 @@ pub(crate) async fn impose(
     .bind(&with_rule)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(fingerprints)
+}
+
+/// The fingerprint of every open ban (`ban_index`), computed by PostgreSQL: a million bans
+/// travel as a million `bigint`s.
+pub(crate) async fn open_ban_fingerprints(conn: impl sqlx::PgExecutor<'_>) -> Result<Vec<u64>, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    let mut rows = sqlx::query_scalar::<_, i64>(concat!(
+        "SELECT ",
+        crate::ban_fingerprint_sql!(),
+        " FROM bans WHERE ended_at IS NULL AND expires_at > now()"
+    ))
+    .fetch(conn);
+    let mut all = Vec::new();
+    while let Some(f) = rows.try_next().await? {
+        all.push(f as u64);
+    }
+    Ok(all)
 }
 
 /// A ban as ops and token servers read it.

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use super::{AuditError, Db, REJECTED_PAYLOAD_CAP, bans, results};
-use crate::keys::{AppKey, WORK_CHANNEL, WakeNote};
+use crate::ban_index::BanIndex;
+use crate::keys::{AppKey, BANS_CHANNEL, WORK_CHANNEL, WakeNote};
 use crate::states::VerdictStatus;
 use crate::verdict::Verdict;
 
@@ -82,7 +83,9 @@ pub async fn record_unparseable(db: &Db, reason: &str) -> Result<(), AuditError>
 /// Records one batch in one transaction and returns where each verdict stands. A verdict whose
 /// `verdict_id` is already recorded with another vendor, app, room or set of users is not
 /// touched and has no entry in the result. `wake`, if any,
-/// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch).
+/// is announced on [`WORK_CHANNEL`] at commit (NOTIFY serialises commits: once per batch). New
+/// bans go into `known_bans` (this process's copy, if it serves the API) and are announced on
+/// [`BANS_CHANNEL`] to every other.
 pub async fn record(
     db: &Db,
     verdicts: &[NewVerdict<'_>],
@@ -90,6 +93,7 @@ pub async fn record(
     wake: Option<&WakeNote>,
     rule_apps: &HashSet<AppKey>,
     events: bool,
+    known_bans: Option<&BanIndex>,
 ) -> Result<HashMap<String, Recorded>, AuditError> {
     let mut tx = db.begin().await?;
     insert_rejections(db, &mut tx, rejections).await?;
@@ -102,7 +106,19 @@ pub async fn record(
             verdicts.iter().map(|n| (n.verdict.verdict_id.as_str(), n.verdict)).collect();
         let first_seen: Vec<&Verdict> =
             upserted.iter().filter(|u| u.3).filter_map(|u| by_id.get(u.0.as_str()).copied()).collect();
-        bans::impose(db, &mut tx, &first_seen, rule_apps).await?;
+        let banned = bans::impose(db, &mut tx, &first_seen, rule_apps).await?;
+        if !banned.is_empty() {
+            // This replica's checks see the bans from now (before the commit: a ban that rolls
+            // back costs a round trip, never a wrong answer); every replica's at commit.
+            if let Some(index) = known_bans {
+                index.add(banned.iter().copied());
+            }
+            db.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
+                .bind(BANS_CHANNEL)
+                .bind(crate::ban_index::payloads(&banned))
+                .execute(&mut *tx)
+                .await?;
+        }
         let resumed = insert_kicks(db, &mut tx, verdicts, upserted, &mut result).await?;
         // A verdict still pending with nothing left to kick (its outcomes were written by another
         // path, or it was just failed as unconfigured) is closed here.

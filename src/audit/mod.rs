@@ -108,6 +108,18 @@ pub fn session_pool(cfg: &PostgresConfig, size: u32, connect_timeout: Duration) 
     Some(PgPoolOptions::new().max_connections(size).acquire_timeout(connect_timeout).connect_lazy_with(opts))
 }
 
+/// As [`session_pool`], for a session whose statements are long by design (loading the
+/// fingerprint of every open ban, `ban_index`): a statement is logged as slow only after a
+/// minute.
+pub fn bulk_session_pool(cfg: &PostgresConfig, connect_timeout: Duration) -> Option<PgPool> {
+    use sqlx::ConnectOptions;
+    let url = cfg.session_url()?;
+    let opts = db::options(url, Pooler::None)
+        .ok()?
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(60));
+    Some(PgPoolOptions::new().max_connections(1).acquire_timeout(connect_timeout).connect_lazy_with(opts))
+}
+
 /// Opens a session where [`session_pool`] would and asks it one question: `bouncer check`.
 pub async fn check_session(cfg: &PostgresConfig, connect_timeout: Duration) -> Result<(), AuditError> {
     let Some(pool) = session_pool(cfg, 1, connect_timeout) else { return Err(AuditError::NeedsDirectUrl) };

@@ -193,12 +193,16 @@ async fn run_worker(cli: &Cli) -> CliResult {
         // As above: tests and scripts read the API's port from this line.
         Ok(Some(api)) => {
             tracing::info!(addr = %api.addr, tokens = config.api.tokens.len(), "serving the public API");
+            // The API's threads are running: everything else, now and started from now on,
+            // yields the CPU to them.
+            crate::priority::lower_all_but_api(config.api.background_nice);
             Some(api)
         }
         Ok(None) => None,
         Err(e) => return Err(CliError::failed(format!("cannot serve the API: {e}"))),
     };
-    let ran = crate::worker::run(config, shutdown, move |h| {
+    let known_bans = api.as_ref().map(|a| a.known_bans());
+    let ran = crate::worker::run(config, known_bans, shutdown, move |h| {
         let _ = health_tx.send(Some(h));
     })
     .await;

@@ -23,6 +23,10 @@ pub struct FileApi {
     /// A kick the vendor has not confirmed (room callback: removed by a server API) within this
     /// long is listed by `bouncer audit --unconfirmed`.
     pub confirm_within_secs: u64,
+    /// The nice value (0–19) `bouncer run` gives every thread but the API's while the API
+    /// listens, so a token server's check is not kept waiting for a core by intake or
+    /// enforcement; 0 leaves every thread as it started.
+    pub background_nice: i32,
 }
 
 impl Default for FileApi {
@@ -33,6 +37,7 @@ impl Default for FileApi {
             max_connections: 8,
             database_timeout_ms: 1000,
             confirm_within_secs: 60,
+            background_nice: 10,
         }
     }
 }
@@ -67,6 +72,7 @@ pub struct ApiConfig {
     pub database_timeout: Duration,
     /// `confirm_within_secs`.
     pub confirm_within: Duration,
+    pub background_nice: i32,
 }
 
 /// Tokens shorter than this are guessable.
@@ -113,7 +119,11 @@ pub(super) fn validate_api(f: FileApi, env: &dyn Fn(&str) -> Option<String>, p: 
     if !(1..=86_400).contains(&f.confirm_within_secs) {
         p.push(problem("api.confirm_within_secs", format!("must be 1..=86400, got {}", f.confirm_within_secs)));
     }
+    if !(0..=19).contains(&f.background_nice) {
+        p.push(problem("api.background_nice", format!("must be 0..=19 (a nice value), got {}", f.background_nice)));
+    }
     ApiConfig {
+        background_nice: f.background_nice,
         confirm_within: Duration::from_secs(f.confirm_within_secs),
         listen,
         tokens,

@@ -79,6 +79,9 @@ pub struct Intake {
     pub events: bool,
     /// Where outcome events go (declared with the intake topology), when enabled.
     pub outcomes: Option<crate::outcomes::Outcomes>,
+    /// This process's copy of where bans hold (when it serves the API): intake adds the bans it
+    /// records before they commit.
+    pub known_bans: Option<Arc<crate::ban_index::BanIndex>>,
 }
 
 use session::{QUARANTINE_RECONNECT, SessionError};

@@ -278,8 +278,16 @@ impl Intake {
         // Other replicas hear only of apps whose lanes do not run here (see `crate::wake`).
         let elsewhere: Vec<AppKey> = woken.iter().copied().filter(|app| !self.wakers.runs_here(*app)).collect();
         let note = (!elsewhere.is_empty()).then(|| WakeNote::new(&self.me, elsewhere));
-        let recorded =
-            record::record(&self.pool, &new, &rejections, note.as_ref(), &self.rule_apps, self.events).await?;
+        let recorded = record::record(
+            &self.pool,
+            &new,
+            &rejections,
+            note.as_ref(),
+            &self.rule_apps,
+            self.events,
+            self.known_bans.as_deref(),
+        )
+        .await?;
         // Verdicts nobody here can enforce end at intake: counted like those that end at a vendor,
         // so the failure alerts see them.
         for n in new.iter().filter(|n| n.unconfigured.is_some()) {

@@ -144,7 +144,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     let api = bouncer::api::serve(&config).await?.ok_or("the demo's API did not start")?;
     running.sim.set_callback_url(Some(format!("http://{}", api.addr)));
-    let worker = tokio::spawn(bouncer::worker::run(config.clone(), shutdown.clone(), |_| {}));
+    let worker = tokio::spawn(bouncer::worker::run(config.clone(), Some(api.known_bans()), shutdown.clone(), |_| {}));
     let pool = publish_and_wait(&config).await?;
     let reentry = reentry_scene(&config, &running, &pool).await;
     shutdown.cancel();

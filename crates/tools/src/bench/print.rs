@@ -118,6 +118,13 @@ fn print_rest(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             c.errors,
             c.banned_answers
         )?;
+        for (what, l) in [("banned", &c.latency_banned), ("not banned", &c.latency_not_banned)] {
+            writeln!(
+                out,
+                "  answered {what}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.1} ms (n={})",
+                l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.count
+            )?;
+        }
     }
     if let (Some(b), Some(ratio)) = (r.baseline_msgs_per_second, r.ratio_to_baseline) {
         writeln!(

@@ -115,15 +115,13 @@ impl<'a> Run<'a> {
         let publisher = Publisher::connect(&self.stack.config.amqp, "bench-publisher")
             .await
             .map_err(|e| format!("RabbitMQ: {e}"))?;
-        let started = match self.w.stream_rate {
-            Some(rate) => self.stream(&publisher, rate).await,
-            None => self.backlog(&publisher).await,
+        let started = match (self.w.stream_rate, self.w.checks.clone()) {
+            (Some(rate), _) => self.stream(&publisher, rate).await,
+            (None, Some(load)) => self.backlog_in_service(&publisher, load).await,
+            (None, None) => self.backlog(&publisher).await,
         };
         publisher.close().await;
         let (mut workers, started) = started?;
-        if let Some(load) = self.w.checks.clone() {
-            self.start_checks(&workers, load).await?;
-        }
         if let Some(load) = self.w.reentries.clone() {
             for port in &workers.ports {
                 wait_ready(*port).await?;
@@ -176,10 +174,12 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Starts the checks once every worker is ready; they run beside the backlog.
+    /// Starts the checks once every worker is ready and has loaded its copy of the bans (as a
+    /// replica in service has); they run beside the backlog.
     async fn start_checks(&mut self, workers: &Workers, load: super::checks::CheckLoad) -> Result<(), String> {
         for port in &workers.ports {
             wait_ready(*port).await?;
+            wait_ban_index(*port).await?;
         }
         let token = self.stack.api_token.clone().ok_or("the bans preset needs an API token")?;
         let addrs = workers.api_addrs.clone();
@@ -204,6 +204,34 @@ impl<'a> Run<'a> {
         self.published_at.fill(now_ms());
         let workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.api())?;
         Ok((workers, Instant::now()))
+    }
+
+    /// The bans preset: replicas in service — ready, their copy of the bans loaded, every quota
+    /// owned — answer checks; a second later the backlog arrives, published as fast as the
+    /// broker confirms, and is enforced while the checks go on. (Queued before the replicas
+    /// start, it would be taken in while they load their copy, before any check.) Latency counts
+    /// from each message's publishing.
+    async fn backlog_in_service(
+        &mut self,
+        publisher: &Publisher,
+        load: super::checks::CheckLoad,
+    ) -> Result<(Workers, Instant), String> {
+        let workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.api())?;
+        self.start_checks(&workers, load).await?;
+        self.await_owned().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let total = self.bodies.len();
+        for n in 0..total.div_ceil(1000) {
+            let range = n * 1000..((n + 1) * 1000).min(total);
+            let plain: Vec<Vec<u8>> = self.bodies[range.clone()].iter().map(|(_, b)| b.clone()).collect();
+            self.published_at[range.clone()].fill(now_ms());
+            if publisher.publish_all(&plain, &[]).await.iter().any(|ok| !ok) {
+                return Err("the broker did not confirm a message".into());
+            }
+            eprintln!("  published {}/{}", range.end, total);
+        }
+        Ok((workers, started))
     }
 
     /// A Poisson stream of `rate` verdicts/s into running workers, once they own every quota.
@@ -553,4 +581,21 @@ async fn queue_depth(config: &Config) -> u32 {
     };
     let _ = conn.close(200, "measured".into()).await;
     depth
+}
+
+/// Waits until the worker on `port` answers ban checks from its copy of the bans
+/// (`bouncer_ban_index_ready`), up to a minute.
+async fn wait_ban_index(port: u16) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = reqwest::get(&url).await
+            && let Ok(text) = r.text().await
+            && text.lines().any(|l| l.trim() == "bouncer_ban_index_ready 1")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the worker never loaded its copy of the bans".into())
 }
