@@ -12,7 +12,7 @@
 //!
 //! How it stays whole — a ban missing from the copy would be answered "not banned":
 //! - Intake adds the fingerprints of the bans it records to its own process's copy *before* its
-//!   transaction commits, and announces them on [`BANS_CHANNEL`] in that transaction (PostgreSQL
+//!   transaction commits, and announces them on `keys::BANS_CHANNEL` in that transaction (PostgreSQL
 //!   delivers the notification to every listener at commit, never for a rolled-back one). A ban is
 //!   seen by the checks of the replica that recorded it from the moment its verdict is recorded,
 //!   and by the other replicas' when the notification arrives (about a millisecond after commit;
@@ -40,12 +40,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::keys::BANS_CHANNEL;
-use crate::retry::Backoff;
 
 /// How often the copy is loaded again, dropping lifted and ended bans (until then their users'
 /// checks cost a round trip). Loading a million bans costs PostgreSQL about a second of one core.
@@ -111,7 +105,7 @@ pub(crate) fn payloads(fingerprints: &[u64]) -> Vec<String> {
 
 /// The fingerprints a notification carries (anything unreadable is skipped: only Bouncer sends
 /// on the channel, and a fingerprint too many costs a round trip).
-fn parse(payload: &str) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn parse(payload: &str) -> impl Iterator<Item = u64> + '_ {
     payload.split(',').filter_map(|h| u64::from_str_radix(h.trim(), 16).ok())
 }
 
@@ -154,7 +148,7 @@ impl BanIndex {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
         metrics::gauge!("bouncer_ban_index_ready").set(if ready { 1.0 } else { 0.0 });
     }
@@ -186,14 +180,14 @@ impl BanIndex {
     }
 
     /// A load begins: what was added so far is kept for lookups until the load is in.
-    fn begin_load(&self) {
+    pub(crate) fn begin_load(&self) {
         let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
         let recent = std::mem::take(&mut sets.recent);
         sets.before_load.extend(recent);
     }
 
     /// The load is in: it replaces what was loaded before and what was added before it began.
-    fn finish_load(&self, mut loaded: Vec<u64>) {
+    pub(crate) fn finish_load(&self, mut loaded: Vec<u64>) {
         loaded.sort_unstable();
         loaded.dedup();
         loaded.shrink_to_fit();
@@ -209,61 +203,6 @@ impl BanIndex {
 impl Sets {
     fn holds(&self, f: u64) -> bool {
         self.recent.contains(&f) || self.before_load.contains(&f) || self.loaded.binary_search(&f).is_ok()
-    }
-}
-
-/// Keeps `index` whole until `shutdown`: LISTEN, load, apply notifications, load again every
-/// [`RELOAD_EVERY`]; after a lost connection, not ready until connected and loaded again.
-pub async fn follow(session: PgPool, index: std::sync::Arc<BanIndex>, shutdown: CancellationToken) {
-    // 200 ms, doubling to 5 s while PostgreSQL is away.
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let connect = || async {
-            let mut l = PgListener::connect_with(&session).await?;
-            l.listen(BANS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let failed = |e: &sqlx::Error, _| tracing::warn!(error = %e, "ban index: cannot LISTEN for new bans; checks ask PostgreSQL meanwhile");
-        let Some(mut listener) = backoff.until_ok(&shutdown, connect, failed).await else { return };
-        match follow_while_up(&mut listener, &index, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                index.set_ready(false);
-                tracing::warn!(error = %e, "ban index: connection lost; checks ask PostgreSQL until it is loaded again");
-                if !Backoff::sleep(backoff.next_wait(), &shutdown).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Loads, then applies notifications and reloads on schedule until `shutdown` (`Ok`) or the
-/// connection fails (`Err`: notifications may have been missed).
-async fn follow_while_up(
-    listener: &mut PgListener,
-    index: &BanIndex,
-    shutdown: &CancellationToken,
-) -> Result<(), sqlx::Error> {
-    loop {
-        let started = std::time::Instant::now();
-        index.begin_load();
-        let loaded = crate::audit::bans::open_ban_fingerprints(&mut *listener).await?;
-        let n = loaded.len();
-        index.finish_load(loaded);
-        tracing::info!(open_bans = n, ms = started.elapsed().as_millis() as u64, "ban index loaded");
-        let reload = tokio::time::sleep(RELOAD_EVERY);
-        tokio::pin!(reload);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = &mut reload => break,
-                n = listener.try_recv() => match n? {
-                    Some(n) => index.add(parse(n.payload())),
-                    None => return Err(sqlx::Error::Protocol("the LISTEN connection was closed".into())),
-                },
-            }
-        }
     }
 }
 

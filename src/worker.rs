@@ -129,7 +129,7 @@ pub(crate) fn worker_id(config: &Config) -> (String, String) {
 /// the reason) only when the database needs migrating and nothing can migrate it.
 ///
 /// `known_bans`: the copy of where bans hold that this process's API answers from
-/// ([`crate::api::Serving::known_bans`]); intake adds the bans it records to it.
+/// (the API's `Serving::known_bans`); intake adds the bans it records to it.
 pub async fn run(
     config: Config,
     known_bans: Option<Arc<crate::ban_index::BanIndex>>,

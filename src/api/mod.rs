@@ -8,6 +8,7 @@ mod bans;
 mod callbacks;
 mod coalesce;
 mod error;
+mod known_bans;
 mod params;
 
 use std::net::SocketAddr;
@@ -291,7 +292,7 @@ pub async fn serve(config: &Config) -> Result<Option<Serving>, String> {
     // The copy is followed on the caller's runtime, not the API's: loading it is bulk work.
     match crate::audit::bulk_session_pool(postgres, Duration::from_secs(5)) {
         Some(session) => {
-            tokio::spawn(crate::ban_index::follow(session, known_bans.clone(), shutdown.clone()));
+            tokio::spawn(known_bans::follow(session, known_bans.clone(), shutdown.clone()));
         }
         None => tracing::info!(
             "no session connection behind a transaction pooler without postgres.direct_url: every ban check asks PostgreSQL"

@@ -184,19 +184,23 @@ pub(crate) async fn impose(
 
 /// The fingerprint of every open ban (`ban_index`), computed by PostgreSQL: a million bans
 /// travel as a million `bigint`s.
-pub(crate) async fn open_ban_fingerprints(conn: impl sqlx::PgExecutor<'_>) -> Result<Vec<u64>, sqlx::Error> {
+pub async fn open_ban_fingerprints(db: &Db) -> Result<Vec<u64>, sqlx::Error> {
     use futures_util::TryStreamExt;
-    let mut rows = sqlx::query_scalar::<_, i64>(concat!(
-        "SELECT ",
-        crate::ban_fingerprint_sql!(),
-        " FROM bans WHERE ended_at IS NULL AND expires_at > now()"
-    ))
-    .fetch(conn);
-    let mut all = Vec::new();
-    while let Some(f) = rows.try_next().await? {
-        all.push(f as u64);
-    }
-    Ok(all)
+    db.run(async |c| {
+        let mut rows = db
+            .query_scalar::<i64>(concat!(
+                "SELECT ",
+                crate::ban_fingerprint_sql!(),
+                " FROM bans WHERE ended_at IS NULL AND expires_at > now()"
+            ))
+            .fetch(c);
+        let mut all = Vec::new();
+        while let Some(f) = rows.try_next().await? {
+            all.push(f as u64);
+        }
+        Ok(all)
+    })
+    .await
 }
 
 /// A ban as ops and token servers read it.

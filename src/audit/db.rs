@@ -34,6 +34,13 @@ pub struct Db {
     pooler: Pooler,
 }
 
+impl Db {
+    /// A session pool (from `audit::bulk_session_pool`) as a `Db`: direct, never a pooler.
+    pub fn session(pool: PgPool) -> Db {
+        Db { pool, pooler: Pooler::None }
+    }
+}
+
 /// Connection options for `url`, as `pooler` needs them.
 pub(crate) fn options(url: &SecretString, pooler: Pooler) -> Result<PgConnectOptions, sqlx::Error> {
     let opts: PgConnectOptions = url.expose_secret().parse()?;

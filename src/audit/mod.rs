@@ -117,7 +117,7 @@ pub fn bulk_session_pool(cfg: &PostgresConfig, connect_timeout: Duration) -> Opt
     let opts = db::options(url, Pooler::None)
         .ok()?
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(60));
-    Some(PgPoolOptions::new().max_connections(1).acquire_timeout(connect_timeout).connect_lazy_with(opts))
+    Some(PgPoolOptions::new().max_connections(2).acquire_timeout(connect_timeout).connect_lazy_with(opts))
 }
 
 /// Opens a session where [`session_pool`] would and asks it one question: `bouncer check`.
