@@ -159,16 +159,16 @@ impl BanIndex {
         if !self.is_ready() {
             return Lookup::Ask;
         }
-        let mut places = vec![Place::App];
-        match room {
-            None => {}
-            Some((text, Some(numeric))) => places.push(Place::Room { text, numeric }),
-            Some((text, None)) => {
-                places.extend([Place::Room { text, numeric: false }, Place::Room { text, numeric: true }])
-            }
-        }
+        // At most three places (the app, and a room of either kind), hashed before the lock.
+        let app = fingerprint(vendor, app_id, Place::App, user_id);
+        let in_room = |text, numeric| Some(fingerprint(vendor, app_id, Place::Room { text, numeric }, user_id));
+        let prints = match room {
+            None => [Some(app), None, None],
+            Some((text, Some(numeric))) => [Some(app), in_room(text, numeric), None],
+            Some((text, None)) => [Some(app), in_room(text, false), in_room(text, true)],
+        };
         let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
-        let held = places.into_iter().map(|p| fingerprint(vendor, app_id, p, user_id)).any(|f| sets.holds(f));
+        let held = prints.into_iter().flatten().any(|f| sets.holds(f));
         if held { Lookup::Ask } else { Lookup::NotBanned }
     }
 
