@@ -67,7 +67,7 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option
 fn calls_runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("bouncer-calls")
+        .thread_name(crate::priority::CALLS_THREAD)
         .enable_all()
         .build()
         .map_err(|e| tracing::error!(error = %e, "cannot start the vendor-call runtime"))

@@ -193,16 +193,19 @@ async fn run_worker(cli: &Cli) -> CliResult {
         // As above: tests and scripts read the API's port from this line.
         Ok(Some(api)) => {
             tracing::info!(addr = %api.addr, tokens = config.api.tokens.len(), "serving the public API");
-            // The API's threads are running: everything else, now and started from now on,
-            // yields the CPU to them.
-            crate::priority::lower_all_but_api(config.api.background_nice);
             Some(api)
         }
         Ok(None) => None,
         Err(e) => return Err(CliError::failed(format!("cannot serve the API: {e}"))),
     };
     let known_bans = api.as_ref().map(|a| a.known_bans());
+    // Once the worker is wired up (its vendor-call thread started), everything but the API's
+    // and the vendor calls' threads, now and started from now on, yields the CPU to them.
+    let background_nice = api.is_some().then_some(config.api.background_nice);
     let ran = crate::worker::run(config, known_bans, shutdown, move |h| {
+        if let Some(nice) = background_nice {
+            crate::priority::lower_background(nice);
+        }
         let _ = health_tx.send(Some(h));
     })
     .await;

@@ -37,7 +37,7 @@ impl Default for FileApi {
             max_connections: 8,
             database_timeout_ms: 1000,
             confirm_within_secs: 60,
-            background_nice: 10,
+            background_nice: 5,
         }
     }
 }

@@ -420,3 +420,124 @@ async fn a_ban_holds_from_the_moment_its_verdict_is_recorded_before_the_kick_and
     crate::helpers::SimControl::new(&env.sim).clear_faults().await;
     pool.close().await;
 }
+
+/// Whether `worker`'s API answers checks from its copy of the bans.
+async fn copy_is_loaded(worker: &crate::helpers::WorkerProcess) -> bool {
+    worker.metrics_text().await.lines().any(|l| l.trim() == "bouncer_ban_index_ready 1")
+}
+
+/// Asks until `worker` says `user` is banned there (a replica learns another's bans by NOTIFY,
+/// milliseconds after their commit), or gives up after 10 s.
+async fn becomes_banned(
+    api: &ApiClient,
+    vendor: &str,
+    app: u32,
+    user: &str,
+    room: Option<(&str, Option<&str>)>,
+) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if api.banned(vendor, app, user, room).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A replica answers "not banned" from its own copy of the bans' fingerprints, so that copy must
+/// hold every ban: those in PostgreSQL before it started (fingerprinted by SQL at its load) and
+/// those another replica records (sent by NOTIFY). A ban the copy missed would read "not banned".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_knows_bans_written_before_it_started_and_bans_another_replica_recorded() {
+    use bouncer::ban_index::{Place, fingerprint};
+
+    let mut env = TestEnv::new(Apps::random(1, 1), EnvOptions::default()).await;
+    let token = env.enable_api();
+    env.migrate_directly().await;
+    let pool = env.pool().await;
+    let (zego, trtc) = (env.apps.zego[0].0, env.apps.trtc[0].0);
+    let hostile = hostile_user();
+    let hostile_room = "<i>\u{202e}room</i>\u{1b}[0m\u{00e9}";
+    // vendor, app, user, room (none: app-wide), whether the room is a numeric TRTC room
+    let bans: Vec<(&str, u32, &str, Option<&str>, bool)> = vec![
+        ("zego", zego, &hostile, None, false),
+        ("zego", zego, "u-room", Some(hostile_room), false),
+        ("trtc", trtc, &hostile, Some("1234"), true),
+        ("trtc", trtc, "u-string-room", Some("1234"), false),
+    ];
+    for (n, (vendor, app, user, room, numeric)) in bans.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO bans (vendor, app_id, user_id, scope, room_id, room_id_numeric, verdict_id, verdict_ids,
+                               reason, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, ARRAY[$7], 'written before any replica', now() + interval '1 hour')",
+        )
+        .bind(vendor)
+        .bind(i64::from(*app))
+        .bind(user)
+        .bind(if room.is_some() { "room" } else { "app" })
+        .bind(room)
+        .bind(room.map(|_| *numeric))
+        .bind(format!("v-before-{n}"))
+        .execute(&pool)
+        .await
+        .expect("a ban written straight into PostgreSQL");
+    }
+
+    // PostgreSQL fingerprints what Rust fingerprints, bit for bit.
+    let db = bouncer::audit::Db::session(pool.clone());
+    let mut by_sql = bouncer::audit::bans::open_ban_fingerprints(&db).await.expect("fingerprints from SQL");
+    let mut by_rust: Vec<u64> = bans
+        .iter()
+        .map(|(vendor, app, user, room, numeric)| {
+            let place = room.map_or(Place::App, |text| Place::Room { text, numeric: *numeric });
+            fingerprint(vendor, i64::from(*app), place, user)
+        })
+        .collect();
+    by_sql.sort_unstable();
+    by_rust.sort_unstable();
+    assert_eq!(by_sql, by_rust, "SQL and Rust fingerprint the same bans alike");
+
+    let replicas = [env.replica("a"), env.replica("b")];
+    for worker in &replicas {
+        let started = std::time::Instant::now();
+        while !copy_is_loaded(worker).await {
+            assert!(started.elapsed() < Duration::from_secs(60), "a replica never loaded its copy of the bans");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for worker in &replicas {
+        let api = ApiClient::new(worker, Some(&token));
+        assert!(api.banned("zego", zego, &hostile, None).await, "the app ban, asked without a room");
+        assert!(api.banned("zego", zego, &hostile, Some(("anywhere", None))).await, "the app ban, in any room");
+        assert!(api.banned("zego", zego, "u-room", Some((hostile_room, None))).await, "the room ban in its room");
+        assert!(!api.banned("zego", zego, "u-room", Some(("elsewhere", None))).await, "and not elsewhere");
+        assert!(api.banned("trtc", trtc, &hostile, Some(("1234", Some("int")))).await, "the numeric room's ban");
+        assert!(!api.banned("trtc", trtc, &hostile, Some(("1234", Some("str")))).await, "not in the string room");
+        assert!(api.banned("trtc", trtc, "u-string-room", Some(("1234", Some("str")))).await, "the string room's ban");
+        assert!(api.banned("trtc", trtc, "u-string-room", Some(("1234", None))).await, "a room of either kind");
+    }
+
+    // Bans recorded while both run: each verdict is taken in by one replica or the other, and
+    // both answer "banned" for every user.
+    let users: Vec<String> = (0..10).map(|n| format!("<b>u{n}</b>\u{202e}")).collect();
+    for (n, user) in users.iter().enumerate() {
+        env.publish_json(&with_ban(
+            verdict(&format!("v-live-{n}"), "zego", zego, json!("r-live"), &[user]),
+            600,
+            "room",
+        ))
+        .await;
+    }
+    env.wait_for_count("SELECT count(*) FROM bans", 14, Duration::from_secs(60)).await;
+    for worker in &replicas {
+        let api = ApiClient::new(worker, Some(&token));
+        for user in &users {
+            assert!(
+                becomes_banned(&api, "zego", zego, user, Some(("r-live", None))).await,
+                "{user:?} on every replica"
+            );
+        }
+    }
+    pool.close().await;
+}

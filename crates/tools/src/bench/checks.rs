@@ -5,6 +5,12 @@
 //! earlier ones are doing, and its latency counts from that moment (a slow answer cannot hide the
 //! checks queued behind it). Half the checks ask about banned users (a room ban in its room, or an
 //! app ban anywhere), half about users nobody banned.
+//!
+//! The checks come from a client of their own, as a token server is: its requests are sent and
+//! timed on threads apart from the bench's publishing and sampling. The first
+//! [`CheckLoad::warmup_seconds`] open its connections and are reported apart (`warmup`), as a
+//! token server's first checks after it starts are not its steady state; the 30 s that count
+//! start after them.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,8 @@ pub(super) struct CheckLoad {
     pub(super) bans: usize,
     pub(super) per_second: f64,
     pub(super) seconds: u64,
+    /// Checks at the same rate before the counted ones.
+    pub(super) warmup_seconds: u64,
 }
 
 /// What the checks saw.
@@ -29,7 +37,7 @@ pub(crate) struct CheckReport {
     pub(crate) replicas: usize,
     pub(crate) checks: usize,
     pub(crate) checks_per_second: f64,
-    /// Transport failures and any status but 200.
+    /// Transport failures and any status but 200, the warm-up's too.
     pub(crate) errors: usize,
     pub(crate) banned_answers: usize,
     pub(crate) latency: Latency,
@@ -37,6 +45,12 @@ pub(crate) struct CheckReport {
     /// replica's copy of the bans can say so alone).
     pub(crate) latency_banned: Latency,
     pub(crate) latency_not_banned: Latency,
+    /// The warm-up's checks (not counted above).
+    pub(crate) warmup: Latency,
+    /// How late the client itself started each counted check: its own wait for a core, on a
+    /// machine it shares with what it measures (a token server has its own). Part of every
+    /// latency above.
+    pub(crate) client_lag: Latency,
 }
 
 /// Apps the bans are spread over (not the run's vendor apps: the check needs no configured app).
@@ -86,50 +100,74 @@ fn check_query(i: usize, bans: usize, replicas: usize) -> String {
     }
 }
 
-/// Sends the checks, round robin over `api_addrs`, and reports.
+/// Sends the checks, round robin over `api_addrs`, the first due at `begin` (the counted ones
+/// from `begin` + the warm-up), and reports.
 pub(super) async fn run(
     api_addrs: &[String],
     token: &str,
     load: &CheckLoad,
+    begin: Instant,
     active: i64,
     load_seconds: f64,
 ) -> CheckReport {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
-    let total = (load.per_second * load.seconds as f64) as usize;
+    let per_second = load.per_second as usize;
+    let warmup = per_second * load.warmup_seconds as usize;
+    let total = warmup + (load.per_second * load.seconds as f64) as usize;
     let gap = Duration::from_secs_f64(1.0 / load.per_second);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The client's own runtime: requests are sent and their answers read on its thread, not
+    // behind the bench's publishing on the caller's runtime.
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-checks")
+        .enable_all()
+        .build()
+        .expect("the checks' runtime");
     // The pacer is a thread of its own that sleeps to each check's moment and hands it to the
-    // runtime then: tokio's timers fire on a 1 ms wheel, so at 2,000 checks a second they would
+    // client then: tokio's timers fire on a 1 ms wheel, so at 2,000 checks a second they would
     // release checks in clumps up to a millisecond late, and that lateness would count as the
     // API's latency.
-    let runtime = tokio::runtime::Handle::current();
+    let runtime = client.handle().clone();
     let (addrs, bans, token) = (api_addrs.to_vec(), load.bans, token.to_owned());
-    let started = Instant::now();
-    let pacer = std::thread::spawn(move || {
-        for i in 0..total {
-            let due = started + gap * i as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            for i in 0..total {
+                let due = begin + gap * i as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let url =
+                    format!("http://{}/v1/bans/check?{}", addrs[i % addrs.len()], check_query(i, bans, addrs.len()));
+                let (http, tx, token) = (http.clone(), tx.clone(), token.clone());
+                runtime.spawn(async move {
+                    let client_lag = due.elapsed().as_secs_f64() * 1000.0;
+                    let answer = http.get(&url).bearer_auth(token).send().await;
+                    let ok_banned = match answer {
+                        Ok(r) if r.status() == 200 => {
+                            r.json::<serde_json::Value>().await.ok().map(|v| v["banned"] == true)
+                        }
+                        _ => None,
+                    };
+                    let _ = tx.send((i, due.elapsed().as_secs_f64() * 1000.0, ok_banned, client_lag));
+                });
             }
-            let url = format!("http://{}/v1/bans/check?{}", addrs[i % addrs.len()], check_query(i, bans, addrs.len()));
-            let (http, tx, token) = (http.clone(), tx.clone(), token.clone());
-            runtime.spawn(async move {
-                let answer = http.get(&url).bearer_auth(token).send().await;
-                let ok_banned = match answer {
-                    Ok(r) if r.status() == 200 => r.json::<serde_json::Value>().await.ok().map(|v| v["banned"] == true),
-                    _ => None,
-                };
-                let _ = tx.send((i, due.elapsed().as_secs_f64() * 1000.0, ok_banned));
-            });
-        }
-    });
+        })
+        .expect("the pacer thread");
     let (mut ms, mut errors, mut banned) = (Vec::with_capacity(total), 0, 0);
-    let (mut ms_banned, mut ms_not_banned) = (Vec::new(), Vec::new());
-    let per_second = load.per_second as usize;
+    let (mut ms_banned, mut ms_not_banned, mut ms_warmup) = (Vec::new(), Vec::new(), Vec::new());
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); load.seconds as usize + 1];
-    while let Some((i, latency, answer)) = rx.recv().await {
+    let mut lags = Vec::new();
+    while let Some((i, latency, answer, lag)) = rx.recv().await {
+        let Some(counted) = i.checked_sub(warmup) else {
+            ms_warmup.push(latency);
+            errors += usize::from(answer.is_none());
+            continue;
+        };
         ms.push(latency);
-        if let Some(s) = seconds.get_mut(i / per_second.max(1)) {
+        lags.push(lag);
+        if let Some(s) = seconds.get_mut(counted / per_second.max(1)) {
             s.push(latency);
         }
         match answer {
@@ -142,7 +180,8 @@ pub(super) async fn run(
         }
     }
     let _ = pacer.join();
-    let elapsed = started.elapsed().as_secs_f64();
+    client.shutdown_background();
+    let elapsed = (Instant::now() - begin).as_secs_f64() - load.warmup_seconds as f64;
     // Second by second: where a slow stretch was.
     for (k, mut s) in seconds.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
         s.sort_by(f64::total_cmp);
@@ -160,5 +199,7 @@ pub(super) async fn run(
         latency: Latency::of(ms),
         latency_banned: Latency::of(ms_banned),
         latency_not_banned: Latency::of(ms_not_banned),
+        warmup: Latency::of(ms_warmup),
+        client_lag: Latency::of(lags),
     }
 }

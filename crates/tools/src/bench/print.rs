@@ -118,10 +118,15 @@ fn print_rest(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             c.errors,
             c.banned_answers
         )?;
-        for (what, l) in [("banned", &c.latency_banned), ("not banned", &c.latency_not_banned)] {
+        for (what, l) in [
+            ("answered banned", &c.latency_banned),
+            ("answered not banned", &c.latency_not_banned),
+            ("warm-up (not counted)", &c.warmup),
+            ("the client's own lateness (in the latency)", &c.client_lag),
+        ] {
             writeln!(
                 out,
-                "  answered {what}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.1} ms (n={})",
+                "  {what}: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.1} ms (n={})",
                 l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.count
             )?;
         }

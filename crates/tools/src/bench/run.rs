@@ -175,8 +175,9 @@ impl<'a> Run<'a> {
     }
 
     /// Starts the checks once every worker is ready and has loaded its copy of the bans (as a
-    /// replica in service has); they run beside the backlog.
-    async fn start_checks(&mut self, workers: &Workers, load: super::checks::CheckLoad) -> Result<(), String> {
+    /// replica in service has); they run beside the backlog. Returns when the counted checks
+    /// begin (after the warm-up).
+    async fn start_checks(&mut self, workers: &Workers, load: super::checks::CheckLoad) -> Result<Instant, String> {
         for port in &workers.ports {
             wait_ready(*port).await?;
             wait_ban_index(*port).await?;
@@ -184,10 +185,18 @@ impl<'a> Run<'a> {
         let token = self.stack.api_token.clone().ok_or("the bans preset needs an API token")?;
         let addrs = workers.api_addrs.clone();
         let (active, secs) = self.extra.bans_loaded.unwrap_or((0, 0.0));
-        eprintln!("  {} ban checks/s for {} s over {} replicas", load.per_second, load.seconds, addrs.len());
+        eprintln!(
+            "  {} ban checks/s for {} s over {} replicas, after {} s of warm-up",
+            load.per_second,
+            load.seconds,
+            addrs.len(),
+            load.warmup_seconds
+        );
+        let begin = Instant::now();
+        let counted = begin + Duration::from_secs(load.warmup_seconds);
         self.extra.checks =
-            Some(tokio::spawn(async move { super::checks::run(&addrs, &token, &load, active, secs).await }));
-        Ok(())
+            Some(tokio::spawn(async move { super::checks::run(&addrs, &token, &load, begin, active, secs).await }));
+        Ok(counted)
     }
 
     /// A backlog: everything queued first, then the workers start. Latency counts from their
@@ -207,7 +216,7 @@ impl<'a> Run<'a> {
     }
 
     /// The bans preset: replicas in service — ready, their copy of the bans loaded, every quota
-    /// owned — answer checks; a second later the backlog arrives, published as fast as the
+    /// owned — answer checks; a second into the counted checks the backlog arrives, published as fast as the
     /// broker confirms, and is enforced while the checks go on. (Queued before the replicas
     /// start, it would be taken in while they load their copy, before any check.) Latency counts
     /// from each message's publishing.
@@ -217,9 +226,9 @@ impl<'a> Run<'a> {
         load: super::checks::CheckLoad,
     ) -> Result<(Workers, Instant), String> {
         let workers = Workers::start(&self.stack.config_path, self.w.replicas, &self.stack.id, self.w.api())?;
-        self.start_checks(&workers, load).await?;
+        let counted = self.start_checks(&workers, load).await?;
         self.await_owned().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep_until((counted + Duration::from_secs(1)).into()).await;
         let started = Instant::now();
         let total = self.bodies.len();
         for n in 0..total.div_ceil(1000) {

@@ -141,7 +141,7 @@ pub(super) fn workload(args: &BenchArgs) -> Workload {
                 seg(Trtc, 2_000, 1, 10),
             ],
             replicas: 2,
-            checks: Some(CheckLoad { bans: 1_000_000, per_second: 2_000.0, seconds: 30 }),
+            checks: Some(CheckLoad { bans: 1_000_000, per_second: 2_000.0, seconds: 30, warmup_seconds: 2 }),
             ..base
         },
         // A burst of one app at its full quota (40 s of it) while its banned users come back.

@@ -133,13 +133,13 @@ impl WorkerProcess {
         self.logged_addr("serving /metrics")
     }
 
-    /// The worker's public API address (`[api].listen`), read from its log once it is serving.
     /// The worker's `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         let url = format!("http://{}/metrics", self.http_addr());
         reqwest::get(url).await.expect("metrics").text().await.expect("metrics text")
     }
 
+    /// The worker's public API address (`[api].listen`), read from its log once it is serving.
     pub fn api_addr(&self) -> String {
         self.logged_addr("serving the public API")
     }
