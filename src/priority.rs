@@ -10,8 +10,8 @@
 //!
 //! Why 5 and not more: intake and the lanes feed the vendor calls, and a backlog that arrives
 //! while the cores are busy must still reach its quota. At nice 10 a ZEGO quota of the bans
-//! bench fell to 93–96 % in 5 of 11 runs (its lane ran dry while intake waited for a core); at
-//! nice 5 every run kept ≥ 97 %, and the checks' p99 was no worse (BENCHMARKS.md, *bans*).
+//! bench fell under 97 % in 9 of 17 runs (its lane ran dry while intake waited for a core); at
+//! nice 5 in 2 of 8, and the checks' p99 was no worse (BENCHMARKS.md, *bans*).
 //!
 //! The vendor-call thread keeps its priority: it does little work, but each call leaves at its
 //! moment in the quota's pacing, and a call sent late is throughput lost for good. It is started
